@@ -1,0 +1,88 @@
+/**
+ * CLI failures and what the user sees. Exit codes: 0 ok, 1 the operation failed (or a rollout
+ * being waited on did not complete), 2 usage (bad flags, bad settings). A ConnectError's code
+ * is turned into words and a next step; stack traces are never printed.
+ */
+import { Code, ConnectError } from "@connectrpc/connect";
+
+export const EXIT_OK = 0;
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+
+/** Bad invocation: wrong flags or values, unusable settings. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+/** An operation that ran and failed; `hint` says what to do next. */
+export class CliFailure extends Error {
+  override name = "CliFailure";
+  constructor(
+    message: string,
+    readonly hint?: string,
+  ) {
+    super(message);
+  }
+}
+
+function connectMessage(err: ConnectError, url: string): { message: string; hint?: string } {
+  const detail = err.rawMessage;
+  switch (err.code) {
+    case Code.Unauthenticated:
+      return {
+        message: `the control plane did not accept the API key: ${detail}`,
+        hint:
+          "pass --api-key or set NIXFLEET_API_KEY; an admin creates keys with `nixfleet keys create`, " +
+          "or on the control-plane host with `nixfleet-control-plane keys create --name NAME --role admin`",
+      };
+    case Code.PermissionDenied:
+      return {
+        message: `permission denied: ${detail}`,
+        hint: "use an API key with a role that allows this (readonly < deploy < admin)",
+      };
+    case Code.InvalidArgument:
+      return { message: `invalid request: ${detail}` };
+    case Code.NotFound:
+      return { message: `not found: ${detail}` };
+    case Code.AlreadyExists:
+      return { message: `already exists: ${detail}` };
+    case Code.FailedPrecondition:
+      return { message: `refused: ${detail}` };
+    case Code.ResourceExhausted:
+      return { message: `limit reached: ${detail}` };
+    case Code.DeadlineExceeded:
+      return {
+        message: `the control plane at ${url} did not answer in time`,
+        hint: "retry, or raise --timeout",
+      };
+    case Code.Unavailable:
+      return {
+        message: `cannot reach the control plane at ${url}: ${detail}`,
+        hint: "check that it is running and that --control-plane-url (NIXFLEET_CONTROL_PLANE_URL) points at it",
+      };
+    case Code.Unimplemented:
+      return {
+        message: `the control plane does not support this call: ${detail}`,
+        hint: "upgrade the control plane",
+      };
+    default:
+      return { message: `${Code[err.code] ?? "error"}: ${detail}` };
+  }
+}
+
+/** Turns any error into the lines to print and the exit code. */
+export function describeError(err: unknown, url: string): { lines: string[]; exitCode: number } {
+  if (err instanceof UsageError) return { lines: [`error: ${err.message}`], exitCode: EXIT_USAGE };
+  if (err instanceof CliFailure) {
+    return {
+      lines: [`error: ${err.message}`, ...(err.hint ? [`hint: ${err.hint}`] : [])],
+      exitCode: EXIT_FAILURE,
+    };
+  }
+  if (err instanceof ConnectError) {
+    const { message, hint } = connectMessage(err, url);
+    return { lines: [`error: ${message}`, ...(hint ? [`hint: ${hint}`] : [])], exitCode: EXIT_FAILURE };
+  }
+  const e = err as NodeJS.ErrnoException;
+  return { lines: [`error: ${e?.message ?? String(err)}`], exitCode: EXIT_FAILURE };
+}

@@ -1,0 +1,116 @@
+import assert from "node:assert/strict";
+import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { UsageError } from "../../src/cli/errors.js";
+import { resolveSettings } from "../../src/cli/settings.js";
+import { tempDir } from "../fixtures/tmp.js";
+
+function write(path: string, data: unknown, mode = 0o600): string {
+  mkdirSync(join(path, ".."), { recursive: true });
+  writeFileSync(path, JSON.stringify(data));
+  chmodSync(path, mode);
+  return path;
+}
+
+describe("CLI settings precedence", () => {
+  it("flags beat env beat the user file beat the project file", (t) => {
+    const dir = tempDir(t);
+    const home = join(dir, "home");
+    const project = join(dir, "repo", "sub", "deeper");
+    mkdirSync(project, { recursive: true });
+    write(join(dir, "repo", ".nixfleet.json"), {
+      controlPlaneUrl: "https://project:1",
+      caCert: "certs/ca.pem",
+      protocol: "connect",
+      timeout: "5s",
+    });
+    write(join(home, ".config/nixfleet/config.json"), {
+      controlPlaneUrl: "https://user:2",
+      apiKey: "nfk-user",
+    });
+    const env = { HOME: home, NIXFLEET_API_KEY: "nfk-env" };
+
+    const fromFiles = resolveSettings({ flags: {}, env: { HOME: home }, cwd: project });
+    assert.equal(fromFiles.controlPlaneUrl, "https://user:2");
+    assert.equal(fromFiles.apiKey, "nfk-user");
+    assert.equal(
+      fromFiles.caCert,
+      join(dir, "repo", "certs/ca.pem"),
+      "relative paths resolve against the project file",
+    );
+    assert.equal(fromFiles.protocol, "connect");
+    assert.equal(fromFiles.timeoutMs, 5000);
+    assert.match(fromFiles.sources.controlPlaneUrl ?? "", /config\.json$/);
+
+    const withEnv = resolveSettings({ flags: {}, env, cwd: project });
+    assert.equal(withEnv.apiKey, "nfk-env");
+    assert.equal(withEnv.sources.apiKey, "NIXFLEET_API_KEY");
+
+    const withFlags = resolveSettings({
+      flags: { apiKey: "nfk-flag", controlPlaneUrl: "http://flag:3/" },
+      env,
+      cwd: project,
+    });
+    assert.equal(withFlags.apiKey, "nfk-flag");
+    assert.equal(withFlags.controlPlaneUrl, "http://flag:3", "trailing slash trimmed");
+    assert.equal(withFlags.sources.apiKey, "flag");
+  });
+
+  it("uses defaults when nothing is configured", (t) => {
+    const dir = tempDir(t);
+    const s = resolveSettings({ flags: {}, env: { HOME: dir }, cwd: dir });
+    assert.equal(s.controlPlaneUrl, "https://localhost:8443");
+    assert.equal(s.protocol, "grpc");
+    assert.equal(s.timeoutMs, 30_000);
+    assert.equal(s.apiKey, undefined);
+  });
+
+  it("an explicit --config file replaces the user and project files", (t) => {
+    const dir = tempDir(t);
+    write(join(dir, ".nixfleet.json"), { controlPlaneUrl: "https://project:1" });
+    const explicit = write(join(dir, "other.json"), { controlPlaneUrl: "https://explicit:4" });
+    assert.equal(
+      resolveSettings({ flags: {}, env: { HOME: dir }, cwd: dir, configFile: explicit }).controlPlaneUrl,
+      "https://explicit:4",
+    );
+  });
+
+  it("refuses a key in a file others can read, telling how to fix it", (t) => {
+    const dir = tempDir(t);
+    write(join(dir, ".config/nixfleet/config.json"), { apiKey: "nfk-secret" }, 0o644);
+    assert.throws(
+      () => resolveSettings({ flags: {}, env: { HOME: dir }, cwd: dir }),
+      (e: Error) =>
+        e instanceof UsageError && /readable by others \(mode 644\); run: chmod 600/.test(e.message),
+    );
+  });
+
+  it("names the key and file of bad settings", (t) => {
+    const dir = tempDir(t);
+    const cases: [unknown, RegExp][] = [
+      [{ controlPlaneURL: "x" }, /unknown key "controlPlaneURL"/],
+      [{ apiKey: 42 }, /"apiKey" must be a string/],
+      [[1, 2], /must hold a JSON object/],
+      [{ protocol: "http3" }, /protocol must be "grpc" or "connect"/],
+      [{ controlPlaneUrl: "ftp://x" }, /must start with https:\/\//],
+      [{ controlPlaneUrl: "not a url" }, /is not a URL/],
+      [{ timeout: "soon" }, /timeout must be a positive duration/],
+      [{ clientCert: "/a.pem" }, /client certificate and key must be given together/],
+    ];
+    for (const [content, why] of cases) {
+      const file = write(join(dir, "s.json"), content);
+      assert.throws(
+        () => resolveSettings({ flags: {}, env: { HOME: dir }, cwd: dir, configFile: file }),
+        why,
+        JSON.stringify(content),
+      );
+    }
+    writeFileSync(join(dir, "broken.json"), "{nope");
+    assert.throws(
+      () =>
+        resolveSettings({ flags: {}, env: { HOME: dir }, cwd: dir, configFile: join(dir, "broken.json") }),
+      /cannot read settings file .*broken.json/,
+    );
+  });
+});
