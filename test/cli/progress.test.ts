@@ -17,7 +17,7 @@ const T0 = Date.UTC(2026, 10, 26, 12, 0, 0);
 
 function rollout(
   status: RolloutStatus,
-  overrides: Partial<Parameters<typeof create<typeof RolloutSchema>>[1]> = {},
+  overrides: MessageInitShape<typeof RolloutSchema> = {},
 ) {
   return create(RolloutSchema, {
     id: "r-1",
