@@ -15,10 +15,7 @@ import {
 
 const T0 = Date.UTC(2026, 10, 26, 12, 0, 0);
 
-function rollout(
-  status: RolloutStatus,
-  overrides: MessageInitShape<typeof RolloutSchema> = {},
-) {
+function rollout(status: RolloutStatus, overrides: MessageInitShape<typeof RolloutSchema> = {}) {
   return create(RolloutSchema, {
     id: "r-1",
     releaseId: "rel-1",
