@@ -48,6 +48,11 @@ interface StartOpts {
 
 const RETRYABLE = new Set([Code.Unavailable, Code.Internal, Code.Unknown, Code.Aborted]);
 
+/** --wait ends when the rollout ends or pauses (a pause needs a human, so scripts must stop too). */
+function stopsWaiting(status: RolloutStatus): boolean {
+  return isTerminal(status) || status === RolloutStatus.PAUSED;
+}
+
 /**
  * Follows WatchRollout until the rollout ends, reconnecting when the control plane goes away
  * (e.g. restarted mid-rollout). Returns the last snapshot.
@@ -85,12 +90,12 @@ export async function followRollout(
             if (first) ctx.output.out(rolloutLines(last)[0]!);
             for (const l of logs) ctx.output.out(l);
           }
-          if (isTerminal(last.status)) return last;
+          if (stopsWaiting(last.status)) return last;
         }
         // The stream ended without a terminal state: ask once, then follow again.
         const res = await ctx.client().getRollout({ rolloutId: id }, ctx.call());
         last = res.rollout ?? last;
-        if (last && (isTerminal(last.status) || last.status === RolloutStatus.PAUSED)) return last;
+        if (last && stopsWaiting(last.status)) return last;
       } catch (err) {
         if (signal?.aborted) break;
         const ce = ConnectError.from(err);
@@ -99,7 +104,6 @@ export async function followRollout(
         await new Promise((r) => setTimeout(r, Math.min(backoffMs, Math.max(0, deadline - Date.now()))));
         backoffMs = Math.min(backoffMs * 2, 10_000);
       }
-      if (last?.status === RolloutStatus.PAUSED) return last;
     }
   } finally {
     if (ticker) clearInterval(ticker);

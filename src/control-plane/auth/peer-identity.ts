@@ -1,0 +1,116 @@
+/**
+ * Who is on the other end of a connection: whether TLS verified a client certificate against
+ * the client CA, and that certificate's CN (the machine id). Computed once per TLS connection
+ * (per HTTP/2 session, or per HTTP/1.1 socket) and cached, because getPeerCertificate() on every
+ * request costs 10–17% of a unary call.
+ */
+import type { IncomingMessage } from "node:http";
+import type { Http2ServerRequest } from "node:http2";
+import type { TLSSocket } from "node:tls";
+import { Code, createContextKey } from "@connectrpc/connect";
+
+export interface PeerIdentity {
+  /** "plain" only with --allow-insecure. */
+  transport: "tls" | "plain";
+  /** TLS verified the client certificate against the client CA. */
+  verified: boolean;
+  /** The verified certificate's subject CN. */
+  commonName: string | null;
+  /** Why there is no verified identity (no certificate, untrusted, expired, no CN). */
+  problem: string | null;
+}
+
+export const PLAIN_PEER: PeerIdentity = {
+  transport: "plain",
+  verified: false,
+  commonName: null,
+  problem: "plain HTTP connection (no TLS)",
+};
+
+/** Connect context key carrying the caller's PeerIdentity to interceptors and handlers. */
+export const peerKey = createContextKey<PeerIdentity>(PLAIN_PEER, { description: "peer identity" });
+
+const cache = new WeakMap<object, PeerIdentity>();
+
+function identityOfSocket(socket: TLSSocket): PeerIdentity {
+  if (!socket.encrypted) return PLAIN_PEER;
+  const cert = socket.getPeerCertificate();
+  const hasCert = cert && Object.keys(cert).length > 0;
+  if (!hasCert)
+    return {
+      transport: "tls",
+      verified: false,
+      commonName: null,
+      problem: "no client certificate was presented",
+    };
+  if (!socket.authorized) {
+    const why = socket.authorizationError ? String(socket.authorizationError) : "not verified";
+    return {
+      transport: "tls",
+      verified: false,
+      commonName: null,
+      problem: `the client certificate was not accepted (${why}); it must be signed by the control plane's client CA`,
+    };
+  }
+  const cn = cert.subject?.CN;
+  const commonName = Array.isArray(cn) ? (cn[0] ?? null) : (cn ?? null);
+  if (!commonName)
+    return {
+      transport: "tls",
+      verified: false,
+      commonName: null,
+      problem: "the client certificate has no subject CN",
+    };
+  return { transport: "tls", verified: true, commonName, problem: null };
+}
+
+/** The identity behind a request, cached per connection. */
+export function peerIdentityOf(req: IncomingMessage | Http2ServerRequest): PeerIdentity {
+  const key: object = "stream" in req && req.stream ? (req.stream.session ?? req.socket) : req.socket;
+  let identity = cache.get(key);
+  if (!identity) {
+    const socket = req.socket as TLSSocket;
+    identity = "encrypted" in socket && socket.encrypted ? identityOfSocket(socket) : PLAIN_PEER;
+    cache.set(key, identity);
+  }
+  return identity;
+}
+
+export type AgentAuthDecision =
+  | { ok: true }
+  | { ok: false; code: Code.Unauthenticated | Code.PermissionDenied; message: string };
+
+/** Whether a connection may act at all as an agent (before looking at which machine it claims). */
+export function agentConnectionDecision(peer: PeerIdentity, allowInsecure: boolean): AgentAuthDecision {
+  if (peer.transport === "plain") {
+    return allowInsecure
+      ? { ok: true }
+      : { ok: false, code: Code.Unauthenticated, message: "agent calls need TLS with a client certificate" };
+  }
+  if (!peer.verified)
+    return {
+      ok: false,
+      code: Code.Unauthenticated,
+      message: `agent calls need a verified client certificate: ${peer.problem}`,
+    };
+  return { ok: true };
+}
+
+/** Whether the connection may act for `machineId` (the CN must equal it; insecure mode trusts the claim). */
+export function agentMachineDecision(
+  peer: PeerIdentity,
+  machineId: string,
+  allowInsecure: boolean,
+): AgentAuthDecision {
+  const connection = agentConnectionDecision(peer, allowInsecure);
+  if (!connection.ok) return connection;
+  if (peer.transport === "plain") return { ok: true };
+  if (peer.commonName !== machineId) {
+    return {
+      ok: false,
+      code: Code.PermissionDenied,
+      message: `the client certificate is for machine ${peer.commonName}, not ${machineId}: an agent may only act for the machine its certificate names`,
+    };
+  }
+  return { ok: true };
+}

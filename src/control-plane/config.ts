@@ -1,0 +1,216 @@
+/**
+ * `serve` settings from flags and NIXFLEET_CP_* environment variables (a flag wins over its
+ * variable), validated into one typed config. Pure, so every rule is table-tested; a bad value is
+ * a UsageError naming the flag, which main turns into exit code 2.
+ */
+import { isLogLevel, LOG_LEVELS } from "../common/logger.js";
+import type { HostPort } from "./control-plane.js";
+
+export class UsageError extends Error {
+  constructor(
+    readonly flag: string,
+    reason: string,
+  ) {
+    super(`${flag}: ${reason}`);
+    this.name = "UsageError";
+  }
+}
+
+/** The raw flag values as the argument parser saw them (undefined = not given). */
+export interface ServeFlags {
+  listen?: string | undefined;
+  dbPath?: string | undefined;
+  tlsCert?: string | undefined;
+  tlsKey?: string | undefined;
+  clientCa?: string | undefined;
+  allowInsecure?: boolean | undefined;
+  metricsListen?: string | undefined;
+  metricsRequireKey?: boolean | undefined;
+  staleAfter?: string | undefined;
+  pollHint?: string | undefined;
+  executorTick?: string | undefined;
+  heartbeatInterval?: string | undefined;
+  reportRetention?: string | undefined;
+  logLevel?: string | undefined;
+}
+
+export interface ServeConfig {
+  listen: HostPort;
+  dbPath: string;
+  tls: { cert: string; key: string; clientCa: string } | null;
+  allowInsecure: boolean;
+  metricsListen: HostPort | null;
+  metricsRequireKey: boolean;
+  staleAfterSeconds: number;
+  pollHintSeconds: number;
+  executorTickMs: number;
+  heartbeatIntervalSeconds: number;
+  reportRetentionHours: number;
+  logLevel: string;
+}
+
+export const DEFAULTS = {
+  listen: "0.0.0.0:8443",
+  dbPath: "/var/lib/nixfleet-cp/state.db",
+  staleAfter: 300,
+  pollHint: 5,
+  executorTick: 2,
+  heartbeatInterval: 15,
+  reportRetention: 168,
+  logLevel: "info",
+} as const;
+
+/** The environment variable for each flag. */
+export const ENV: Record<keyof ServeFlags, string> = {
+  listen: "NIXFLEET_CP_LISTEN",
+  dbPath: "NIXFLEET_CP_DB_PATH",
+  tlsCert: "NIXFLEET_CP_TLS_CERT",
+  tlsKey: "NIXFLEET_CP_TLS_KEY",
+  clientCa: "NIXFLEET_CP_CLIENT_CA",
+  allowInsecure: "NIXFLEET_CP_ALLOW_INSECURE",
+  metricsListen: "NIXFLEET_CP_METRICS_LISTEN",
+  metricsRequireKey: "NIXFLEET_CP_METRICS_REQUIRE_KEY",
+  staleAfter: "NIXFLEET_CP_STALE_AFTER",
+  pollHint: "NIXFLEET_CP_POLL_HINT",
+  executorTick: "NIXFLEET_CP_EXECUTOR_TICK",
+  heartbeatInterval: "NIXFLEET_CP_HEARTBEAT_INTERVAL",
+  reportRetention: "NIXFLEET_CP_REPORT_RETENTION",
+  logLevel: "NIXFLEET_CP_LOG_LEVEL",
+};
+
+const FLAG: Record<keyof ServeFlags, string> = {
+  listen: "--listen",
+  dbPath: "--db-path",
+  tlsCert: "--tls-cert",
+  tlsKey: "--tls-key",
+  clientCa: "--client-ca",
+  allowInsecure: "--allow-insecure",
+  metricsListen: "--metrics-listen",
+  metricsRequireKey: "--metrics-require-key",
+  staleAfter: "--stale-after",
+  pollHint: "--poll-hint",
+  executorTick: "--executor-tick",
+  heartbeatInterval: "--heartbeat-interval",
+  reportRetention: "--report-retention",
+  logLevel: "--log-level",
+};
+
+/** Parses "host:port", "[v6]:port" or ":port" (all interfaces); port 0 asks for a free one. */
+export function parseHostPort(flag: string, value: string): HostPort {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]\s]*)):([0-9]{1,5})$/.exec(value.trim());
+  if (!m)
+    throw new UsageError(
+      flag,
+      `expected host:port (e.g. 0.0.0.0:8443 or [::1]:8443), got ${JSON.stringify(value)}`,
+    );
+  const port = Number(m[3]);
+  if (port > 65535) throw new UsageError(flag, `port ${port} is out of range (0–65535)`);
+  const host = m[1] ?? (m[2] || "0.0.0.0");
+  return { host, port };
+}
+
+function seconds(
+  flag: string,
+  value: string,
+  options: { min: number; max: number; integer: boolean },
+): number {
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isFinite(n) || (options.integer && !Number.isInteger(n)))
+    throw new UsageError(
+      flag,
+      `expected ${options.integer ? "a whole number" : "a number"}, got ${JSON.stringify(value)}`,
+    );
+  if (n < options.min || n > options.max)
+    throw new UsageError(flag, `must be between ${options.min} and ${options.max}, got ${n}`);
+  return n;
+}
+
+function bool(flag: string, envName: string, value: string): boolean {
+  const v = value.trim().toLowerCase();
+  if (["1", "true", "yes", "on"].includes(v)) return true;
+  if (["", "0", "false", "no", "off"].includes(v)) return false;
+  throw new UsageError(flag, `${envName}=${JSON.stringify(value)} is not a boolean (use 1/0, true/false)`);
+}
+
+export function resolveServeConfig(flags: ServeFlags, env: Record<string, string | undefined>): ServeConfig {
+  const str = (key: keyof ServeFlags): string | undefined => {
+    const given = flags[key];
+    if (typeof given === "string") return given;
+    return env[ENV[key]] ?? undefined;
+  };
+  const flagOrEnvBool = (key: "allowInsecure" | "metricsRequireKey"): boolean => {
+    if (flags[key] === true) return true;
+    const fromEnv = env[ENV[key]];
+    return fromEnv === undefined ? false : bool(FLAG[key], ENV[key], fromEnv);
+  };
+  const num = (
+    key: keyof ServeFlags,
+    fallback: number,
+    options: { min: number; max: number; integer: boolean },
+  ) => {
+    const v = str(key);
+    return v === undefined ? fallback : seconds(FLAG[key], v, options);
+  };
+
+  const allowInsecure = flagOrEnvBool("allowInsecure");
+  const cert = str("tlsCert") || undefined;
+  const key = str("tlsKey") || undefined;
+  const clientCa = str("clientCa") || undefined;
+  let tls: ServeConfig["tls"] = null;
+  if (allowInsecure) {
+    const given = [cert && "--tls-cert", key && "--tls-key", clientCa && "--client-ca"].filter(Boolean);
+    if (given.length)
+      throw new UsageError(
+        "--allow-insecure",
+        `serves plain HTTP, so ${given.join(", ")} would be ignored; drop one or the other`,
+      );
+  } else {
+    if (!cert)
+      throw new UsageError(
+        "--tls-cert",
+        "required: the server certificate (PEM); or --allow-insecure for development",
+      );
+    if (!key) throw new UsageError("--tls-key", "required: the server certificate's private key (PEM)");
+    if (!clientCa)
+      throw new UsageError(
+        "--client-ca",
+        "required: the CA (PEM) that signs agent client certificates; agents authenticate with them",
+      );
+    tls = { cert, key, clientCa };
+  }
+
+  const logLevel = str("logLevel") ?? DEFAULTS.logLevel;
+  if (!isLogLevel(logLevel))
+    throw new UsageError(
+      "--log-level",
+      `must be one of ${LOG_LEVELS.join(", ")}, got ${JSON.stringify(logLevel)}`,
+    );
+  const dbPath = str("dbPath") ?? DEFAULTS.dbPath;
+  if (dbPath.trim() === "") throw new UsageError("--db-path", "must not be empty");
+  const metricsListen = str("metricsListen");
+
+  return {
+    listen: parseHostPort("--listen", str("listen") ?? DEFAULTS.listen),
+    dbPath,
+    tls,
+    allowInsecure,
+    metricsListen: metricsListen ? parseHostPort("--metrics-listen", metricsListen) : null,
+    metricsRequireKey: flagOrEnvBool("metricsRequireKey"),
+    staleAfterSeconds: num("staleAfter", DEFAULTS.staleAfter, { min: 1, max: 30 * 86400, integer: true }),
+    pollHintSeconds: num("pollHint", DEFAULTS.pollHint, { min: 1, max: 3600, integer: true }),
+    executorTickMs: Math.round(
+      1000 * num("executorTick", DEFAULTS.executorTick, { min: 0.05, max: 600, integer: false }),
+    ),
+    heartbeatIntervalSeconds: num("heartbeatInterval", DEFAULTS.heartbeatInterval, {
+      min: 1,
+      max: 3600,
+      integer: true,
+    }),
+    reportRetentionHours: num("reportRetention", DEFAULTS.reportRetention, {
+      min: 1,
+      max: 24 * 3650,
+      integer: true,
+    }),
+    logLevel,
+  };
+}

@@ -1,0 +1,317 @@
+/**
+ * The control plane assembled: listener(s), Connect router, store, executor, push hub, pruner.
+ *
+ * Start-up order: bind the port first (RPCs answer UNAVAILABLE, /readyz 503), then open and
+ * migrate the database, then start the executor (which resumes any rollout a previous process
+ * left running), then log "listening". Shutdown reverses it: refuse new RPCs, end the streams,
+ * let in-flight requests and the current executor step finish, close the database.
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
+import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { Logger } from "../common/logger.js";
+import { AgentService } from "../gen/nixfleet/v1/agent_pb.js";
+import { FleetService } from "../gen/nixfleet/v1/fleet_pb.js";
+import { authInterceptor, availabilityInterceptor, type Phase } from "./auth/interceptors.js";
+import { peerIdentityOf, peerKey } from "./auth/peer-identity.js";
+import { type Clock, strictlyIncreasingClock } from "./clock.js";
+import {
+  type Listener,
+  listenInsecure,
+  listenPlainHttp,
+  listenTls,
+  type TlsOptions,
+} from "./http/listener.js";
+import { plainRoutesHandler } from "./http/plain-routes.js";
+import { restCompatHandler } from "./http/rest-compat.js";
+import { ControlPlaneMetrics } from "./metrics.js";
+import { PushHub } from "./push/hub.js";
+import { registerReflection } from "./reflection.js";
+import { RolloutExecutor } from "./rollouts/executor.js";
+import { RolloutNotifier } from "./rollouts/notifier.js";
+import { RolloutChanges } from "./rollouts/rollout-events.js";
+import { AgentIntake } from "./services/agent-intake.js";
+import { agentServiceImpl } from "./services/agent-service.js";
+import type { LiveView } from "./services/convert.js";
+import { fleetServiceImpl } from "./services/fleet-service.js";
+import { Presence } from "./services/presence.js";
+import { DatabaseStartupError } from "./store/database.js";
+import type { MachineRecord } from "./store/records.js";
+import type { FleetStore } from "./store/repository.js";
+import { SqliteFleetStore } from "./store/sqlite-store.js";
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+export interface ControlPlaneOptions {
+  listen: HostPort;
+  dbPath: string;
+  /** Null only with allowInsecure. */
+  tls: TlsOptions | null;
+  allowInsecure: boolean;
+  metricsListen: HostPort | null;
+  metricsRequireKey: boolean;
+  staleAfterSeconds: number;
+  pollHintSeconds: number;
+  executorTickMs: number;
+  heartbeatIntervalSeconds: number;
+  reportRetentionHours: number;
+  logger: Logger;
+  clock?: Clock;
+  /** Largest accepted RPC message (bytes). */
+  maxMessageBytes?: number;
+  /** How long shutdown waits for in-flight requests. */
+  shutdownTimeoutMs?: number;
+  /** How often old reports are pruned. */
+  pruneIntervalMs?: number;
+  /** How long start-up waits for a database locked by another process. */
+  dbLockWaitMs?: number;
+}
+
+export const DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
+
+export class ControlPlane {
+  private phaseValue: Phase = "starting";
+  private storeValue: FleetStore | null = null;
+  private listener: Listener | null = null;
+  private metricsListener: Listener | null = null;
+  private pruneTimer: NodeJS.Timeout | null = null;
+  private readonly shutdown = new AbortController();
+  readonly clock: Clock;
+  readonly metrics = new ControlPlaneMetrics();
+  readonly hub: PushHub;
+  readonly changes = new RolloutChanges();
+  readonly presence = new Presence();
+  readonly notifier: RolloutNotifier;
+  private executorValue: RolloutExecutor | null = null;
+  private readonly intake: AgentIntake;
+  private readonly log: Logger;
+
+  constructor(readonly options: ControlPlaneOptions) {
+    this.clock = options.clock ?? strictlyIncreasingClock();
+    this.log = options.logger;
+    this.hub = new PushHub({
+      clock: this.clock,
+      logger: this.log,
+      heartbeatIntervalMs: options.heartbeatIntervalSeconds * 1000,
+      observePushLatency: (s) => this.metrics.pushLatency.observe(s),
+    });
+    this.notifier = new RolloutNotifier({
+      hub: this.hub,
+      changes: this.changes,
+      logger: this.log,
+      pollHintSeconds: options.pollHintSeconds,
+      onStatus: (status) => this.metrics.rolloutReached(status),
+    });
+    this.intake = new AgentIntake({
+      store: () => this.store,
+      clock: this.clock,
+      executor: () => this.executor,
+      presence: this.presence,
+      logger: this.log,
+      pollHintSeconds: options.pollHintSeconds,
+    });
+  }
+
+  get phase(): Phase {
+    return this.phaseValue;
+  }
+
+  /** The store; only valid once initialize() finished (handlers run only then). */
+  get store(): FleetStore {
+    if (!this.storeValue) throw new ConnectError("the database is not open", Code.Unavailable);
+    return this.storeValue;
+  }
+
+  get executor(): RolloutExecutor {
+    if (!this.executorValue) throw new ConnectError("the executor is not running", Code.Unavailable);
+    return this.executorValue;
+  }
+
+  get url(): string {
+    if (!this.listener) throw new Error("not listening");
+    return this.listener.url;
+  }
+
+  get metricsUrl(): string | null {
+    return this.metricsListener?.url ?? null;
+  }
+
+  private liveView(): LiveView {
+    return {
+      connected: (id) => this.hub.isConnected(id),
+      lastSeen: (m: MachineRecord) => {
+        const candidates = [m.lastSeen, this.presence.get(m.id), this.hub.lastHeard(m.id)].filter(
+          (t): t is number => t !== null,
+        );
+        return candidates.length ? Math.max(...candidates) : null;
+      },
+    };
+  }
+
+  private requestHandler() {
+    const o = this.options;
+    const connect = connectNodeAdapter({
+      routes: (router) => {
+        router.service(
+          AgentService,
+          agentServiceImpl({
+            intake: this.intake,
+            hub: this.hub,
+            logger: this.log,
+            allowInsecure: o.allowInsecure,
+            helloTimeoutMs: Math.max(10_000, 3 * o.heartbeatIntervalSeconds * 1000),
+          }),
+        );
+        router.service(
+          FleetService,
+          fleetServiceImpl({
+            store: () => this.store,
+            clock: this.clock,
+            hub: this.hub,
+            executor: () => this.executor,
+            notifier: this.notifier,
+            changes: this.changes,
+            live: this.liveView(),
+            logger: this.log,
+            staleAfterMs: o.staleAfterSeconds * 1000,
+          }),
+        );
+        registerReflection(router, [AgentService, FleetService]);
+      },
+      interceptors: [
+        this.metrics.interceptor(),
+        availabilityInterceptor(() => this.phaseValue),
+        authInterceptor({ store: () => this.store, clock: this.clock, allowInsecure: o.allowInsecure }),
+      ],
+      contextValues: (req) => createContextValues().set(peerKey, peerIdentityOf(req)),
+      readMaxBytes: o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
+      writeMaxBytes: 64 * 1024 * 1024,
+      shutdownSignal: this.shutdown.signal,
+      // Connect GET requests carry the message in the URL; keep the JSON for curl readable.
+      jsonOptions: { ignoreUnknownFields: true },
+    });
+    const plain = plainRoutesHandler({
+      phase: () => this.phaseValue,
+      store: () => this.storeValue,
+      metrics: this.metrics,
+      metricsRequireKey: o.metricsRequireKey,
+      clock: this.clock,
+      logger: this.log,
+    });
+    const rest = restCompatHandler({
+      intake: this.intake,
+      allowInsecure: o.allowInsecure,
+      phase: () => this.phaseValue,
+      logger: this.log,
+    });
+    return {
+      main: (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => {
+        const path = (req.url ?? "/").split("?", 1)[0]!;
+        if (plain(req, res, path)) return;
+        if (rest(req, res, path)) return;
+        connect(req as never, res as never);
+      },
+      metricsOnly: (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => {
+        const path = (req.url ?? "/").split("?", 1)[0]!;
+        if (plain(req, res, path)) return;
+        res.writeHead(404, { "content-type": "text/plain; charset=utf-8" });
+        res.end("not found: this listener serves /metrics, /healthz and /readyz\n");
+      },
+    };
+  }
+
+  /** Binds the listener(s). RPCs answer UNAVAILABLE until initialize() completes. */
+  async listen(): Promise<void> {
+    const o = this.options;
+    const handlers = this.requestHandler();
+    if (o.allowInsecure) {
+      this.listener = await listenInsecure(o.listen.host, o.listen.port, handlers.main);
+    } else {
+      if (!o.tls) throw new Error("TLS material is required unless allowInsecure is set");
+      this.listener = await listenTls(o.listen.host, o.listen.port, o.tls, handlers.main);
+    }
+    if (o.metricsListen) {
+      this.metricsListener = await listenPlainHttp(
+        o.metricsListen.host,
+        o.metricsListen.port,
+        handlers.metricsOnly,
+      );
+    }
+    this.log.info({ url: this.listener.url }, "bound; opening the database");
+  }
+
+  /** Opens and migrates the database, starts the executor, hub and pruner; then ready. */
+  async initialize(): Promise<void> {
+    const o = this.options;
+    const { store, migration } = await SqliteFleetStore.open({
+      path: o.dbPath,
+      lockWaitMs: o.dbLockWaitMs ?? 60_000,
+      onLockWait: (message) => this.log.warn({ dbPath: o.dbPath }, message),
+      now: () => this.clock.now(),
+    });
+    if (this.phaseValue === "stopping") {
+      await store.close();
+      throw new DatabaseStartupError("shut down while starting");
+    }
+    this.storeValue = store;
+    if (migration.applied.length) {
+      this.log.info(
+        { dbPath: o.dbPath, from: migration.from, to: migration.to },
+        `database migrated from schema version ${migration.from} to ${migration.to}`,
+      );
+    }
+    this.metrics.attach({ fleetCounts: () => store.fleetCounts(), agentSessions: () => this.hub.size });
+    this.executorValue = new RolloutExecutor({
+      store,
+      clock: this.clock,
+      notifier: this.notifier,
+      logger: this.log,
+      tickMs: o.executorTickMs,
+    });
+    this.hub.start();
+    this.phaseValue = "ready";
+    this.executorValue.start();
+    const prune = () => {
+      const cutoff = this.clock.now() - o.reportRetentionHours * 3600_000;
+      store
+        .prune(cutoff)
+        .then((n) => {
+          if (n.reports || n.healthReports) this.log.info(n, "pruned old reports");
+        })
+        .catch((err) => this.log.error({ err }, "pruning old reports failed; retrying later"));
+    };
+    prune();
+    this.pruneTimer = setInterval(prune, o.pruneIntervalMs ?? 3600_000);
+    this.pruneTimer.unref();
+  }
+
+  /** listen() + initialize(), then the "listening" log line harnesses wait for. */
+  async start(): Promise<void> {
+    await this.listen();
+    await this.initialize();
+    this.log.info(
+      { url: this.url, metricsUrl: this.metricsUrl ?? undefined, dbPath: this.options.dbPath },
+      "listening",
+    );
+  }
+
+  async stop(): Promise<void> {
+    if (this.phaseValue === "stopping") return;
+    this.phaseValue = "stopping";
+    this.log.info("shutting down: refusing new RPCs, ending streams");
+    if (this.pruneTimer) clearInterval(this.pruneTimer);
+    this.hub.stop(
+      new ConnectError("the control plane is shutting down; reconnect shortly", Code.Unavailable),
+    );
+    this.shutdown.abort(new ConnectError("the control plane is shutting down", Code.Unavailable));
+    const deadline = this.options.shutdownTimeoutMs ?? 10_000;
+    await Promise.all([this.listener?.close(deadline), this.metricsListener?.close(deadline)]);
+    await this.executorValue?.stop();
+    await this.storeValue?.close();
+    this.log.info("stopped");
+  }
+}

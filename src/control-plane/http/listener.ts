@@ -1,0 +1,301 @@
+/**
+ * The network listeners.
+ *
+ * - TLS (the normal mode): one `http2.createSecureServer` speaking HTTP/2 and, via ALPN,
+ *   HTTP/1.1. It *requests* a client certificate but does not require one at the handshake
+ *   (operators authenticate with API keys); each route enforces what it needs.
+ * - Insecure (--allow-insecure, development only): plain HTTP on one port for both HTTP/2 with
+ *   prior knowledge (h2c, what gRPC clients send) and HTTP/1.1. Node cannot do both on one
+ *   plain server, so the first bytes of each connection decide: the HTTP/2 preface goes to an
+ *   h2c server, anything else to an HTTP/1.1 server.
+ *
+ * Both track their connections so shutdown can let in-flight requests finish, then close.
+ */
+import http, { type IncomingMessage, type ServerResponse } from "node:http";
+import http2, { type Http2ServerRequest, type Http2ServerResponse, type Http2Session } from "node:http2";
+import net, { type AddressInfo, type Socket } from "node:net";
+import { Duplex } from "node:stream";
+
+export type RequestHandler = (
+  req: IncomingMessage | Http2ServerRequest,
+  res: ServerResponse | Http2ServerResponse,
+) => void;
+
+export interface TlsOptions {
+  cert: Buffer;
+  key: Buffer;
+  /** Client CA bundle: certificates it signed count as verified agent identities. */
+  ca: Buffer;
+}
+
+export interface Listener {
+  /** e.g. https://127.0.0.1:8443 (the real port when 0 was asked for). */
+  readonly url: string;
+  readonly port: number;
+  /** Stops accepting connections, asks HTTP/2 peers to go away, waits for open requests up to the deadline. */
+  close(deadlineMs: number): Promise<void>;
+}
+
+/** How long a client may keep sending after its response was complete. */
+const HALF_OPEN_GRACE_MS = 1000;
+
+/** Caps: HTTP/2 header lists and HTTP/1.1 headers (bodies are capped per route / per RPC message). */
+const MAX_HEADER_BYTES = 64 * 1024;
+
+function hostForUrl(host: string): string {
+  return host.includes(":") ? `[${host}]` : host;
+}
+
+function listenOn(server: net.Server, host: string, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error) => reject(err);
+    server.once("error", onError);
+    server.listen({ host, port }, () => {
+      server.off("error", onError);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
+}
+
+class ConnectionTracker {
+  readonly sockets = new Set<Socket | Duplex>();
+  readonly sessions = new Set<Http2Session>();
+  inflight = 0;
+  private idle: (() => void) | null = null;
+
+  socket(socket: Socket | Duplex): void {
+    this.sockets.add(socket);
+    socket.once("close", () => this.sockets.delete(socket));
+  }
+
+  session(session: Http2Session): void {
+    this.sessions.add(session);
+    session.once("close", () => this.sessions.delete(session));
+  }
+
+  wrap(handler: RequestHandler): RequestHandler {
+    return (req, res) => {
+      this.inflight++;
+      let done = false;
+      const finish = () => {
+        if (done) return;
+        done = true;
+        this.inflight--;
+        if (this.inflight === 0) this.idle?.();
+      };
+      res.once("close", finish);
+      res.once("finish", finish);
+      if ("stream" in req && req.stream) {
+        const stream = req.stream;
+        // For HTTP/2 the compat response reports "finish" only when the whole stream closes, which
+        // a client that never half-closes (a bidi Session) delays forever. The request is done
+        // once the response is fully sent.
+        stream.once("finish", () => {
+          finish();
+          // Then ask a client that is still sending to stop, with RST_STREAM(NO_ERROR) as RFC 9113
+          // §8.1 allows after a complete response. The grace period lets the client read the
+          // trailers first (some clients drop them when the reset arrives right behind them).
+          const timer = setTimeout(() => {
+            if (!stream.readableEnded && !stream.destroyed && !stream.closed)
+              stream.close(http2.constants.NGHTTP2_NO_ERROR);
+          }, HALF_OPEN_GRACE_MS);
+          timer.unref();
+          stream.once("close", () => clearTimeout(timer));
+        });
+      }
+      handler(req, res);
+    };
+  }
+
+  /** Sockets whose connection is HTTP/2 (their session is closed with GOAWAY instead). */
+  readonly h2Sockets = new WeakSet<object>();
+
+  private waitUntil(
+    deadline: number,
+    done: () => boolean,
+    subscribe: (check: () => void) => void,
+  ): Promise<void> {
+    if (done()) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
+      timer.unref();
+      subscribe(() => {
+        if (done()) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+  }
+
+  /**
+   * Graceful close: GOAWAY to HTTP/2 peers, let in-flight requests finish, end idle HTTP/1.1
+   * connections, give everything until the deadline to close, then destroy what is left.
+   */
+  async drain(deadline: number): Promise<void> {
+    for (const session of this.sessions) {
+      if (!session.closed && !session.destroyed) session.close();
+    }
+    await this.waitUntil(
+      deadline,
+      () => this.inflight === 0,
+      (check) => {
+        this.idle = check;
+      },
+    );
+    for (const socket of this.sockets) {
+      if (!this.h2Sockets.has(socket) && (socket as { alpnProtocol?: string | false }).alpnProtocol !== "h2")
+        socket.end();
+    }
+    await this.waitUntil(
+      deadline,
+      () => this.sessions.size === 0 && this.sockets.size === 0,
+      (check) => {
+        for (const x of [...this.sessions, ...this.sockets]) x.once("close", check);
+      },
+    );
+    for (const session of this.sessions) session.destroy();
+    for (const socket of this.sockets) socket.destroy();
+  }
+}
+
+export async function listenTls(
+  host: string,
+  port: number,
+  tls: TlsOptions,
+  handler: RequestHandler,
+): Promise<Listener> {
+  const tracker = new ConnectionTracker();
+  const server = http2.createSecureServer(
+    {
+      cert: tls.cert,
+      key: tls.key,
+      ca: tls.ca,
+      requestCert: true,
+      rejectUnauthorized: false,
+      allowHTTP1: true,
+      maxSessionMemory: 32,
+      settings: { maxHeaderListSize: MAX_HEADER_BYTES },
+      maxHeaderSize: MAX_HEADER_BYTES,
+    } as http2.SecureServerOptions,
+    tracker.wrap(handler),
+  );
+  server.on("secureConnection", (socket) => tracker.socket(socket));
+  server.on("session", (session) => tracker.session(session));
+  // A peer that fails the handshake (no TLS, garbage) or breaks HTTP/2 framing only loses its
+  // own connection; none of it may take the server down.
+  server.on("tlsClientError", () => {});
+  server.on("sessionError", () => {});
+  const bound = await listenOn(server, host, port);
+  return {
+    url: `https://${hostForUrl(host)}:${bound}`,
+    port: bound,
+    async close(deadlineMs) {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      await tracker.drain(Date.now() + deadlineMs);
+      await closed;
+    },
+  };
+}
+
+const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+/** A Duplex over `socket` that first replays `head` (the bytes read to sniff the protocol). */
+function replaying(socket: Socket, head: Buffer): Duplex {
+  const duplex = new Duplex({
+    read() {
+      socket.resume();
+    },
+    write(chunk, encoding, callback) {
+      socket.write(chunk, encoding, callback);
+    },
+    final(callback) {
+      socket.end();
+      callback();
+    },
+    destroy(err, callback) {
+      socket.destroy(err ?? undefined);
+      callback(err);
+    },
+  });
+  duplex.push(head);
+  socket.on("data", (chunk) => {
+    if (!duplex.push(chunk)) socket.pause();
+  });
+  socket.on("end", () => duplex.push(null));
+  socket.on("error", (err) => duplex.destroy(err));
+  socket.on("close", () => duplex.destroy());
+  Object.assign(duplex, {
+    remoteAddress: socket.remoteAddress,
+    remotePort: socket.remotePort,
+    encrypted: false,
+  });
+  return duplex;
+}
+
+export async function listenInsecure(host: string, port: number, handler: RequestHandler): Promise<Listener> {
+  const tracker = new ConnectionTracker();
+  const wrapped = tracker.wrap(handler);
+  const h2c = http2.createServer(
+    { settings: { maxHeaderListSize: MAX_HEADER_BYTES } } as http2.ServerOptions,
+    wrapped,
+  );
+  const h1 = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES }, wrapped);
+  h2c.on("session", (session) => tracker.session(session));
+  h2c.on("sessionError", () => {});
+  const server = net.createServer((socket) => {
+    tracker.socket(socket);
+    let head = Buffer.alloc(0);
+    const onData = (chunk: Buffer) => {
+      head = Buffer.concat([head, chunk]);
+      const n = Math.min(head.length, PREFACE.length);
+      const isH2 = head.subarray(0, n).equals(PREFACE.subarray(0, n));
+      if (isH2 && head.length < PREFACE.length) return;
+      socket.off("data", onData);
+      if (isH2) {
+        tracker.h2Sockets.add(socket);
+        h2c.emit("connection", replaying(socket, head));
+      } else {
+        socket.pause();
+        socket.unshift(head);
+        h1.emit("connection", socket);
+        socket.resume();
+      }
+    };
+    socket.on("data", onData);
+    socket.on("error", () => {});
+  });
+  const bound = await listenOn(server, host, port);
+  return {
+    url: `http://${hostForUrl(host)}:${bound}`,
+    port: bound,
+    async close(deadlineMs) {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      h1.closeIdleConnections();
+      await tracker.drain(Date.now() + deadlineMs);
+      await closed;
+    },
+  };
+}
+
+/** A plain HTTP/1.1 listener for --metrics-listen. */
+export async function listenPlainHttp(
+  host: string,
+  port: number,
+  handler: RequestHandler,
+): Promise<Listener> {
+  const tracker = new ConnectionTracker();
+  const server = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES }, tracker.wrap(handler));
+  server.on("connection", (socket) => tracker.socket(socket));
+  const bound = await listenOn(server, host, port);
+  return {
+    url: `http://${hostForUrl(host)}:${bound}`,
+    port: bound,
+    async close(deadlineMs) {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      await tracker.drain(Date.now() + deadlineMs);
+      await closed;
+    },
+  };
+}

@@ -1,0 +1,101 @@
+/**
+ * `nixfleet-control-plane keys create|list|revoke`: API key management straight against the
+ * database file on the control-plane host. This is how the first admin key comes to exist —
+ * there is no network endpoint that works without a key. Safe while the server runs (SQLite
+ * WAL; writes wait for each other).
+ */
+import { userInfo } from "node:os";
+import { keyNameProblem } from "../common/ids.js";
+import { generateSecret, hashSecret, newKeyId, ROLES } from "./auth/api-keys.js";
+import { UsageError } from "./config.js";
+import type { ApiKeyRecord, Role } from "./store/records.js";
+import { SqliteFleetStore } from "./store/sqlite-store.js";
+
+export interface KeysIo {
+  out: (line: string) => void;
+  err: (line: string) => void;
+}
+
+function localActor(): string {
+  try {
+    return `local:${userInfo().username}`;
+  } catch {
+    return "local:unknown";
+  }
+}
+
+async function withStore<T>(dbPath: string, fn: (store: SqliteFleetStore) => Promise<T>): Promise<T> {
+  const { store } = await SqliteFleetStore.open({ path: dbPath, lockWaitMs: 30_000 });
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+const iso = (ms: number | null) => (ms === null ? "-" : new Date(ms).toISOString());
+
+export async function keysCreate(dbPath: string, name: string, role: string, io: KeysIo): Promise<void> {
+  const problem = keyNameProblem(name);
+  if (problem) throw new UsageError("--name", problem);
+  if (!(ROLES as readonly string[]).includes(role))
+    throw new UsageError("--role", `must be one of ${ROLES.join(", ")}, got ${JSON.stringify(role)}`);
+  const secret = generateSecret();
+  const key = await withStore(dbPath, (store) =>
+    store.createApiKey(
+      { id: newKeyId(), name, role: role as Role, hash: hashSecret(secret) },
+      localActor(),
+      Date.now(),
+    ),
+  );
+  // The secret alone on stdout, so `KEY=$(nixfleet-control-plane keys create …)` works.
+  io.out(secret);
+  io.err(
+    `created API key ${key.name} (${key.id}) with role ${key.role}; the secret above is shown only once`,
+  );
+}
+
+export async function keysList(
+  dbPath: string,
+  includeRevoked: boolean,
+  json: boolean,
+  io: KeysIo,
+): Promise<void> {
+  const keys: ApiKeyRecord[] = await withStore(dbPath, (store) => store.listApiKeys(includeRevoked));
+  if (json) {
+    io.out(
+      JSON.stringify(
+        keys.map((k) => ({
+          id: k.id,
+          name: k.name,
+          role: k.role,
+          created_at: iso(k.createdAt),
+          created_by: k.createdBy,
+          last_used_at: k.lastUsedAt === null ? null : iso(k.lastUsedAt),
+          revoked_at: k.revokedAt === null ? null : iso(k.revokedAt),
+        })),
+        null,
+        2,
+      ),
+    );
+    return;
+  }
+  const rows = [
+    ["ID", "NAME", "ROLE", "CREATED", "LAST USED", "REVOKED"],
+    ...keys.map((k) => [k.id, k.name, k.role, iso(k.createdAt), iso(k.lastUsedAt), iso(k.revokedAt)]),
+  ];
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  for (const r of rows)
+    io.out(
+      r
+        .map((cell, i) => cell.padEnd(widths[i]!))
+        .join("  ")
+        .trimEnd(),
+    );
+}
+
+export async function keysRevoke(dbPath: string, key: string, io: KeysIo): Promise<void> {
+  if (!key) throw new UsageError("<key>", "give the id or name of the key to revoke");
+  const revoked = await withStore(dbPath, (store) => store.revokeApiKey(key, null, localActor(), Date.now()));
+  io.out(`revoked API key ${revoked.name} (${revoked.id})`);
+}

@@ -1,0 +1,154 @@
+/**
+ * The push hub: at most one open stream (Session or Watch) per machine, the newest winning, and
+ * the fan-out of desired-generation changes to them. A push is a map lookup and an enqueue per
+ * machine — it never scans rollouts or other machines — and one timer for the whole hub sends
+ * heartbeats and closes sessions whose agent went silent for three heartbeat intervals.
+ */
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Logger } from "../../common/logger.js";
+import type { Clock } from "../clock.js";
+import { desiredToProto } from "../services/convert.js";
+import type { DesiredChange } from "../store/records.js";
+import { AgentConnection, type ControlMessageInit, type StreamKind } from "./connection.js";
+
+export interface PushHubOptions {
+  clock: Clock;
+  logger: Logger;
+  heartbeatIntervalMs: number;
+  /** Observes desired-set → PushAck latency in seconds. */
+  observePushLatency?: (seconds: number) => void;
+}
+
+export class PushHub {
+  private readonly connections = new Map<string, AgentConnection>();
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly options: PushHubOptions) {}
+
+  start(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => this.sweep(), this.options.heartbeatIntervalMs);
+    this.timer.unref();
+  }
+
+  /** Closes every stream (shutdown) and stops the heartbeat timer. */
+  stop(error: ConnectError): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    for (const conn of this.connections.values()) conn.close(error);
+    this.connections.clear();
+  }
+
+  get size(): number {
+    return this.connections.size;
+  }
+
+  isConnected(machineId: string): boolean {
+    return this.connections.has(machineId);
+  }
+
+  lastHeard(machineId: string): number | null {
+    return this.connections.get(machineId)?.lastHeardAt ?? null;
+  }
+
+  /** Registers a new stream for a machine; an existing one is closed (the newer stream wins). */
+  attach(machineId: string, kind: StreamKind): AgentConnection {
+    const now = this.options.clock.now();
+    const previous = this.connections.get(machineId);
+    if (previous) {
+      previous.close(new ConnectError(`replaced by a newer ${kind} stream for ${machineId}`, Code.Aborted));
+      this.options.logger.info(
+        { machineId, kind, previousKind: previous.kind },
+        "agent stream replaced by a newer one",
+      );
+    }
+    const conn = new AgentConnection(machineId, kind, now);
+    this.connections.set(machineId, conn);
+    this.options.logger.debug({ machineId, kind }, "agent stream opened");
+    return conn;
+  }
+
+  detach(conn: AgentConnection): void {
+    if (this.connections.get(conn.machineId) === conn) {
+      this.connections.delete(conn.machineId);
+      this.options.logger.debug({ machineId: conn.machineId, kind: conn.kind }, "agent stream closed");
+    }
+    conn.close();
+  }
+
+  /** Pushes a desired-generation change (set, replaced or cleared) to the machine's stream. */
+  pushDesired(change: DesiredChange, pollHintSeconds: number | undefined): void {
+    const conn = this.connections.get(change.machineId);
+    if (!conn) return;
+    const revision = change.desired?.revision ?? 0;
+    conn.awaitingAck.set(revision, change.desired?.setAt ?? this.options.clock.now());
+    if (conn.awaitingAck.size > 16) conn.awaitingAck.delete(conn.awaitingAck.keys().next().value!);
+    conn.send(desiredChangedMessage(change, pollHintSeconds));
+  }
+
+  pushPollHint(machineIds: readonly string[], seconds: number): void {
+    for (const id of machineIds) {
+      this.connections.get(id)?.send({ message: { case: "pollHint", value: { seconds } } });
+    }
+  }
+
+  /** Any message from the agent proves it is alive. */
+  heard(conn: AgentConnection): void {
+    conn.lastHeardAt = this.options.clock.now();
+  }
+
+  /** The agent confirmed a push: measure desired-set → ack. */
+  acknowledge(conn: AgentConnection, revision: number): void {
+    const setAt = conn.awaitingAck.get(revision);
+    if (setAt === undefined) return;
+    conn.awaitingAck.delete(revision);
+    this.options.observePushLatency?.(Math.max(0, this.options.clock.now() - setAt) / 1000);
+  }
+
+  private sweep(): void {
+    const now = this.options.clock.now();
+    const interval = this.options.heartbeatIntervalMs;
+    for (const conn of this.connections.values()) {
+      if (conn.kind === "session") {
+        const limit = 3 * Math.max(interval, conn.peerIntervalMs ?? 0);
+        const silent = now - conn.lastHeardAt;
+        if (silent > limit) {
+          this.options.logger.warn(
+            { machineId: conn.machineId, silentMs: silent },
+            "closing a session whose agent stopped sending heartbeats",
+          );
+          conn.close(
+            new ConnectError(
+              `no message from ${conn.machineId} for ${Math.round(silent / 1000)} s (3 heartbeat intervals); reconnect`,
+              Code.DeadlineExceeded,
+            ),
+          );
+          this.detach(conn);
+          continue;
+        }
+      }
+      conn.send({
+        message: {
+          case: "heartbeat",
+          value: { sentAt: timestampFromMs(now), intervalSeconds: Math.max(1, Math.round(interval / 1000)) },
+        },
+      });
+    }
+  }
+}
+
+export function desiredChangedMessage(
+  change: DesiredChange,
+  pollHintSeconds: number | undefined,
+): ControlMessageInit {
+  return {
+    message: {
+      case: "desiredGenerationChanged",
+      value: {
+        ...(change.desired ? { generation: desiredToProto(change.desired) } : {}),
+        ...(pollHintSeconds !== undefined ? { pollHintSeconds } : {}),
+      },
+    },
+  };
+}

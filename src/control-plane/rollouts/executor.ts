@@ -1,0 +1,178 @@
+/**
+ * The rollout executor: moves running rollouts along. It is driven by events — a report or
+ * health report from a machine in a running rollout, a new or resumed rollout — and by a
+ * periodic tick that catches timeouts and soak periods. Every evaluation re-reads the rollout
+ * from the store, decides with the pure gate and state machine, and applies the decision in one
+ * store transaction, so a control plane restarted mid-rollout simply continues.
+ *
+ * Evaluations run one at a time (a single queue); repeated requests for a rollout already
+ * waiting in the queue coalesce, so a burst of reports from one batch costs one evaluation.
+ */
+import type { Logger } from "../../common/logger.js";
+import type { Clock } from "../clock.js";
+import type { FleetStore } from "../store/repository.js";
+import { type BatchVerdict, classifyMachine, type MachineGate } from "./gate.js";
+import type { RolloutNotifier } from "./notifier.js";
+import { nextStep } from "./state-machine.js";
+import { parseFailureThreshold } from "./threshold.js";
+
+export interface ExecutorOptions {
+  store: FleetStore;
+  clock: Clock;
+  notifier: RolloutNotifier;
+  logger: Logger;
+  tickMs: number;
+}
+
+/** A bound on steps per evaluation; a rollout needs at most two per batch. */
+const MAX_STEPS = 10_000;
+
+export class RolloutExecutor {
+  private chain: Promise<void> = Promise.resolve();
+  private readonly queued = new Map<string, Promise<void>>();
+  private timer: NodeJS.Timeout | null = null;
+  private stopped = false;
+
+  constructor(private readonly o: ExecutorOptions) {}
+
+  start(): void {
+    if (this.timer || this.stopped) return;
+    this.timer = setInterval(() => {
+      void this.tick();
+    }, this.o.tickMs);
+    this.timer.unref();
+    void this.tick();
+  }
+
+  /** Stops ticking and waits for the evaluation in progress (if any) to finish. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    await this.chain;
+  }
+
+  /** Evaluates every running rollout (timeouts, soak, and anything a restart left half done). */
+  async tick(): Promise<void> {
+    if (this.stopped) return;
+    let ids: string[];
+    try {
+      ids = await this.o.store.runningRolloutIds();
+    } catch (err) {
+      this.o.logger.error({ err }, "executor tick could not list running rollouts; retrying next tick");
+      return;
+    }
+    await Promise.all(ids.map((id) => this.kick(id)));
+  }
+
+  /** Schedules an evaluation of a rollout; resolves when it has run. */
+  kick(rolloutId: string): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    const waiting = this.queued.get(rolloutId);
+    if (waiting) return waiting;
+    const run = this.chain.then(async () => {
+      this.queued.delete(rolloutId);
+      if (this.stopped) return;
+      try {
+        await this.evaluate(rolloutId);
+      } catch (err) {
+        this.o.logger.error({ err, rolloutId }, "rollout evaluation failed; it is retried on the next tick");
+      }
+    });
+    this.queued.set(rolloutId, run);
+    this.chain = run;
+    return run;
+  }
+
+  private async evaluate(rolloutId: string): Promise<void> {
+    const { store, clock } = this.o;
+    for (let step = 0; step < MAX_STEPS; step++) {
+      const rollout = await store.getRollout(rolloutId);
+      if (rollout?.status !== "running") return;
+      const batch = rollout.batches[rollout.currentBatch];
+      const threshold = parseFailureThreshold(rollout.failureThreshold);
+      if (typeof threshold === "string") {
+        // Validated at creation; a corrupt row must not loop forever.
+        this.o.logger.error(
+          { rolloutId, threshold: rollout.failureThreshold },
+          "stored failure threshold is invalid",
+        );
+        return;
+      }
+      let gates: MachineGate[] | undefined;
+      const now = clock.now();
+      if (batch?.status === "deploying" && batch.startedAt !== null) {
+        const evidence = await store.gateEvidence(rolloutId, batch.index);
+        gates = evidence.map((e) =>
+          classifyMachine(
+            {
+              machineId: e.machineId,
+              target: e.targetGeneration,
+              startedAt: batch.startedAt!,
+              healthTimeoutMs: rollout.healthTimeoutSeconds * 1000,
+              soakMs: rollout.soakSeconds * 1000,
+              currentGeneration: e.currentGeneration,
+              latestOutcome: e.latestOutcome,
+              latestHealth: e.latestHealth,
+              passingSince: e.passingSince,
+            },
+            now,
+          ),
+        );
+      }
+      const decision = nextStep(rollout, gates, threshold);
+      switch (decision.kind) {
+        case "none":
+        case "complete":
+          return;
+        case "start-batch": {
+          const change = await store.startBatch(rolloutId, decision.index, clock.now());
+          if (!change) return;
+          this.o.notifier.applied(change);
+          continue;
+        }
+        case "wait": {
+          const events = await store.recordGate(rolloutId, decision.index, batch!.startedAt!, gates!, now);
+          this.o.notifier.applied({ rollout, events, changes: [] });
+          return;
+        }
+        case "batch-passed":
+        case "batch-failed": {
+          const startedAt = batch!.startedAt!;
+          const events = await store.recordGate(rolloutId, decision.index, startedAt, gates!, now);
+          this.o.notifier.applied({ rollout, events, changes: [] });
+          const passed = decision.kind === "batch-passed";
+          const change = await store.finishBatch(
+            rolloutId,
+            decision.index,
+            startedAt,
+            {
+              passed,
+              message: verdictMessage(decision.verdict, gates!),
+              last: decision.kind === "batch-passed" && decision.next === null,
+              pause: decision.kind === "batch-failed" && decision.onFailure === "pause",
+            },
+            clock.now(),
+          );
+          if (!change) return;
+          this.o.notifier.applied(change);
+          continue;
+        }
+      }
+    }
+    this.o.logger.error({ rolloutId }, "rollout evaluation did not settle; stopping this round");
+  }
+}
+
+function verdictMessage(verdict: BatchVerdict, gates: readonly MachineGate[]): string {
+  const unhealthy = gates.filter((g) => g.state === "unhealthy");
+  const base = `${verdict.healthy} healthy, ${verdict.unhealthy} unhealthy`;
+  if (verdict.kind === "passed") return `${base} (threshold allows ${verdict.allowed})`;
+  const list = unhealthy
+    .slice(0, 5)
+    .map((g) => `${g.machineId} (${g.reason})`)
+    .join("; ");
+  const more = unhealthy.length > 5 ? `; and ${unhealthy.length - 5} more` : "";
+  const allowed = "allowed" in verdict ? verdict.allowed : 0;
+  return `${base}, threshold allows ${allowed}: ${list}${more}`;
+}

@@ -1,0 +1,150 @@
+/**
+ * The health gate: whether each machine of a deploying batch is healthy, unhealthy or still
+ * pending, and whether the batch as a whole passed. Pure functions over the evidence the store
+ * gathers, so the rules are table-tested and the executor only wires them up.
+ *
+ * A machine is
+ * - UNHEALTHY when its latest outcome report received after the batch started is a failure
+ *   (ROLLED_BACK, ROLLBACK_FAILED, FETCH_FAILED, APPLY_FAILED, QUARANTINED, FOREIGN_GENERATION) for
+ *   the batch's target, or its latest health report on the target since the start fails;
+ * - HEALTHY when it runs the target (its latest report says so) and its latest health report on
+ *   the target since the start passes — with a soak, passing without a break for the soak period;
+ * - otherwise PENDING, until health_timeout after the start makes it UNHEALTHY ("no decision in
+ *   time"). A machine whose passing streak began before the timeout may finish its soak.
+ *
+ * "After the start" is strict (received_at > started_at) and the control plane's clock never
+ * hands out the same millisecond twice, so a report from before a (re)start never counts:
+ * reports from before a pause cannot fail a resumed batch, and a health report from the old
+ * generation can never pass one. APPLYING is never success; it only says the switch is under way.
+ */
+import { Outcome } from "../../gen/nixfleet/v1/types_pb.js";
+import type { GateState } from "../store/records.js";
+import { allowedUnhealthy, type FailureThreshold } from "./threshold.js";
+
+export const FAILURE_OUTCOMES: ReadonlySet<Outcome> = new Set([
+  Outcome.ROLLED_BACK,
+  Outcome.ROLLBACK_FAILED,
+  Outcome.FETCH_FAILED,
+  Outcome.APPLY_FAILED,
+  Outcome.QUARANTINED,
+  Outcome.FOREIGN_GENERATION,
+]);
+
+/** The latest report since the batch start that carried an outcome. */
+export interface OutcomeEvidence {
+  outcome: Outcome;
+  message: string;
+  /** The generation the outcome is about; empty from agents that don't say (v0.1 REST). */
+  desiredGeneration: string;
+  receivedAt: number;
+}
+
+/** The latest health report on the target generation since the batch start. */
+export interface HealthEvidence {
+  allPassed: boolean;
+  receivedAt: number;
+  failing: string[];
+}
+
+export interface MachineGateInput {
+  machineId: string;
+  target: string;
+  startedAt: number;
+  healthTimeoutMs: number;
+  soakMs: number;
+  /** What the machine's latest report (or Hello) says it runs. */
+  currentGeneration: string;
+  latestOutcome: OutcomeEvidence | null;
+  latestHealth: HealthEvidence | null;
+  /** When the current unbroken run of passing health reports on the target began (since start). */
+  passingSince: number | null;
+}
+
+export interface MachineGate {
+  machineId: string;
+  state: GateState;
+  reason: string;
+}
+
+function outcomeName(outcome: Outcome): string {
+  return Outcome[outcome] ?? `outcome ${outcome}`;
+}
+
+function seconds(ms: number): string {
+  return `${Math.floor(ms / 1000)}s`;
+}
+
+export function classifyMachine(input: MachineGateInput, now: number): MachineGate {
+  const { machineId, target, startedAt } = input;
+  const gate = (state: GateState, reason: string): MachineGate => ({ machineId, state, reason });
+
+  const outcome = input.latestOutcome;
+  if (
+    outcome &&
+    outcome.receivedAt > startedAt &&
+    FAILURE_OUTCOMES.has(outcome.outcome) &&
+    (outcome.desiredGeneration === target || outcome.desiredGeneration === "")
+  ) {
+    const detail = outcome.message ? `: ${outcome.message}` : "";
+    return gate("unhealthy", `${outcomeName(outcome.outcome)}${detail}`);
+  }
+
+  const health = input.latestHealth && input.latestHealth.receivedAt > startedAt ? input.latestHealth : null;
+  if (health && !health.allPassed) {
+    const names = health.failing.length ? health.failing.join(", ") : "unnamed checks";
+    return gate("unhealthy", `health checks failing on the target generation: ${names}`);
+  }
+
+  const onTarget = input.currentGeneration === target;
+  const deadline = startedAt + input.healthTimeoutMs;
+  let waiting: string;
+  if (onTarget && health) {
+    if (input.soakMs <= 0) return gate("healthy", "on the target generation with passing health checks");
+    const since = Math.max(input.passingSince ?? health.receivedAt, startedAt);
+    const soaked = now - since;
+    if (soaked >= input.soakMs)
+      return gate("healthy", `on the target generation, healthy for the ${seconds(input.soakMs)} soak`);
+    // A streak that began in time may finish its soak after the health timeout.
+    if (since <= deadline) {
+      return gate("pending", `soaking: healthy for ${seconds(soaked)} of ${seconds(input.soakMs)}`);
+    }
+    waiting = "passing health checks began after the health timeout";
+  } else if (onTarget) {
+    waiting = "on the target generation, waiting for a passing health report";
+  } else {
+    const last =
+      outcome && outcome.receivedAt > startedAt ? `; last outcome ${outcomeName(outcome.outcome)}` : "";
+    const current = input.currentGeneration ? ` (running ${input.currentGeneration})` : "";
+    waiting = `waiting for the switch to the target generation${current}${last}`;
+  }
+  if (now >= deadline) {
+    return gate(
+      "unhealthy",
+      `no passing health report on the target generation within the ${seconds(input.healthTimeoutMs)} health timeout (${waiting})`,
+    );
+  }
+  return gate("pending", waiting);
+}
+
+export type BatchVerdict =
+  | { kind: "pending"; healthy: number; unhealthy: number; pending: number }
+  | { kind: "passed"; healthy: number; unhealthy: number; allowed: number }
+  | { kind: "failed"; healthy: number; unhealthy: number; allowed: number };
+
+/** A batch passes once every machine is decided and no more are unhealthy than allowed. */
+export function batchVerdict(states: readonly MachineGate[], threshold: FailureThreshold): BatchVerdict {
+  let healthy = 0;
+  let unhealthy = 0;
+  let pending = 0;
+  for (const s of states) {
+    if (s.state === "healthy") healthy++;
+    else if (s.state === "unhealthy") unhealthy++;
+    else pending++;
+  }
+  const allowed = allowedUnhealthy(threshold, states.length);
+  // Deciding early on failure would save minutes, but a machine still pending may yet turn out
+  // healthy only if unhealthy ≤ allowed; once that is exceeded nothing can rescue the batch.
+  if (unhealthy > allowed) return { kind: "failed", healthy, unhealthy, allowed };
+  if (pending > 0) return { kind: "pending", healthy, unhealthy, pending };
+  return { kind: "passed", healthy, unhealthy, allowed };
+}

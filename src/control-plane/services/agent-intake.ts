@@ -1,0 +1,77 @@
+/**
+ * What the control plane does with agent contact, whichever transport it came over (unary
+ * gRPC/Connect, the Session stream, or the v0.1 REST routes): store it, register the machine if
+ * new, and let the executor look at the machine's rollout at once.
+ */
+import type { Logger } from "../../common/logger.js";
+import type { Clock } from "../clock.js";
+import type { RolloutExecutor } from "../rollouts/executor.js";
+import type {
+  AgentContactResult,
+  DesiredRecord,
+  HealthInput,
+  HelloInput,
+  ReportInput,
+} from "../store/records.js";
+import type { FleetStore } from "../store/repository.js";
+import type { Presence } from "./presence.js";
+
+export interface AgentIntakeOptions {
+  store: () => FleetStore;
+  clock: Clock;
+  executor: () => RolloutExecutor;
+  presence: Presence;
+  logger: Logger;
+  pollHintSeconds: number;
+}
+
+export interface DesiredAnswer {
+  desired: DesiredRecord | null;
+  /** Set while the machine is in an active rollout. */
+  pollHintSeconds: number | undefined;
+}
+
+export class AgentIntake {
+  constructor(private readonly o: AgentIntakeOptions) {}
+
+  async desired(machineId: string): Promise<DesiredAnswer> {
+    this.o.presence.touch(machineId, this.o.clock.now());
+    const { desired, inActiveRollout } = await this.o.store().desiredFor(machineId);
+    return { desired, pollHintSeconds: inActiveRollout ? this.o.pollHintSeconds : undefined };
+  }
+
+  async hello(input: HelloInput): Promise<AgentContactResult> {
+    const result = await this.o.store().recordHello(input, this.o.clock.now());
+    this.after(result, "stream opened");
+    return result;
+  }
+
+  async report(input: ReportInput): Promise<AgentContactResult> {
+    const result = await this.o.store().recordReport(input, this.o.clock.now());
+    this.after(result, "report");
+    return result;
+  }
+
+  async health(input: HealthInput): Promise<AgentContactResult> {
+    const result = await this.o.store().recordHealth(input, this.o.clock.now());
+    this.after(result, "health report");
+    return result;
+  }
+
+  heard(machineId: string): void {
+    this.o.presence.touch(machineId, this.o.clock.now());
+  }
+
+  private after(result: AgentContactResult, what: string): void {
+    const { machine } = result;
+    if (result.registered) {
+      this.o.logger.info(
+        { machineId: machine.id, tags: machine.tags },
+        `machine registered on first contact (${what})`,
+      );
+    }
+    // The gate may decide now; evaluation happens right after this call returns.
+    if (machine.activeRollout?.status === "running")
+      void this.o.executor().kick(machine.activeRollout.rolloutId);
+  }
+}

@@ -1,0 +1,96 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import {
+  parseHostPort,
+  resolveServeConfig,
+  type ServeFlags,
+  UsageError,
+} from "../../src/control-plane/config.js";
+
+const tls: ServeFlags = { tlsCert: "/c.pem", tlsKey: "/k.pem", clientCa: "/ca.pem" };
+
+function usage(flags: ServeFlags, env: Record<string, string> = {}): string {
+  try {
+    resolveServeConfig(flags, env);
+  } catch (err) {
+    assert.ok(err instanceof UsageError, String(err));
+    return err.message;
+  }
+  assert.fail("accepted");
+}
+
+describe("serve configuration", () => {
+  it("has the documented defaults", () => {
+    const c = resolveServeConfig(tls, {});
+    assert.deepEqual(c.listen, { host: "0.0.0.0", port: 8443 });
+    assert.equal(c.dbPath, "/var/lib/nixfleet-cp/state.db");
+    assert.equal(c.staleAfterSeconds, 300);
+    assert.equal(c.pollHintSeconds, 5);
+    assert.equal(c.executorTickMs, 2000);
+    assert.equal(c.heartbeatIntervalSeconds, 15);
+    assert.equal(c.reportRetentionHours, 168);
+    assert.equal(c.allowInsecure, false);
+    assert.equal(c.metricsListen, null);
+    assert.deepEqual(c.tls, { cert: "/c.pem", key: "/k.pem", clientCa: "/ca.pem" });
+  });
+
+  it("reads NIXFLEET_CP_* variables, and a flag wins over its variable", () => {
+    const env = {
+      NIXFLEET_CP_LISTEN: "127.0.0.1:9000",
+      NIXFLEET_CP_DB_PATH: "/env.db",
+      NIXFLEET_CP_TLS_CERT: "/e.pem",
+      NIXFLEET_CP_TLS_KEY: "/e.key",
+      NIXFLEET_CP_CLIENT_CA: "/eca.pem",
+      NIXFLEET_CP_POLL_HINT: "7",
+      NIXFLEET_CP_METRICS_LISTEN: ":9100",
+      NIXFLEET_CP_METRICS_REQUIRE_KEY: "true",
+      NIXFLEET_CP_EXECUTOR_TICK: "0.25",
+    };
+    const c = resolveServeConfig({ dbPath: "/flag.db" }, env);
+    assert.deepEqual(c.listen, { host: "127.0.0.1", port: 9000 });
+    assert.equal(c.dbPath, "/flag.db");
+    assert.equal(c.tls?.cert, "/e.pem");
+    assert.equal(c.pollHintSeconds, 7);
+    assert.deepEqual(c.metricsListen, { host: "0.0.0.0", port: 9100 });
+    assert.equal(c.metricsRequireKey, true);
+    assert.equal(c.executorTickMs, 250);
+  });
+
+  it("--allow-insecure needs no TLS files and refuses them", () => {
+    assert.equal(resolveServeConfig({ allowInsecure: true }, {}).tls, null);
+    assert.equal(resolveServeConfig({}, { NIXFLEET_CP_ALLOW_INSECURE: "1" }).allowInsecure, true);
+    // A variable set to 0 must not turn it on.
+    assert.match(usage({}, { NIXFLEET_CP_ALLOW_INSECURE: "0" }), /^--tls-cert/);
+    assert.match(usage({ allowInsecure: true, tlsCert: "/c" }), /^--allow-insecure: .*--tls-cert/);
+    assert.match(usage({}, { NIXFLEET_CP_ALLOW_INSECURE: "maybe" }), /^--allow-insecure: .*not a boolean/);
+  });
+
+  const bad: [string, ServeFlags, RegExp][] = [
+    ["no TLS at all", {}, /^--tls-cert: required/],
+    ["a key without a certificate", { tlsKey: "/k", clientCa: "/ca" }, /^--tls-cert/],
+    ["no client CA", { tlsCert: "/c", tlsKey: "/k" }, /^--client-ca: required/],
+    ["a listen address without a port", { ...tls, listen: "localhost" }, /^--listen: expected host:port/],
+    ["a port out of range", { ...tls, listen: "127.0.0.1:70000" }, /^--listen: port 70000 is out of range/],
+    ["a non-numeric stale-after", { ...tls, staleAfter: "soon" }, /^--stale-after: expected a whole number/],
+    ["a fractional poll hint", { ...tls, pollHint: "1.5" }, /^--poll-hint: expected a whole number/],
+    ["a zero heartbeat", { ...tls, heartbeatInterval: "0" }, /^--heartbeat-interval: must be between 1/],
+    [
+      "a too small executor tick",
+      { ...tls, executorTick: "0.001" },
+      /^--executor-tick: must be between 0.05/,
+    ],
+    ["an unknown log level", { ...tls, logLevel: "loud" }, /^--log-level: must be one of/],
+    ["an empty report retention", { ...tls, reportRetention: "" }, /^--report-retention/],
+    ["a bad metrics address", { ...tls, metricsListen: "9100" }, /^--metrics-listen: expected host:port/],
+  ];
+  for (const [name, flags, message] of bad)
+    it(`refuses ${name}, naming the flag`, () => assert.match(usage(flags), message));
+
+  it("parses host:port forms, including IPv6 and port 0", () => {
+    assert.deepEqual(parseHostPort("--listen", "127.0.0.1:0"), { host: "127.0.0.1", port: 0 });
+    assert.deepEqual(parseHostPort("--listen", "[::1]:8443"), { host: "::1", port: 8443 });
+    assert.deepEqual(parseHostPort("--listen", ":8443"), { host: "0.0.0.0", port: 8443 });
+    assert.deepEqual(parseHostPort("--listen", "cp.example.org:443"), { host: "cp.example.org", port: 443 });
+    assert.throws(() => parseHostPort("--listen", "::1:8443"), UsageError);
+  });
+});

@@ -1,0 +1,112 @@
+/**
+ * Runs the real `nixfleet-control-plane` program (src/control-plane/main.ts through tsx) as a
+ * child process, waits for its "listening" log line, and stops it.
+ */
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { promisify } from "node:util";
+import type { Pki } from "../fixtures/pki.js";
+import { waitFor } from "./helpers.js";
+
+export const REPO = join(import.meta.dirname, "../..");
+export const MAIN = join(REPO, "src/control-plane/main.ts");
+const run = promisify(execFile);
+
+export interface CpProcess {
+  proc: ChildProcess;
+  url: string;
+  metricsUrl: string | undefined;
+  lines: string[];
+  stderr: string[];
+  /** Parsed JSON log lines. */
+  logs(): Record<string, unknown>[];
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export function tlsArgs(pki: Pki): string[] {
+  return ["--tls-cert", pki.server.cert, "--tls-key", pki.server.key, "--client-ca", pki.ca];
+}
+
+/** Runs a one-shot command of the program (e.g. `keys create`) and returns its output and exit code. */
+export async function runCli(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await run(process.execPath, ["--import", "tsx", MAIN, ...args], {
+      cwd: REPO,
+      env: { ...process.env, ...env },
+      timeout: 60_000,
+    });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof e.code === "number" ? e.code : -1, stdout: e.stdout ?? "", stderr: e.stderr ?? "" };
+  }
+}
+
+/** Starts `serve`; resolves once it logged "listening" (or `waitFor` says otherwise). */
+export async function startCp(
+  args: string[],
+  options: { env?: Record<string, string>; waitForMsg?: string; timeoutMs?: number } = {},
+): Promise<CpProcess> {
+  const proc = spawn(process.execPath, ["--import", "tsx", MAIN, "serve", ...args], {
+    cwd: REPO,
+    env: { ...process.env, NIXFLEET_LOG_LEVEL: "", ...options.env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const lines: string[] = [];
+  const stderr: string[] = [];
+  createInterface({ input: proc.stdout! }).on("line", (l) => lines.push(l));
+  createInterface({ input: proc.stderr! }).on("line", (l) => stderr.push(l));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    proc.once("exit", (code, signal) => resolve({ code, signal })),
+  );
+  let gone = false;
+  void exited.then(() => {
+    gone = true;
+  });
+  const parsed = () =>
+    lines.flatMap((l) => {
+      try {
+        return [JSON.parse(l) as Record<string, unknown>];
+      } catch {
+        return [];
+      }
+    });
+  const cp: CpProcess = {
+    proc,
+    url: "",
+    metricsUrl: undefined,
+    lines,
+    stderr,
+    logs: parsed,
+    exited,
+    async stop(signal = "SIGTERM") {
+      if (!gone) proc.kill(signal);
+      return exited;
+    },
+  };
+  const msg = options.waitForMsg ?? "listening";
+  const line = await Promise.race([
+    waitFor(
+      `the control plane to log "${msg}"`,
+      () => parsed().find((l) => l["msg"] === msg),
+      options.timeoutMs ?? 30_000,
+    ),
+    exited.then(({ code, signal }) => {
+      throw new Error(
+        `the control plane exited early (code ${code}, signal ${signal}):\n${lines.join("\n")}\n${stderr.join("\n")}`,
+      );
+    }),
+  ]).catch(async (err) => {
+    proc.kill("SIGKILL");
+    await exited;
+    throw err;
+  });
+  cp.url = String(line["url"] ?? "");
+  cp.metricsUrl = line["metricsUrl"] as string | undefined;
+  return cp;
+}
