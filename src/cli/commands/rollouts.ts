@@ -73,9 +73,13 @@ export async function followRollout(
     for (;;) {
       const remaining = deadline - Date.now();
       if (remaining <= 0) break;
-      const signal = Number.isFinite(remaining) ? AbortSignal.timeout(remaining) : undefined;
+      // Our own controller ends the stream when we stop reading early: an abandoned HTTP/2
+      // stream would keep the session, and so the process, alive.
+      const call = new AbortController();
+      const timedOut = Number.isFinite(remaining) ? AbortSignal.timeout(remaining) : undefined;
+      const signal = timedOut ? AbortSignal.any([call.signal, timedOut]) : call.signal;
       try {
-        for await (const msg of ctx.client().watchRollout({ rolloutId: id }, signal ? { signal } : {})) {
+        for await (const msg of ctx.client().watchRollout({ rolloutId: id }, { signal })) {
           backoffMs = 500;
           const logs: string[] = [];
           if (msg.event && msg.event.id > seenEvent) {
@@ -97,12 +101,14 @@ export async function followRollout(
         last = res.rollout ?? last;
         if (last && stopsWaiting(last.status)) return last;
       } catch (err) {
-        if (signal?.aborted) break;
+        if (timedOut?.aborted) break;
         const ce = ConnectError.from(err);
         if (!RETRYABLE.has(ce.code)) throw err;
         ctx.output.err(`lost the control plane (${ce.rawMessage}); reconnecting in ${backoffMs / 1000}s…`);
         await new Promise((r) => setTimeout(r, Math.min(backoffMs, Math.max(0, deadline - Date.now()))));
         backoffMs = Math.min(backoffMs * 2, 10_000);
+      } finally {
+        call.abort();
       }
     }
   } finally {
