@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** `nixfleet`: the operator CLI. Exit codes: 0 ok, 1 failure, 2 usage. */
 import { Command, CommanderError } from "commander";
+import { isMainModule } from "../common/entry.js";
 import { VERSION } from "../common/version.js";
 import { registerAudit } from "./commands/audit.js";
 import { registerConfig } from "./commands/config.js";
@@ -73,11 +74,7 @@ export async function main(argv: string[]): Promise<number> {
   return typeof process.exitCode === "number" ? process.exitCode : EXIT_OK;
 }
 
-if (
-  import.meta.url === `file://${process.argv[1]}` ||
-  process.argv[1]?.endsWith("/cli/main.ts") ||
-  process.argv[1]?.endsWith("/cli/main.js")
-) {
+if (isMainModule(import.meta.url)) {
   main(process.argv.slice(2)).then((code) => {
     process.exitCode = code;
   });

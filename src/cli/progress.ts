@@ -89,6 +89,8 @@ export function eventLine(e: RolloutEvent): string {
     [RolloutEventType.CANCELLED]: "rollout cancelled",
   };
   const text = what[e.type] ?? "event";
+  // Some control-plane messages already name their batch ("batch 2 of 2 started: web-02").
+  if (/^batch \d/.test(e.message)) return `[${clock(e)}] ${e.message}`;
   return `[${clock(e)}] ${text}${e.message ? `: ${e.message}` : ""}`;
 }
 

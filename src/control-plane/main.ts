@@ -1,3 +1,4 @@
+#!/usr/bin/env node
 /**
  * nixfleet-control-plane: `serve` (the default) runs the server; `keys create|list|revoke`
  * manage API keys in the database directly (how the first admin key is made).
@@ -6,6 +7,7 @@
  * message says what to fix), 2 bad usage (the message names the flag).
  */
 import { Command, CommanderError, Option } from "commander";
+import { isMainModule } from "../common/entry.js";
 import { createLogger, type Logger } from "../common/logger.js";
 import { loadTlsMaterial, TlsConfigError } from "../common/tls.js";
 import {
@@ -250,4 +252,4 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+if (isMainModule(import.meta.url)) await main();

@@ -109,6 +109,8 @@ describe("rollout progress rendering", () => {
       createdAt: timestampFromMs(T0),
     });
     assert.equal(eventLine(started), "[12:00:00] batch 1 started");
+    started.message = "batch 1 of 2 started: web-01";
+    assert.equal(eventLine(started), "[12:00:00] batch 1 of 2 started: web-01", "no repeated batch label");
   });
 
   it("redraws in place: moves up over the previous block before writing", () => {

@@ -76,11 +76,18 @@ describe("gate: per-machine classification", () => {
       /ROLLED_BACK: health check nginx failed/,
     ],
     [
-      "FETCH_FAILED for the target",
-      { latestOutcome: outcome(Outcome.FETCH_FAILED, START + S) },
+      "FETCH_FAILED for the target is not definitive: pending while the agent retries",
+      { latestOutcome: outcome(Outcome.FETCH_FAILED, START + S, TARGET, "cache unreachable") },
       START + 2 * S,
+      "pending",
+      /fetching the target generation failed; the agent retries: cache unreachable/,
+    ],
+    [
+      "FETCH_FAILED until the health timeout makes the machine unhealthy, with the fetch error",
+      { latestOutcome: outcome(Outcome.FETCH_FAILED, START + S, TARGET, "cache unreachable") },
+      START + 400 * S,
       "unhealthy",
-      /FETCH_FAILED/,
+      /health timeout \(fetching the target generation failed; the agent retries: cache unreachable\)/,
     ],
     [
       "ROLLBACK_FAILED",

@@ -15,6 +15,7 @@ import {
   RolloutStatus,
   RolloutStrategy,
 } from "../../src/gen/nixfleet/v1/fleet_pb.js";
+import { Outcome } from "../../src/gen/nixfleet/v1/types_pb.js";
 import { createPki, type Pki } from "../fixtures/pki.js";
 import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
 import { Harness } from "./harness.js";
@@ -260,6 +261,17 @@ describe("rollouts driven by simulated agents", () => {
       secondRevision > firstRevision,
       "the agent may retry a quarantined path only on a newer revision",
     );
+    // A report the agent decided about the old assignment, arriving after the resume (e.g.
+    // QUARANTINED from a check that raced the resume), is about a stale revision: no verdict.
+    await b.client.report({
+      machineId: b.id,
+      currentGeneration: b.current,
+      desiredGeneration: f.release.entries.find((e) => e.hostname === b.id)!.storePath,
+      desiredRevision: firstRevision,
+      outcome: Outcome.QUARANTINED,
+      success: false,
+      message: "failed here before",
+    });
     // Another report from an unrelated machine in the batch triggers evaluation again: still running.
     await a.health(true);
     await waitFor(

@@ -4,13 +4,17 @@
  * gathers, so the rules are table-tested and the executor only wires them up.
  *
  * A machine is
- * - UNHEALTHY when its latest outcome report received after the batch started is a failure
- *   (ROLLED_BACK, ROLLBACK_FAILED, FETCH_FAILED, APPLY_FAILED, QUARANTINED, FOREIGN_GENERATION) for
- *   the batch's target, or its latest health report on the target since the start fails;
+ * - UNHEALTHY when its latest outcome report received after the batch started is a definitive
+ *   failure (ROLLED_BACK, ROLLBACK_FAILED, APPLY_FAILED, QUARANTINED, FOREIGN_GENERATION) for the
+ *   batch's target, or its latest health report on the target since the start fails;
  * - HEALTHY when it runs the target (its latest report says so) and its latest health report on
  *   the target since the start passes — with a soak, passing without a break for the soak period;
  * - otherwise PENDING, until health_timeout after the start makes it UNHEALTHY ("no decision in
  *   time"). A machine whose passing streak began before the timeout may finish its soak.
+ *
+ * FETCH_FAILED is not definitive: nothing changed on the host and the agent retries every
+ * retryInterval (a cache hiccup, a closure pushed a moment late). It keeps the machine pending,
+ * with the fetch error as the reason, until it fetches or the health timeout runs out.
  *
  * "After the start" is strict (received_at > started_at) and the control plane's clock never
  * hands out the same millisecond twice, so a report from before a (re)start never counts:
@@ -24,7 +28,6 @@ import { allowedUnhealthy, type FailureThreshold } from "./threshold.js";
 export const FAILURE_OUTCOMES: ReadonlySet<Outcome> = new Set([
   Outcome.ROLLED_BACK,
   Outcome.ROLLBACK_FAILED,
-  Outcome.FETCH_FAILED,
   Outcome.APPLY_FAILED,
   Outcome.QUARANTINED,
   Outcome.FOREIGN_GENERATION,
@@ -111,6 +114,13 @@ export function classifyMachine(input: MachineGateInput, now: number): MachineGa
     waiting = "passing health checks began after the health timeout";
   } else if (onTarget) {
     waiting = "on the target generation, waiting for a passing health report";
+  } else if (
+    outcome &&
+    outcome.receivedAt > startedAt &&
+    outcome.outcome === Outcome.FETCH_FAILED &&
+    (outcome.desiredGeneration === target || outcome.desiredGeneration === "")
+  ) {
+    waiting = `fetching the target generation failed; the agent retries${outcome.message ? `: ${outcome.message}` : ""}`;
   } else {
     const last =
       outcome && outcome.receivedAt > startedAt ? `; last outcome ${outcomeName(outcome.outcome)}` : "";

@@ -313,6 +313,14 @@ export function gateEvidence(sql: Sql, rolloutId: string, batchIndex: number): G
     batchIndex,
   );
   return machines.map((m) => {
+    // Only outcomes about this assignment count: a report the agent produced for an older
+    // revision can still arrive after the batch (re)started — e.g. a QUARANTINED decided just
+    // before a resume — and must not fail it. Revision 0 means "not said" (v0.1 agents).
+    const assigned =
+      sql.get<{ revision: number }>(
+        "SELECT revision FROM desired_generations WHERE machine_id = ?",
+        m.machine_id,
+      )?.revision ?? 0;
     const outcome = sql.get<{
       outcome: number;
       message: string;
@@ -320,9 +328,11 @@ export function gateEvidence(sql: Sql, rolloutId: string, batchIndex: number): G
       received_at: number;
     }>(
       `SELECT outcome, message, desired_generation, received_at FROM reports
-       WHERE machine_id = ? AND received_at > ? AND outcome != 0 ORDER BY received_at DESC, id DESC LIMIT 1`,
+       WHERE machine_id = ? AND received_at > ? AND outcome != 0 AND (desired_revision = 0 OR desired_revision >= ?)
+       ORDER BY received_at DESC, id DESC LIMIT 1`,
       m.machine_id,
       startedAt,
+      assigned,
     );
     const health = sql.get<{ all_passed: number; received_at: number; results: string }>(
       `SELECT all_passed, received_at, results FROM health_reports

@@ -1,0 +1,323 @@
+# services.nixfleet-control-plane: the nixfleet control plane on a NixOS host.
+#
+# It needs no root powers: it serves TLS on a port, writes one SQLite file and reads its
+# certificates, so the unit runs as a system user inside a tight sandbox. The TLS files are handed
+# over with systemd credentials (LoadCredential), so the private key can stay root-only (0400)
+# wherever it lives.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib) mkOption types;
+  cfg = config.services.nixfleet-control-plane;
+
+  user = "nixfleet-cp";
+  stateDir = "/var/lib/nixfleet-cp";
+
+  hostPort = types.strMatching "([[][0-9A-Fa-f:.]+[]]|[A-Za-z0-9._-]+):[0-9]{1,5}" // {
+    description = "HOST:PORT (IPv6 hosts in brackets, e.g. [::]:8443)";
+  };
+  absolutePath = types.strMatching "/.*" // {
+    description = "absolute path (a string)";
+  };
+  # The ranges src/control-plane/config.ts accepts, so a bad value fails at evaluation.
+  secondsUpTo =
+    max:
+    types.ints.between 1 max
+    // {
+      description = "integer between 1 and ${toString max}";
+    };
+
+  # The port of a HOST:PORT string: everything after the last colon.
+  portOf = listen: lib.toInt (lib.last (builtins.match "(.*):([0-9]+)" listen));
+  listenPort = portOf cfg.listen;
+  metricsPort = if cfg.metrics.listen == null then null else portOf cfg.metrics.listen;
+  privilegedPort = listenPort < 1024 || (metricsPort != null && metricsPort < 1024);
+
+  # systemd's ExecStart is not a shell: quote every argument as a C string and escape the
+  # specifier (%) and variable ($) characters, as nixpkgs' utils.escapeSystemdExecArg does.
+  execArg = arg: builtins.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON (toString arg));
+  execArgs = args: lib.concatStringsSep " " (map execArg args);
+
+  tlsEnabled = !cfg.allowInsecure;
+  # The files arrive in $CREDENTIALS_DIRECTORY (%d), readable by the service user only.
+  credentials = lib.optionals tlsEnabled [
+    "tls-cert:${toString cfg.tls.cert}"
+    "tls-key:${cfg.tls.key}"
+    "client-ca:${toString cfg.tls.clientCa}"
+  ];
+
+  serveFlags =
+    [
+      "--listen"
+      cfg.listen
+      "--db-path"
+      cfg.dbPath
+      "--stale-after"
+      cfg.staleAfter
+      "--poll-hint"
+      cfg.pollHint
+      "--executor-tick"
+      cfg.executorTick
+      "--heartbeat-interval"
+      cfg.heartbeatInterval
+      "--report-retention"
+      cfg.reportRetention
+      "--log-level"
+      cfg.logLevel
+    ]
+    ++ lib.optional cfg.allowInsecure "--allow-insecure"
+    ++ lib.optionals (cfg.metrics.listen != null) [
+      "--metrics-listen"
+      cfg.metrics.listen
+    ]
+    ++ lib.optional cfg.metrics.requireKey "--metrics-require-key"
+    ++ cfg.extraFlags;
+
+  execStart =
+    execArgs ([ "${cfg.package}/bin/nixfleet-control-plane" "serve" ] ++ serveFlags)
+    # %d is a systemd specifier and must stay unescaped.
+    + lib.optionalString tlsEnabled " --tls-cert %d/tls-cert --tls-key %d/tls-key --client-ca %d/client-ca";
+
+  # `nixfleet-control-plane keys …` against this host's database (NIXFLEET_CP_DB_PATH), as the
+  # service user in the service's state directory (created if the service never ran), so the
+  # SQLite files keep the owner the service needs. `keys create` prints the secret on stdout.
+  adminTool = pkgs.writeShellScriptBin "nixfleet-control-plane-admin" ''
+    if [ "$(${pkgs.coreutils}/bin/id -u)" != 0 ]; then
+      echo "nixfleet-control-plane-admin: run as root (it runs the command as ${user})" >&2
+      exit 1
+    fi
+    exec ${config.systemd.package}/bin/systemd-run --quiet --pipe --wait --collect \
+      --property=User=${user} --property=Group=${user} \
+      --property=StateDirectory=nixfleet-cp --property=StateDirectoryMode=0700 \
+      --property=UMask=0077 \
+      --setenv=NIXFLEET_CP_DB_PATH=${lib.escapeShellArg cfg.dbPath} \
+      -- ${cfg.package}/bin/nixfleet-control-plane "$@"
+  '';
+in
+{
+  options.services.nixfleet-control-plane = {
+    enable = lib.mkEnableOption "the nixfleet control plane";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.nixfleet or (pkgs.callPackage ../package.nix { });
+      defaultText = lib.literalExpression "pkgs.nixfleet or (pkgs.callPackage \"\${nixfleet}/nix/package.nix\" { })";
+      description = "The nixfleet package providing `nixfleet-control-plane`.";
+    };
+
+    listen = mkOption {
+      type = hostPort;
+      default = "0.0.0.0:8443";
+      example = "[::]:8443";
+      description = "Address and port of the TLS listener (gRPC, Connect, REST, /healthz, /readyz, /metrics).";
+    };
+
+    dbPath = mkOption {
+      type = absolutePath;
+      default = "${stateDir}/state.db";
+      description = "The SQLite database (WAL mode; back up the -wal file with it, or use `sqlite3 .backup`).";
+    };
+
+    tls = {
+      cert = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        example = "/var/lib/secrets/nixfleet/server.pem";
+        description = "PEM server certificate (chain). Required unless `allowInsecure`.";
+      };
+      key = mkOption {
+        # A string, not a path: a path literal would copy the private key into the store.
+        type = types.nullOr absolutePath;
+        default = null;
+        example = "/var/lib/secrets/nixfleet/server.key";
+        description = "PEM private key of `tls.cert`, outside the Nix store; may be root-only (it is passed as a systemd credential). Required unless `allowInsecure`.";
+      };
+      clientCa = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        example = "/var/lib/secrets/nixfleet/agents-ca.pem";
+        description = "PEM CA that signs the agents' client certificates (CN = machine id). Required unless `allowInsecure`.";
+      };
+    };
+
+    allowInsecure = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Serve plain HTTP (h2c and HTTP/1.1) without TLS; agent identities are then taken on trust. Development only.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the port of `listen` in the firewall.";
+    };
+
+    metrics = {
+      listen = mkOption {
+        type = types.nullOr hostPort;
+        default = null;
+        example = "127.0.0.1:9102";
+        description = "Extra plain-HTTP listener serving only /metrics (it is always on the main listener too).";
+      };
+      requireKey = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Require an API key (any role) for /metrics.";
+      };
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open the port of `metrics.listen` in the firewall.";
+      };
+    };
+
+    staleAfter = mkOption {
+      type = secondsUpTo (30 * 86400);
+      default = 300;
+      description = "Seconds without a report after which a machine shows as stale.";
+    };
+
+    pollHint = mkOption {
+      type = secondsUpTo 3600;
+      default = 5;
+      description = "Poll interval (seconds) suggested to machines in an active rollout.";
+    };
+
+    executorTick = mkOption {
+      type = types.addCheck types.number (x: x >= 5.0e-2 && x <= 600) // {
+        description = "number of seconds from 0.05 to 600";
+      };
+      default = 2;
+      description = "Seconds between rollout executor ticks (timeouts; reports are acted on at once).";
+    };
+
+    heartbeatInterval = mkOption {
+      type = secondsUpTo 3600;
+      default = 15;
+      description = "Heartbeat period (seconds) on agents' Session/Watch streams.";
+    };
+
+    reportRetention = mkOption {
+      type = secondsUpTo (24 * 3650);
+      default = 168;
+      description = "Hours reports and health reports are kept before they are pruned.";
+    };
+
+    logLevel = mkOption {
+      type = types.enum [
+        "fatal"
+        "error"
+        "warn"
+        "info"
+        "debug"
+        "trace"
+        "silent"
+      ];
+      default = "info";
+      description = "Log level of the JSON log lines (journald).";
+    };
+
+    extraFlags = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [
+        "--log-level"
+        "debug"
+      ];
+      description = "Extra arguments appended to `nixfleet-control-plane serve`.";
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.allowInsecure || (cfg.tls.cert != null && cfg.tls.key != null && cfg.tls.clientCa != null);
+        message = "services.nixfleet-control-plane: set tls.cert, tls.key and tls.clientCa (or allowInsecure = true for development).";
+      }
+      {
+        assertion = !cfg.metrics.openFirewall || cfg.metrics.listen != null;
+        message = "services.nixfleet-control-plane: metrics.openFirewall needs metrics.listen.";
+      }
+      {
+        assertion = listenPort <= 65535 && (metricsPort == null || metricsPort <= 65535);
+        message = "services.nixfleet-control-plane: listen/metrics.listen port must be at most 65535.";
+      }
+    ];
+
+    warnings = lib.optional (cfg.tls.key != null && lib.hasPrefix "/nix/store/" cfg.tls.key) "services.nixfleet-control-plane: tls.key ${cfg.tls.key} is in the world-readable Nix store; keep private keys outside it.";
+
+    users.users.${user} = {
+      isSystemUser = true;
+      group = user;
+      description = "nixfleet control plane";
+      home = stateDir;
+    };
+    users.groups.${user} = { };
+
+    environment.systemPackages = [ adminTool ];
+
+    systemd.services.nixfleet-control-plane = {
+      description = "nixfleet control plane";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+
+      serviceConfig = {
+        Type = "simple";
+        ExecStart = execStart;
+        Restart = "always";
+        RestartSec = "5s";
+        # It stops accepting, ends streams and closes the database on SIGTERM.
+        TimeoutStopSec = "30s";
+        User = user;
+        Group = user;
+        StateDirectory = "nixfleet-cp";
+        StateDirectoryMode = "0700";
+        UMask = "0077";
+        LoadCredential = credentials;
+        ReadWritePaths = lib.optional (!lib.hasPrefix "${stateDir}/" cfg.dbPath) (dirOf cfg.dbPath);
+
+        # Hardening: nothing here needs more than a socket, its state directory and the
+        # credentials. MemoryDenyWriteExecute stays off because V8's JIT needs W+X memory.
+        AmbientCapabilities = lib.optional privilegedPort "CAP_NET_BIND_SERVICE";
+        CapabilityBoundingSet = if privilegedPort then [ "CAP_NET_BIND_SERVICE" ] else [ "" ];
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        ProtectProc = "invisible";
+        RestrictAddressFamilies = [
+          "AF_INET"
+          "AF_INET6"
+          "AF_UNIX"
+        ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        RemoveIPC = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+        ];
+        SystemCallErrorNumber = "EPERM";
+      };
+    };
+
+    networking.firewall.allowedTCPPorts =
+      lib.optional cfg.openFirewall listenPort
+      ++ lib.optional (cfg.metrics.openFirewall && metricsPort != null) metricsPort;
+  };
+}

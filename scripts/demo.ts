@@ -1,0 +1,232 @@
+/**
+ * `npm run demo`: a local fleet on this machine, in about a minute.
+ *
+ * Starts a control plane on embedded SQLite, builds two system generations for three sandboxed
+ * hosts with real Nix, serves them from a signed binary cache, starts three real agents, runs a
+ * canary rollout to completion, then a rollout whose health check fails on the canary — which
+ * rolls back on its own and pauses the rollout — and prints `nixfleet status`. Everything the
+ * demo does to the fleet goes through the real `nixfleet` CLI, printed as it runs.
+ *
+ * Flags: --keep (leave the fleet running and print how to talk to it), --no-install (never
+ * install Nix), --dir DIR (work there instead of a temp dir).
+ */
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { Fleet, waitFor } from "../test/fixtures/fleet.js";
+import { makeTempDir, removeTempDir } from "../test/fixtures/tmp.js";
+
+const args = new Set(process.argv.slice(2));
+const KEEP = args.has("--keep");
+const NO_INSTALL = args.has("--no-install");
+const dirFlag = process.argv.indexOf("--dir");
+const CLI = join(import.meta.dirname, "..", "src", "cli", "main.ts");
+const tty = process.stdout.isTTY;
+const bold = (s: string) => (tty ? `\x1b[1m${s}\x1b[0m` : s);
+const dim = (s: string) => (tty ? `\x1b[2m${s}\x1b[0m` : s);
+
+let step = 0;
+const STEPS = 7;
+function section(title: string): void {
+  step += 1;
+  process.stdout.write(`\n${bold(`[${step}/${STEPS}] ${title}`)}\n`);
+}
+
+function note(text: string): void {
+  process.stdout.write(`${dim(text)}\n`);
+}
+
+/** Makes sure `nix` runs; on Debian as root, installs nix-bin (unless --no-install). */
+function ensureNix(): string {
+  const probe = spawnSync("nix", ["--version"], { encoding: "utf8" });
+  if (probe.status === 0) return probe.stdout.trim();
+  const isRoot = process.getuid?.() === 0;
+  const hasApt = spawnSync("apt-get", ["--version"]).status === 0;
+  if (!NO_INSTALL && isRoot && hasApt) {
+    note("Nix is not installed; installing Debian's nix-bin (apt-get install -y nix-bin)…");
+    execFileSync("apt-get", ["update", "-qq"], { stdio: "inherit" });
+    execFileSync("apt-get", ["install", "-y", "-qq", "nix-bin"], {
+      stdio: "inherit",
+      env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
+    });
+    return execFileSync("nix", ["--version"], { encoding: "utf8" }).trim();
+  }
+  process.stderr.write(
+    [
+      "error: the demo needs Nix (the agents fetch and switch real Nix store paths), and `nix` is not on PATH.",
+      "install it, then run `npm run demo` again:",
+      "  Debian/Ubuntu (as root):  apt-get install -y nix-bin",
+      "  anywhere else:            https://nixos.org/download (the multi-user installer)",
+      "",
+    ].join("\n"),
+  );
+  process.exit(1);
+}
+
+async function main(): Promise<number> {
+  process.stdout.write(
+    `${bold("nixfleet demo")} — a control plane and three agents on real Nix, on this machine\n`,
+  );
+  section("checking for Nix");
+  const nixVersion = ensureNix();
+  note(nixVersion);
+  // Debian's Nix: no substituter round trips to cache.nixos.org, no build sandbox, `nix` commands.
+  process.env["NIX_CONFIG"] = "substituters =\nsandbox = false\nexperimental-features = nix-command";
+
+  const dir = dirFlag > 0 ? process.argv[dirFlag + 1]! : makeTempDir("nixfleet-demo-");
+  mkdirSync(dir, { recursive: true });
+  section("starting the control plane and building two system generations for three hosts");
+  const started = Date.now();
+  const fleet = await Fleet.create({
+    dir,
+    hosts: [
+      { name: "web-01", tags: ["web", "demo"] },
+      { name: "web-02", tags: ["web", "demo"] },
+      { name: "web-03", tags: ["web", "demo"] },
+    ],
+    // v2: a good new generation. v3: a generation whose health check fails after the switch.
+    systems: [{ label: "v2" }, { label: "v3", healthy: false }],
+  });
+  let exitCode = 0;
+  try {
+    note(`control plane: ${fleet.cp.url} (TLS with a client CA; SQLite at ${join(dir, "cp", "state.db")})`);
+    note(
+      `binary cache:  ${fleet.cacheUrl} (signed; each host's closures were pushed there and removed locally)`,
+    );
+    note(
+      "each host is a sandbox under " +
+        join(dir, "hosts") +
+        " with its own /run/current-system and system profile",
+    );
+
+    const env = {
+      ...process.env,
+      NIXFLEET_CONTROL_PLANE_URL: fleet.cp.url,
+      NIXFLEET_CA_CERT: fleet.pki.ca,
+      NIXFLEET_API_KEY: fleet.adminKey,
+    };
+    /** Runs the real CLI with the terminal attached, so --wait shows its live progress. */
+    const nixfleet = (argv: string[]): Promise<number> => {
+      process.stdout.write(`\n${bold(`$ nixfleet ${argv.join(" ")}`)}\n`);
+      return new Promise((resolve) => {
+        const child = spawn(process.execPath, ["--import", "tsx", CLI, ...argv], { stdio: "inherit", env });
+        child.on("exit", (code) => resolve(code ?? 1));
+      });
+    };
+
+    section("starting three agents; they register themselves over mTLS");
+    fleet.startAgents();
+    await waitFor(
+      "all three agents to register",
+      async () => (await fleet.status()).machines.filter((m) => m.connected).length === 3,
+      60_000,
+    );
+    await nixfleet(["machines", "list"]);
+
+    section("canary rollout of v2: one host first, then the rest once it proves healthy");
+    const v2 = await fleet.release("v2");
+    await nixfleet(["rollout", "start", "--release", v2, "--tags", "web", "--strategy", "canary", "--wait"]);
+
+    section("rollout of v3, whose health check fails after the switch");
+    const v3 = await fleet.release("v3");
+    const code = await nixfleet([
+      "rollout",
+      "start",
+      "--release",
+      v3,
+      "--tags",
+      "web",
+      "--strategy",
+      "canary",
+      "--health-timeout",
+      "60",
+      "--wait",
+    ]);
+    note(
+      `(exit code ${code}: a paused rollout is a failure for scripts, with the next commands printed above)`,
+    );
+    // The failing health report pauses the rollout while the canary is still rolling back.
+    const canaryAgent = fleet.host("web-01").agent!;
+    await canaryAgent.waitForLog(
+      (l) => l["event"] === "deployment_finished" && l["outcome"] === "ROLLED_BACK",
+      60_000,
+    );
+    process.stdout.write(`\n${bold("web-01's agent, in its own words (its JSON log, abridged):")}\n`);
+    const v3Path = fleet.host("web-01").systems["v3"]!.path;
+    for (const l of canaryAgent.lines) {
+      if (l["desired"] !== v3Path) continue;
+      const at = String(l["time"]).slice(11, 23);
+      const took = `(${String(l["durationMs"])} ms)`;
+      if (l["event"] === "phase") {
+        process.stdout.write(
+          `  ${at}  ${String(l["from"] ?? "start").padEnd(12)} → ${String(l["phase"]).padEnd(12)} ${took}\n`,
+        );
+      } else if (l["event"] === "deployment_finished") {
+        process.stdout.write(
+          `  ${at}  ${String(l["from"]).padEnd(12)} → ${String(l["outcome"])}: ${String(l["error"] ?? l["message"])}\n`,
+        );
+      }
+    }
+
+    section("the fleet now");
+    await nixfleet(["status"]);
+    const status = await fleet.status();
+    const canary =
+      status.machines.find((m) => m.lastMessage && /roll/i.test(m.lastMessage)) ?? status.machines[0]!;
+    const onV2 = status.machines.filter(
+      (m) => m.currentGeneration === fleet.host(m.machineId).systems["v2"]!.path,
+    ).length;
+    const seconds = Math.round((Date.now() - started) / 1000);
+
+    section("what happened");
+    process.stdout.write(
+      `In ${seconds}s, a control plane and three agents on real Nix shipped v2 to the fleet as a canary rollout: ` +
+        `one host switched and proved healthy, then the other two followed, each fetching its closure from a signed ` +
+        `binary cache and switching through its own switch-to-configuration. Then v3, whose health check fails, ` +
+        `went out the same way: the canary (${canary.machineId}) switched, failed its health check, and rolled itself ` +
+        `back to exactly v2 with v2's own switch script — no SSH, no operator — and quarantined v3; the control plane ` +
+        `saw the failure and paused the rollout before any other host was touched. ${onV2} of 3 hosts run v2 now.\n`,
+    );
+
+    if (KEEP) {
+      const cp = fleet.cp.url;
+      process.stdout.write(
+        [
+          "",
+          bold("The fleet keeps running (Ctrl-C stops it and cleans up). Talk to it:"),
+          "",
+          `  export NIXFLEET_CONTROL_PLANE_URL=${cp} NIXFLEET_CA_CERT=${fleet.pki.ca} NIXFLEET_API_KEY=${fleet.adminKey}`,
+          "  node --import tsx src/cli/main.ts status            # or `nixfleet status` when installed",
+          "",
+          `  curl --cacert ${fleet.pki.ca} -H "authorization: Bearer ${fleet.adminKey}" \\`,
+          `       -H 'content-type: application/json' -d '{}' ${cp}/nixfleet.v1.FleetService/GetFleetStatus`,
+          "",
+          `  npx buf curl --cacert ${fleet.pki.ca} --list-methods ${cp}`,
+          `  grpcurl -cacert ${fleet.pki.ca} -H "authorization: Bearer ${fleet.adminKey}" ${cp.replace("https://", "")} nixfleet.v1.FleetService/GetFleetStatus`,
+          "",
+          `  agent logs: ${join(dir, "hosts")}/<host>/ (agent.json, switch.log); workdir ${dir}`,
+          "",
+        ].join("\n"),
+      );
+      await new Promise<void>((resolve) => {
+        process.once("SIGINT", resolve);
+        process.once("SIGTERM", resolve);
+      });
+    }
+    exitCode = onV2 === 3 ? 0 : 1;
+    if (exitCode !== 0)
+      process.stderr.write(`demo: expected all three hosts on v2 at the end, found ${onV2}\n`);
+  } catch (err) {
+    process.stderr.write(`demo failed: ${(err as Error).message}\n`);
+    for (const h of fleet.hosts.values())
+      process.stderr.write(`--- ${h.name} agent log tail:\n${h.agent?.tail(15) ?? "(not started)"}\n`);
+    process.stderr.write(`--- control plane log tail:\n${fleet.cp.tail(20)}\n`);
+    exitCode = 1;
+  } finally {
+    await fleet.close();
+    if (dirFlag < 0) removeTempDir(dir);
+  }
+  return exitCode;
+}
+
+process.exitCode = await main();

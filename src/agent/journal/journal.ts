@@ -1,0 +1,496 @@
+/**
+ * The deployment journal: every deployment with its phases and outcome, the quarantine, what was
+ * last reported, health history and the report outbox. Each state change is one transaction, and
+ * the intent of a step is written *before* the step runs, so whatever instant the agent dies at,
+ * the next start knows what might have happened (see recovery.ts).
+ */
+import type { ActivationHandle } from "../activation.js";
+import { type Db, openDatabase } from "./db.js";
+
+export const PHASES = ["fetching", "applying", "switching", "verifying", "rolling_back", "done"] as const;
+export type Phase = (typeof PHASES)[number];
+
+/** How a deployment ended. INTERRUPTED: the agent stopped before the host changed; retried. */
+export const FINAL_OUTCOMES = [
+  "DEPLOYED",
+  "ROLLED_BACK",
+  "ROLLBACK_FAILED",
+  "FETCH_FAILED",
+  "APPLY_FAILED",
+  "DRY_RUN",
+  "SWITCH_LOCKED",
+  "FOREIGN_GENERATION",
+  "INTERRUPTED",
+] as const;
+export type FinalOutcome = (typeof FINAL_OUTCOMES)[number];
+
+export interface Deployment {
+  id: string;
+  desired: string;
+  desiredRevision: bigint;
+  rolloutId: string;
+  cacheUrl: string | null;
+  previous: string | null;
+  previousProfileGeneration: number | null;
+  phase: Phase;
+  outcome: FinalOutcome | null;
+  message: string | null;
+  activation: ActivationHandle | null;
+  rollbackActivation: ActivationHandle | null;
+  rollbackReason: string | null;
+  rollbackAttempts: number;
+  createdAt: number;
+  updatedAt: number;
+  finishedAt: number | null;
+}
+
+export interface PhaseRecord {
+  phase: Phase;
+  startedAt: number;
+  endedAt: number | null;
+  error: string | null;
+}
+
+export interface QuarantineEntry {
+  path: string;
+  revision: bigint;
+  deploymentId: string | null;
+  outcome: string;
+  reason: string;
+  createdAt: number;
+}
+
+export interface OutboxItem {
+  id: number;
+  kind: "report" | "health";
+  outcome: string;
+  deploymentId: string;
+  payload: Uint8Array;
+  createdAt: number;
+  attempts: number;
+}
+
+export interface HealthRecord {
+  generation: string;
+  allPassed: boolean;
+  postApply: boolean;
+  deploymentId: string;
+  results: unknown;
+  at: number;
+}
+
+interface DeploymentRow {
+  id: string;
+  desired: string;
+  desired_revision: string;
+  rollout_id: string;
+  cache_url: string | null;
+  previous: string | null;
+  previous_profile_generation: number | null;
+  phase: Phase;
+  outcome: FinalOutcome | null;
+  message: string | null;
+  activation: string | null;
+  rollback_activation: string | null;
+  rollback_reason: string | null;
+  rollback_attempts: number;
+  created_at: number;
+  updated_at: number;
+  finished_at: number | null;
+}
+
+function toDeployment(row: DeploymentRow): Deployment {
+  return {
+    id: row.id,
+    desired: row.desired,
+    desiredRevision: BigInt(row.desired_revision),
+    rolloutId: row.rollout_id,
+    cacheUrl: row.cache_url,
+    previous: row.previous,
+    previousProfileGeneration: row.previous_profile_generation,
+    phase: row.phase,
+    outcome: row.outcome,
+    message: row.message,
+    activation: row.activation ? (JSON.parse(row.activation) as ActivationHandle) : null,
+    rollbackActivation: row.rollback_activation
+      ? (JSON.parse(row.rollback_activation) as ActivationHandle)
+      : null,
+    rollbackReason: row.rollback_reason,
+    rollbackAttempts: row.rollback_attempts,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+    finishedAt: row.finished_at,
+  };
+}
+
+export interface PhaseUpdate {
+  activation?: ActivationHandle | null;
+  rollbackActivation?: ActivationHandle | null;
+  rollbackReason?: string;
+  rollbackAttempts?: number;
+  /** Recorded on the phase being closed. */
+  error?: string;
+}
+
+/** How much history to keep. Unfinished deployments and quarantine entries are never pruned. */
+export const RETENTION = {
+  deployments: 500,
+  healthRows: 2000,
+  healthAgeMs: 7 * 24 * 3600 * 1000,
+  outboxItems: 200,
+};
+
+export class Journal {
+  private constructor(
+    readonly db: Db,
+    private readonly now: () => number,
+  ) {}
+
+  /** `movedAside` is set when a corrupt file had to be replaced. */
+  static open(path: string, now: () => number = Date.now): { journal: Journal; movedAside?: string } {
+    const { db, movedAside } = openDatabase(path);
+    const journal = new Journal(db, now);
+    return movedAside ? { journal, movedAside } : { journal };
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  // ------------------------------------------------------------------- deployments
+
+  createDeployment(d: {
+    id: string;
+    desired: string;
+    desiredRevision: bigint;
+    rolloutId: string;
+    cacheUrl: string | null;
+  }): void {
+    const at = this.now();
+    this.db.transaction(() => {
+      this.db
+        .prepare(
+          `INSERT INTO deployments (id, desired, desired_revision, rollout_id, cache_url, phase, created_at, updated_at)
+           VALUES (?, ?, ?, ?, ?, 'fetching', ?, ?)`,
+        )
+        .run(d.id, d.desired, d.desiredRevision.toString(), d.rolloutId, d.cacheUrl, at, at);
+      this.openPhase(d.id, "fetching", at);
+    })();
+  }
+
+  /** The intent to apply: written before anything on the host changes. */
+  beginApply(id: string, previous: string, previousProfileGeneration: number | null): void {
+    const at = this.now();
+    this.db.transaction(() => {
+      this.db
+        .prepare(
+          "UPDATE deployments SET previous = ?, previous_profile_generation = ?, phase = 'applying', updated_at = ? WHERE id = ?",
+        )
+        .run(previous, previousProfileGeneration, at, id);
+      this.closePhase(id, at);
+      this.openPhase(id, "applying", at);
+    })();
+  }
+
+  setPhase(id: string, phase: Exclude<Phase, "done">, update: PhaseUpdate = {}): void {
+    const at = this.now();
+    this.db.transaction(() => {
+      const sets = ["phase = ?", "updated_at = ?"];
+      const values: unknown[] = [phase, at];
+      if (update.activation !== undefined) {
+        sets.push("activation = ?");
+        values.push(update.activation ? JSON.stringify(update.activation) : null);
+      }
+      if (update.rollbackActivation !== undefined) {
+        sets.push("rollback_activation = ?");
+        values.push(update.rollbackActivation ? JSON.stringify(update.rollbackActivation) : null);
+      }
+      if (update.rollbackReason !== undefined) {
+        sets.push("rollback_reason = ?");
+        values.push(update.rollbackReason);
+      }
+      if (update.rollbackAttempts !== undefined) {
+        sets.push("rollback_attempts = ?");
+        values.push(update.rollbackAttempts);
+      }
+      const current = this.get(id);
+      this.db.prepare(`UPDATE deployments SET ${sets.join(", ")} WHERE id = ?`).run(...values, id);
+      // Re-recording the same phase (e.g. the activation handle after the spawn) keeps its row.
+      if (current?.phase !== phase) {
+        this.closePhase(id, at, update.error);
+        this.openPhase(id, phase, at);
+      }
+    })();
+  }
+
+  /** Records the switch's handle within the current phase (after the spawn returned a pid). */
+  recordActivation(id: string, field: "activation" | "rollbackActivation", handle: ActivationHandle): void {
+    const column = field === "activation" ? "activation" : "rollback_activation";
+    this.db
+      .prepare(`UPDATE deployments SET ${column} = ?, updated_at = ? WHERE id = ?`)
+      .run(JSON.stringify(handle), this.now(), id);
+  }
+
+  finish(id: string, outcome: FinalOutcome, message: string, error?: string): void {
+    const at = this.now();
+    this.db.transaction(() => {
+      this.db
+        .prepare(
+          "UPDATE deployments SET phase = 'done', outcome = ?, message = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+        )
+        .run(outcome, message, at, at, id);
+      this.closePhase(id, at, error);
+    })();
+    this.pruneDeployments();
+  }
+
+  private openPhase(id: string, phase: Phase, at: number): void {
+    this.db
+      .prepare("INSERT INTO deployment_phases (deployment_id, phase, started_at) VALUES (?, ?, ?)")
+      .run(id, phase, at);
+  }
+
+  private closePhase(id: string, at: number, error?: string): void {
+    this.db
+      .prepare(
+        "UPDATE deployment_phases SET ended_at = ?, error = ? WHERE deployment_id = ? AND ended_at IS NULL",
+      )
+      .run(at, error ?? null, id);
+  }
+
+  get(id: string): Deployment | undefined {
+    const row = this.db.prepare("SELECT * FROM deployments WHERE id = ?").get(id) as
+      | DeploymentRow
+      | undefined;
+    return row ? toDeployment(row) : undefined;
+  }
+
+  /** Deployments not yet settled, oldest first (normally at most one). */
+  unfinished(): Deployment[] {
+    return (
+      this.db
+        .prepare("SELECT * FROM deployments WHERE phase <> 'done' ORDER BY created_at, rowid")
+        .all() as DeploymentRow[]
+    ).map(toDeployment);
+  }
+
+  /** Newest first. */
+  recent(limit = 20): Deployment[] {
+    return (
+      this.db
+        .prepare("SELECT * FROM deployments ORDER BY created_at DESC, rowid DESC LIMIT ?")
+        .all(limit) as DeploymentRow[]
+    ).map(toDeployment);
+  }
+
+  /** The newest deployment that reached an outcome. */
+  lastFinished(): Deployment | undefined {
+    const row = this.db
+      .prepare("SELECT * FROM deployments WHERE phase = 'done' ORDER BY finished_at DESC, rowid DESC LIMIT 1")
+      .get() as DeploymentRow | undefined;
+    return row ? toDeployment(row) : undefined;
+  }
+
+  lastDeployedAt(): number | undefined {
+    const row = this.db
+      .prepare("SELECT MAX(finished_at) AS at FROM deployments WHERE outcome = 'DEPLOYED'")
+      .get() as { at: number | null };
+    return row.at ?? undefined;
+  }
+
+  phases(id: string): PhaseRecord[] {
+    return (
+      this.db
+        .prepare(
+          "SELECT phase, started_at, ended_at, error FROM deployment_phases WHERE deployment_id = ? ORDER BY id",
+        )
+        .all(id) as Array<{ phase: Phase; started_at: number; ended_at: number | null; error: string | null }>
+    ).map((r) => ({ phase: r.phase, startedAt: r.started_at, endedAt: r.ended_at, error: r.error }));
+  }
+
+  private pruneDeployments(): void {
+    this.db
+      .prepare(
+        `DELETE FROM deployments WHERE phase = 'done' AND id NOT IN (
+           SELECT id FROM deployments ORDER BY created_at DESC, rowid DESC LIMIT ?)`,
+      )
+      .run(RETENTION.deployments);
+  }
+
+  // ------------------------------------------------------------------- quarantine
+
+  quarantine(entry: Omit<QuarantineEntry, "createdAt">): void {
+    this.db
+      .prepare(
+        `INSERT INTO quarantine (path, revision, deployment_id, outcome, reason, created_at) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (path) DO UPDATE SET revision = excluded.revision, deployment_id = excluded.deployment_id,
+           outcome = excluded.outcome, reason = excluded.reason, created_at = excluded.created_at`,
+      )
+      .run(
+        entry.path,
+        entry.revision.toString(),
+        entry.deploymentId,
+        entry.outcome,
+        entry.reason,
+        this.now(),
+      );
+  }
+
+  quarantineEntry(path: string): QuarantineEntry | undefined {
+    const row = this.db.prepare("SELECT * FROM quarantine WHERE path = ?").get(path) as
+      | {
+          path: string;
+          revision: string;
+          deployment_id: string | null;
+          outcome: string;
+          reason: string;
+          created_at: number;
+        }
+      | undefined;
+    return row
+      ? {
+          path: row.path,
+          revision: BigInt(row.revision),
+          deploymentId: row.deployment_id,
+          outcome: row.outcome,
+          reason: row.reason,
+          createdAt: row.created_at,
+        }
+      : undefined;
+  }
+
+  clearQuarantine(path: string): void {
+    this.db.prepare("DELETE FROM quarantine WHERE path = ?").run(path);
+  }
+
+  quarantineCount(): number {
+    return (this.db.prepare("SELECT COUNT(*) AS n FROM quarantine").get() as { n: number }).n;
+  }
+
+  // ------------------------------------------------------------------- report memory
+
+  lastReport(kind: string): { key: string; outcome: string; sentAt: number } | undefined {
+    const row = this.db.prepare("SELECT key, outcome, sent_at FROM last_reports WHERE kind = ?").get(kind) as
+      | { key: string; outcome: string; sent_at: number }
+      | undefined;
+    return row ? { key: row.key, outcome: row.outcome, sentAt: row.sent_at } : undefined;
+  }
+
+  recordReport(kind: string, key: string, outcome: string, at = this.now()): void {
+    this.db
+      .prepare(
+        `INSERT INTO last_reports (kind, key, outcome, sent_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (kind) DO UPDATE SET key = excluded.key, outcome = excluded.outcome, sent_at = excluded.sent_at`,
+      )
+      .run(kind, key, outcome, at);
+  }
+
+  // ------------------------------------------------------------------- health history
+
+  recordHealth(h: HealthRecord): void {
+    this.db.transaction(() => {
+      this.db
+        .prepare(
+          `INSERT INTO health_history (generation, all_passed, post_apply, deployment_id, results, created_at)
+           VALUES (?, ?, ?, ?, ?, ?)`,
+        )
+        .run(
+          h.generation,
+          h.allPassed ? 1 : 0,
+          h.postApply ? 1 : 0,
+          h.deploymentId,
+          JSON.stringify(h.results),
+          h.at,
+        );
+      this.db
+        .prepare("DELETE FROM health_history WHERE created_at < ?")
+        .run(this.now() - RETENTION.healthAgeMs);
+      this.db
+        .prepare(
+          "DELETE FROM health_history WHERE id NOT IN (SELECT id FROM health_history ORDER BY id DESC LIMIT ?)",
+        )
+        .run(RETENTION.healthRows);
+    })();
+  }
+
+  healthHistory(limit = 20): HealthRecord[] {
+    return (
+      this.db.prepare("SELECT * FROM health_history ORDER BY id DESC LIMIT ?").all(limit) as Array<{
+        generation: string;
+        all_passed: number;
+        post_apply: number;
+        deployment_id: string;
+        results: string;
+        created_at: number;
+      }>
+    ).map((r) => ({
+      generation: r.generation,
+      allPassed: r.all_passed === 1,
+      postApply: r.post_apply === 1,
+      deploymentId: r.deployment_id,
+      results: JSON.parse(r.results) as unknown,
+      at: r.created_at,
+    }));
+  }
+
+  // ------------------------------------------------------------------- outbox
+
+  enqueue(item: {
+    kind: "report" | "health";
+    outcome: string;
+    deploymentId: string;
+    payload: Uint8Array;
+  }): number {
+    return this.db.transaction(() => {
+      const info = this.db
+        .prepare(
+          "INSERT INTO outbox (kind, outcome, deployment_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .run(item.kind, item.outcome, item.deploymentId, Buffer.from(item.payload), this.now());
+      // Bounded: a control plane down for days must not grow the file without limit.
+      this.db
+        .prepare("DELETE FROM outbox WHERE id NOT IN (SELECT id FROM outbox ORDER BY id DESC LIMIT ?)")
+        .run(RETENTION.outboxItems);
+      return Number(info.lastInsertRowid);
+    })();
+  }
+
+  outbox(): OutboxItem[] {
+    return (
+      this.db.prepare("SELECT * FROM outbox ORDER BY id").all() as Array<{
+        id: number;
+        kind: "report" | "health";
+        outcome: string;
+        deployment_id: string;
+        payload: Buffer;
+        created_at: number;
+        attempts: number;
+      }>
+    ).map((r) => ({
+      id: r.id,
+      kind: r.kind,
+      outcome: r.outcome,
+      deploymentId: r.deployment_id,
+      payload: new Uint8Array(r.payload),
+      createdAt: r.created_at,
+      attempts: r.attempts,
+    }));
+  }
+
+  removeFromOutbox(ids: readonly number[]): void {
+    const del = this.db.prepare("DELETE FROM outbox WHERE id = ?");
+    this.db.transaction(() => {
+      for (const id of ids) del.run(id);
+    })();
+  }
+
+  markOutboxAttempt(id: number, error: string): void {
+    this.db
+      .prepare("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?")
+      .run(error.slice(0, 1000), id);
+  }
+
+  outboxCount(): number {
+    return (this.db.prepare("SELECT COUNT(*) AS n FROM outbox").get() as { n: number }).n;
+  }
+}

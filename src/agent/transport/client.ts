@@ -1,0 +1,81 @@
+/**
+ * The Connect client for AgentService, over the protocol the configuration picks:
+ * - `grpc`: gRPC over HTTP/2 (default; the bidi Session stream needs HTTP/2);
+ * - `connect`: the Connect protocol, binary, over HTTP/2 (Session works too);
+ * - `connect-json`: Connect with JSON over HTTP/1.1 — the REST fallback through proxies that only
+ *   speak HTTP/1.1. GetDesiredGeneration goes as a plain GET; pushes come over Watch.
+ * mTLS material comes from src/common/tls.ts, read and checked once at start-up.
+ */
+import { Agent as HttpsAgent } from "node:https";
+import { type Client, createClient, type Transport } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import type { TlsMaterial } from "../../common/tls.js";
+import { AgentService } from "../../gen/nixfleet/v1/agent_pb.js";
+import type { Protocol } from "../config.js";
+
+export type AgentClient = Client<typeof AgentService>;
+
+export interface ClientOptions {
+  baseUrl: string;
+  protocol: Protocol;
+  tls: TlsMaterial;
+  /** HTTP/2 PING period: finds a dead connection under an idle stream. */
+  pingIntervalMs: number;
+}
+
+export interface AgentConnection {
+  client: AgentClient;
+  transport: Transport;
+  /** Whether this protocol can run the bidi Session (else the agent uses Watch). */
+  supportsSession: boolean;
+  close(): void;
+}
+
+export function connectAgentService(options: ClientOptions): AgentConnection {
+  const tls = {
+    ...(options.tls.ca ? { ca: options.tls.ca } : {}),
+    ...(options.tls.cert ? { cert: options.tls.cert } : {}),
+    ...(options.tls.key ? { key: options.tls.key } : {}),
+  };
+  if (options.protocol === "connect-json") {
+    const agent = new HttpsAgent({ keepAlive: true, ...tls });
+    const transport = createConnectTransport({
+      baseUrl: options.baseUrl,
+      httpVersion: "1.1",
+      useBinaryFormat: false,
+      useHttpGet: true,
+      nodeOptions: options.baseUrl.startsWith("https:") ? { agent } : {},
+    });
+    return {
+      client: createClient(AgentService, transport),
+      transport,
+      supportsSession: false,
+      close: () => agent.destroy(),
+    };
+  }
+  const sessionManager = new Http2SessionManager(
+    options.baseUrl,
+    {
+      pingIntervalMs: options.pingIntervalMs,
+      pingTimeoutMs: Math.max(5000, Math.min(options.pingIntervalMs, 15_000)),
+      // Keep the connection while idle between polls only as long as a poll period would.
+      idleConnectionTimeoutMs: 15 * 60 * 1000,
+    },
+    tls,
+  );
+  const transport =
+    options.protocol === "grpc"
+      ? createGrpcTransport({ baseUrl: options.baseUrl, sessionManager })
+      : createConnectTransport({
+          baseUrl: options.baseUrl,
+          httpVersion: "2",
+          useBinaryFormat: true,
+          sessionManager,
+        });
+  return {
+    client: createClient(AgentService, transport),
+    transport,
+    supportsSession: true,
+    close: () => sessionManager.abort(),
+  };
+}

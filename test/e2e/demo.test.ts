@@ -1,0 +1,39 @@
+/**
+ * The README's first command, `npm run demo`, run for real: it must end well and tell the story
+ * it promises (a completed canary rollout, an automatic rollback, a paused rollout, the status).
+ */
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { join } from "node:path";
+import { it } from "node:test";
+
+const REPO = join(import.meta.dirname, "..", "..");
+
+it("npm run demo completes a rollout, shows an automatic rollback and a paused rollout", {
+  timeout: 240_000,
+}, async () => {
+  const { code, stdout, stderr } = await new Promise<{ code: number; stdout: string; stderr: string }>(
+    (resolve) => {
+      execFile(
+        process.execPath,
+        ["--import", "tsx", join(REPO, "scripts", "demo.ts"), "--no-install"],
+        { cwd: REPO, maxBuffer: 16 << 20, timeout: 230_000 },
+        (err, out, errOut) =>
+          resolve({
+            code: err ? Number((err as { code?: number }).code ?? 1) : 0,
+            stdout: out,
+            stderr: errOut,
+          }),
+      );
+    },
+  );
+  assert.equal(code, 0, `${stdout}\n${stderr}`);
+  assert.match(stdout, /\[1\/7\] checking for Nix/);
+  assert.match(stdout, /completed: 3 machines healthy/);
+  // The CLI's verdicts go to stderr (the terminal shows both streams).
+  assert.match(stderr, /is PAUSED at batch 1\/2/);
+  assert.match(stdout, /rolling_back → ROLLED_BACK: health checks failed/);
+  assert.match(stdout, /^HOST\s+STATE\s+LIFECYCLE/m);
+  assert.match(stdout, /web-01\s+rolled-back/);
+  assert.match(stdout, /3 of 3 hosts run v2 now/);
+});
