@@ -74,8 +74,24 @@ export async function main(argv: string[]): Promise<number> {
   return typeof process.exitCode === "number" ? process.exitCode : EXIT_OK;
 }
 
+/**
+ * Exits once stdout and stderr have flushed. A one-shot command should not linger on whatever
+ * its HTTP/2 session manager still holds (a stream ended by abort can leave the session
+ * referenced for minutes).
+ */
+function exitAfterFlush(code: number): void {
+  let pending = 2;
+  const done = () => {
+    pending -= 1;
+    if (pending === 0) process.exit(code);
+  };
+  process.stdout.write("", done);
+  process.stderr.write("", done);
+}
+
 if (isMainModule(import.meta.url)) {
-  main(process.argv.slice(2)).then((code) => {
-    process.exitCode = code;
+  main(process.argv.slice(2)).then(exitAfterFlush, (err: Error) => {
+    process.stderr.write(`nixfleet: unexpected error: ${err.message}\n`);
+    exitAfterFlush(1);
   });
 }

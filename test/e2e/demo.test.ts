@@ -34,6 +34,6 @@ it("npm run demo completes a rollout, shows an automatic rollback and a paused r
   assert.match(stderr, /is PAUSED at batch 1\/2/);
   assert.match(stdout, /rolling_back → ROLLED_BACK: health checks failed/);
   assert.match(stdout, /^HOST\s+STATE\s+LIFECYCLE/m);
-  assert.match(stdout, /web-01\s+rolled-back/);
+  assert.match(stdout, /web-01\s+(rolled-back|quarantined)/);
   assert.match(stdout, /3 of 3 hosts run v2 now/);
 });
