@@ -120,10 +120,14 @@ export class Nix {
       [
         "nix",
         "copy",
-        // Nix remembers "not in this cache" for an hour by default; a closure pushed by CI a
-        // minute after a failed attempt must be found on the next retry.
+        // Nix remembers "not in this cache" for an hour and a narinfo it did find for 30 days.
+        // A closure pushed by CI a minute after a failed attempt must be found on the next retry,
+        // and one re-signed after a "lacks a valid signature" must not be refused from memory.
         "--option",
         "narinfo-cache-negative-ttl",
+        "0",
+        "--option",
+        "narinfo-cache-positive-ttl",
         "0",
         "--from",
         cacheUrl,

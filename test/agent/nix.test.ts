@@ -5,7 +5,7 @@
  * (hard timeout), no cache at all.
  */
 import assert from "node:assert/strict";
-import { readlinkSync } from "node:fs";
+import { readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { readSystemLink } from "../../src/agent/host.js";
@@ -43,12 +43,22 @@ describe("nix layer (real Nix, real caches)", () => {
       { label: "slow" },
       { label: "dead" },
       { label: "http-500" },
+      { label: "re-signed" },
     ]);
     cache = await BinaryCache.create(join(dir, "cache"));
     const other = await generateSigningKey(join(dir, "otherkey"), "someone-else-1");
     const s = (l: string) => systems[l]!.path;
     await cache.push(
-      [s("from-file"), s("from-http"), s("missing"), s("bad-sig"), s("slow"), s("dead"), s("http-500")],
+      [
+        s("from-file"),
+        s("from-http"),
+        s("missing"),
+        s("bad-sig"),
+        s("slow"),
+        s("dead"),
+        s("http-500"),
+        s("re-signed"),
+      ],
       {
         deleteLocal: true,
       },
@@ -113,6 +123,17 @@ describe("nix layer (real Nix, real caches)", () => {
     assert.equal(e.kind, "signature");
     assert.match(e.message, /lacks a valid signature/);
     assert.equal(await isValidPath(path), false, "nothing unsigned entered the store");
+  });
+
+  it("a path re-signed after a refusal is accepted on the next attempt (no narinfo remembered)", async () => {
+    const path = systems["re-signed"]!.path;
+    const good = readFileSync(cache.narinfoFile(path));
+    cache.corruptSignature(path);
+    const e = await fetchError(nix.fetch(path, server.url, { timeoutMs: 60_000 }));
+    assert.equal(e.kind, "signature");
+    writeFileSync(cache.narinfoFile(path), good);
+    await nix.fetch(path, server.url, { timeoutMs: 60_000 });
+    assert.equal(await isValidPath(path), true);
   });
 
   it("a path signed by a key this host does not trust is refused", async () => {
