@@ -78,7 +78,13 @@ describe("e2e: crashes, restarts and silence", () => {
         h.host.releaseGate("gated-good");
         await waitFor(
           "crash-01 to report DEPLOYED",
-          async () => (await machine("crash-01"))?.lastOutcome === Outcome.DEPLOYED,
+          async () => {
+            const m = await machine("crash-01");
+            // DEPLOYED, or UP_TO_DATE once re-confirmed on a later check (the journal says which).
+            return (
+              [Outcome.DEPLOYED, Outcome.UP_TO_DATE].includes(m!.lastOutcome) && m!.currentGeneration === good
+            );
+          },
           60_000,
           250,
         );

@@ -66,12 +66,14 @@ describe("e2e: fetch failures and a held switch lock", () => {
       `${name} to deploy once fixed`,
       async () => {
         const x = await machine(name);
-        return x.lastOutcome === Outcome.DEPLOYED && x.currentGeneration === v2;
+        // DEPLOYED, or UP_TO_DATE once re-confirmed on a later check.
+        return [Outcome.DEPLOYED, Outcome.UP_TO_DATE].includes(x.lastOutcome) && x.currentGeneration === v2;
       },
       60_000,
       250,
     );
     assert.equal(fleet.host(name).host.current(), v2);
+    assert.equal(fleet.journal(name).at(-1)?.outcome, "DEPLOYED");
   }
 
   it(

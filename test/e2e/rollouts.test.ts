@@ -107,7 +107,8 @@ describe("e2e: registration, canary rollout over push, health-gated rollback, me
           assert.equal(m.currentGeneration, v2);
           assert.equal(m.desiredGeneration, v2);
           assert.ok(m.inSync);
-          assert.equal(m.lastOutcome, Outcome.DEPLOYED);
+          // DEPLOYED, or UP_TO_DATE once the agent has re-confirmed it on a later check.
+          assert.ok([Outcome.DEPLOYED, Outcome.UP_TO_DATE].includes(m.lastOutcome), Outcome[m.lastOutcome]);
           assert.equal(fleet.host(name).host.current(), v2, `${name}'s current-system`);
           assert.equal(fleet.host(name).host.profile(), v2, `${name}'s system profile`);
           const journal = fleet.journal(name);
