@@ -4,6 +4,7 @@
  * their exit codes (0 ok, 1 failure, 2 usage).
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -16,7 +17,7 @@ import {
   RolloutStatus,
 } from "../../src/gen/nixfleet/v1/fleet_pb.js";
 import { MachineLifecycle } from "../../src/gen/nixfleet/v1/types_pb.js";
-import { Fleet } from "../fixtures/fleet.js";
+import { Fleet, waitFor } from "../fixtures/fleet.js";
 import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
 
 const P = (n: number, name = "nixos-system-x") =>
@@ -283,6 +284,54 @@ describe("nixfleet CLI against a real control plane", () => {
     const unknown = await fleet.cli(["status"], { key: `nfk-${"0".repeat(64)}`, human: true });
     assert.equal(unknown.code, 1);
     assert.match(unknown.stderr, /did not accept the API key/);
+  });
+
+  it("config shows each setting and where it came from", async () => {
+    const r = await fleet.cli(["config"], { human: true, env: { NIXFLEET_PROTOCOL: "connect" } });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /controlPlaneUrl:\s+https:\/\/127\.0\.0\.1:\d+\s+\(flag\)/);
+    assert.match(r.stdout, /apiKey:\s+nfk-\w{4}… \(hidden\)\s+\(flag\)/, "the key is never printed whole");
+    assert.match(r.stdout, /protocol:\s+connect\s+\(NIXFLEET_PROTOCOL\)/);
+    assert.match(r.stdout, /timeoutSeconds:\s+30\s+\(default\)/);
+    assert.ok(!r.stdout.includes(fleet.adminKey));
+  });
+
+  it("rollout watch follows a rollout like status --wait, and status --watch keeps refreshing", async () => {
+    const list = await fleet.cli(["rollout", "list", "--status", "cancelled"]);
+    const id = (list.json as { rollouts: { id: string }[] }).rollouts[0]!.id;
+    const watched = await fleet.cli(["rollout", "watch", id], { human: true });
+    assert.equal(watched.code, 1, "a cancelled rollout is not a success");
+    assert.match(watched.stderr, new RegExp(`rollout ${id} was cancelled`));
+
+    const proc = spawn(
+      process.execPath,
+      [
+        "--import",
+        "tsx",
+        join(import.meta.dirname, "../../src/cli/main.ts"),
+        "-u",
+        fleet.cp.url,
+        "--ca-cert",
+        fleet.pki.ca,
+        "-k",
+        fleet.adminKey,
+        "status",
+        "--watch",
+        "--interval",
+        "1s",
+      ],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let out = "";
+    proc.stdout.on("data", (c: Buffer) => {
+      out += c.toString();
+    });
+    try {
+      await waitFor("two refreshes", () => (out.match(/hosts in sync/g) ?? []).length >= 2, 30_000);
+    } finally {
+      proc.kill("SIGINT");
+    }
+    assert.match(out, /^HOST\s+STATE/m);
   });
 
   it("shows the audit log of what it did", async () => {
