@@ -21,6 +21,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { FleetService, RolloutStrategy } from "../src/gen/nixfleet/v1/fleet_pb.js";
 import { MachineLifecycle } from "../src/gen/nixfleet/v1/types_pb.js";
 import { ControlPlaneProcess, Fleet } from "../test/fixtures/fleet.js";
+import { programArgs } from "../test/fixtures/programs.js";
 import { makeTempDir, removeTempDir } from "../test/fixtures/tmp.js";
 
 const ROOT = join(import.meta.dirname, "..");
@@ -182,9 +183,7 @@ async function fanout(dir: string): Promise<Row> {
     const key = execFileSync(
       process.execPath,
       [
-        "--import",
-        "tsx",
-        join(ROOT, "src/control-plane/main.ts"),
+        ...programArgs("control-plane"),
         "keys",
         "create",
         "--db-path",

@@ -14,13 +14,13 @@ import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { Fleet, waitFor } from "../test/fixtures/fleet.js";
+import { programArgs } from "../test/fixtures/programs.js";
 import { makeTempDir, removeTempDir } from "../test/fixtures/tmp.js";
 
 const args = new Set(process.argv.slice(2));
 const KEEP = args.has("--keep");
 const NO_INSTALL = args.has("--no-install");
 const dirFlag = process.argv.indexOf("--dir");
-const CLI = join(import.meta.dirname, "..", "src", "cli", "main.ts");
 const tty = process.stdout.isTTY;
 const bold = (s: string) => (tty ? `\x1b[1m${s}\x1b[0m` : s);
 const dim = (s: string) => (tty ? `\x1b[2m${s}\x1b[0m` : s);
@@ -109,7 +109,7 @@ async function main(): Promise<number> {
     const nixfleet = (argv: string[]): Promise<number> => {
       process.stdout.write(`\n${bold(`$ nixfleet ${argv.join(" ")}`)}\n`);
       return new Promise((resolve) => {
-        const child = spawn(process.execPath, ["--import", "tsx", CLI, ...argv], { stdio: "inherit", env });
+        const child = spawn(process.execPath, [...programArgs("cli"), ...argv], { stdio: "inherit", env });
         child.on("exit", (code) => resolve(code ?? 1));
       });
     };

@@ -11,6 +11,7 @@ import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import { OPTIONS } from "../../src/agent/config.js";
 import { createPki, type Pki } from "../fixtures/pki.js";
+import { programArgs } from "../fixtures/programs.js";
 import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
 
 const REPO = join(import.meta.dirname, "../..");
@@ -22,15 +23,11 @@ async function agent(
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("NIXFLEET_")));
   try {
-    const { stdout, stderr } = await run(
-      process.execPath,
-      ["--import", "tsx", "src/agent/main.ts", ...args],
-      {
-        cwd: REPO,
-        env: { ...clean, ...env },
-        timeout: 60_000,
-      },
-    );
+    const { stdout, stderr } = await run(process.execPath, [...programArgs("agent"), ...args], {
+      cwd: REPO,
+      env: { ...clean, ...env },
+      timeout: 60_000,
+    });
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code?: number; stdout?: string; stderr?: string };

@@ -7,10 +7,10 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import type { Pki } from "../fixtures/pki.js";
+import { programArgs } from "../fixtures/programs.js";
 import { waitFor } from "./helpers.js";
 
 export const REPO = join(import.meta.dirname, "../..");
-export const MAIN = join(REPO, "src/control-plane/main.ts");
 const run = promisify(execFile);
 
 export interface CpProcess {
@@ -35,7 +35,7 @@ export async function runCli(
   env: Record<string, string> = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, ["--import", "tsx", MAIN, ...args], {
+    const { stdout, stderr } = await run(process.execPath, [...programArgs("control-plane"), ...args], {
       cwd: REPO,
       env: { ...process.env, ...env },
       timeout: 60_000,
@@ -52,7 +52,7 @@ export async function startCp(
   args: string[],
   options: { env?: Record<string, string>; waitForMsg?: string; timeoutMs?: number } = {},
 ): Promise<CpProcess> {
-  const proc = spawn(process.execPath, ["--import", "tsx", MAIN, "serve", ...args], {
+  const proc = spawn(process.execPath, [...programArgs("control-plane"), "serve", ...args], {
     cwd: REPO,
     env: { ...process.env, NIXFLEET_LOG_LEVEL: "", ...options.env },
     stdio: ["ignore", "pipe", "pipe"],

@@ -10,6 +10,7 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { programArgs } from "../fixtures/programs.js";
 import { tempDir } from "../fixtures/tmp.js";
 import { evalModules, NIX_ENV, nixString, REPO } from "./nix-eval.js";
 
@@ -55,7 +56,7 @@ async function renderedConfig(dir: string): Promise<string> {
 }
 
 function startAgent(t: { after(fn: () => Promise<void> | void): void }, config: string): ChildProcess {
-  const child = spawn(process.execPath, ["--import", "tsx", AGENT_MAIN, "--config", config], {
+  const child = spawn(process.execPath, [...programArgs("agent"), "--config", config], {
     cwd: REPO,
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...NIX_ENV, NIXFLEET_CONFIG: "" },

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { DEFAULTS as CP_DEFAULTS, resolveServeConfig } from "../../src/control-plane/config.js";
 import { createPki } from "../fixtures/pki.js";
+import { programArgs } from "../fixtures/programs.js";
 import { tempDir } from "../fixtures/tmp.js";
 import { evalModules, NixEvalError, REPO, type Unit } from "./nix-eval.js";
 
@@ -18,8 +19,6 @@ interface ControlPlaneEval {
   user: { isSystemUser: boolean; group: string; home: string };
   adminTool: string;
 }
-
-const CP_MAIN = join(REPO, "src/control-plane/main.ts");
 
 function cpModule(body: string): string {
   return `{ services.nixfleet-control-plane = { enable = true; ${body} }; }`;
@@ -101,7 +100,7 @@ async function startLikeSystemd(
 ): Promise<{ child: ChildProcess; listening: string }> {
   const argv = splitExecStart(String(unit.serviceConfig["ExecStart"]), credentialsDir);
   assert.match(argv[0] ?? "", /\/bin\/nixfleet-control-plane$/);
-  const child = spawn(process.execPath, ["--import", "tsx", CP_MAIN, ...argv.slice(1)], {
+  const child = spawn(process.execPath, [...programArgs("control-plane"), ...argv.slice(1)], {
     cwd: REPO,
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, NIXFLEET_CP_DB_PATH: "", NIXFLEET_CP_LISTEN: "" },
@@ -331,7 +330,7 @@ describe("services.nixfleet-control-plane: the real control plane accepts the un
     assert.equal(env, dbPath);
     const keys = spawn(
       process.execPath,
-      ["--import", "tsx", CP_MAIN, "keys", "create", "--name", "admin", "--role", "admin"],
+      [...programArgs("control-plane"), "keys", "create", "--name", "admin", "--role", "admin"],
       {
         cwd: REPO,
         stdio: ["ignore", "pipe", "pipe"],
