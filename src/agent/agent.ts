@@ -115,6 +115,7 @@ export class Agent {
     const lastDeployed = this.journal.lastDeployedAt();
     if (lastDeployed !== undefined) metrics.lastSuccessfulDeploy.set(lastDeployed / 1000);
     metrics.quarantined.set(this.journal.quarantineCount());
+    if (this.options.tls.notAfter) metrics.certificateExpiry.set(this.options.tls.notAfter.getTime() / 1000);
 
     if (config.metricsPort !== null) {
       const { server, port } = await startMetricsServer(metrics, config.metricsPort, config.metricsAddress);

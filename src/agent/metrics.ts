@@ -99,6 +99,11 @@ export class AgentMetrics {
     help: "When the last deployment ended DEPLOYED, Unix seconds",
     registers: [this.registry],
   });
+  readonly certificateExpiry = new Gauge({
+    name: "nixfleet_agent_certificate_expiry_timestamp_seconds",
+    help: "When the agent's client certificate expires, Unix seconds (alert well before it)",
+    registers: [this.registry],
+  });
   readonly reportsPending = new Gauge({
     name: "nixfleet_agent_reports_pending",
     help: "Reports and health reports waiting to be delivered to the control plane",

@@ -70,6 +70,33 @@ function connectMessage(err: ConnectError, url: string): { message: string; hint
   }
 }
 
+/** A TLS failure, named by what Node (OpenSSL) said, turned into what to check. */
+function tlsProblem(detail: string): { message: string; hint: string } | undefined {
+  if (
+    /self[- ]signed|unable to (get|verify)|certificate (has expired|is not yet valid)|CERT_|DEPTH_ZERO/i.test(
+      detail,
+    )
+  ) {
+    return {
+      message: `TLS: the control plane's certificate is not trusted: ${detail}`,
+      hint: "pass --ca-cert (NIXFLEET_CA_CERT) with the CA that signed it, and check that the URL's host name is in the certificate",
+    };
+  }
+  if (/altnames|Hostname\/IP does not match/i.test(detail)) {
+    return {
+      message: `TLS: the control plane's certificate is not for this address: ${detail}`,
+      hint: "use the host name the certificate was issued for in --control-plane-url (see its subjectAltName)",
+    };
+  }
+  if (/alert (handshake failure|certificate required|bad certificate|unknown ca)/i.test(detail)) {
+    return {
+      message: `TLS: the control plane refused the handshake: ${detail}`,
+      hint: "it may require a client certificate: pass --client-cert and --client-key signed by its client CA",
+    };
+  }
+  return undefined;
+}
+
 /** Turns any error into the lines to print and the exit code. */
 export function describeError(err: unknown, url: string): { lines: string[]; exitCode: number } {
   if (err instanceof UsageError) return { lines: [`error: ${err.message}`], exitCode: EXIT_USAGE };
@@ -80,7 +107,7 @@ export function describeError(err: unknown, url: string): { lines: string[]; exi
     };
   }
   if (err instanceof ConnectError) {
-    const { message, hint } = connectMessage(err, url);
+    const { message, hint } = tlsProblem(err.rawMessage) ?? connectMessage(err, url);
     return { lines: [`error: ${message}`, ...(hint ? [`hint: ${hint}`] : [])], exitCode: EXIT_FAILURE };
   }
   const e = err as NodeJS.ErrnoException;

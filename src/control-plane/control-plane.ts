@@ -33,7 +33,7 @@ import { RolloutNotifier } from "./rollouts/notifier.js";
 import { RolloutChanges } from "./rollouts/rollout-events.js";
 import { AgentIntake } from "./services/agent-intake.js";
 import { agentServiceImpl } from "./services/agent-service.js";
-import type { LiveView } from "./services/convert.js";
+import { isStale, type LiveView } from "./services/convert.js";
 import { fleetServiceImpl } from "./services/fleet-service.js";
 import { Presence } from "./services/presence.js";
 import { DatabaseStartupError } from "./store/database.js";
@@ -264,7 +264,25 @@ export class ControlPlane {
         `database migrated from schema version ${migration.from} to ${migration.to}`,
       );
     }
-    this.metrics.attach({ fleetCounts: () => store.fleetCounts(), agentSessions: () => this.hub.size });
+    const live = this.liveView();
+    const staleAfterMs = this.options.staleAfterSeconds * 1000;
+    this.metrics.attach({
+      fleetCounts: () => store.fleetCounts(),
+      agentSessions: () => this.hub.size,
+      staleMachines: async () => {
+        const now = this.clock.now();
+        const machines = await store.listMachines({
+          tags: [],
+          match: "all",
+          lifecycle: null,
+          afterId: null,
+          limit: 1_000_000,
+        });
+        return machines.filter(
+          (m) => m.lifecycle !== "decommissioned" && isStale(m, live.lastSeen(m), now, staleAfterMs),
+        ).length;
+      },
+    });
     this.executorValue = new RolloutExecutor({
       store,
       clock: this.clock,

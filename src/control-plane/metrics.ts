@@ -13,6 +13,8 @@ import type { FleetCounts } from "./store/repository.js";
 export interface MetricsSources {
   fleetCounts(): Promise<FleetCounts>;
   agentSessions(): number;
+  /** Machines (not decommissioned) not heard from for longer than the stale threshold. */
+  staleMachines(): Promise<number>;
 }
 
 function codeLabel(code: Code | null): string {
@@ -29,6 +31,7 @@ export class ControlPlaneMetrics {
   private readonly fleetSize: Gauge;
   private readonly byLifecycle: Gauge<"lifecycle">;
   private readonly inSync: Gauge;
+  private readonly stale: Gauge;
   private readonly rolloutsActive: Gauge;
   private readonly sessions: Gauge;
   private sources: MetricsSources | null = null;
@@ -50,6 +53,11 @@ export class ControlPlaneMetrics {
     this.inSync = new Gauge({
       name: "nixfleet_machines_in_sync",
       help: "Machines whose reported current generation equals their desired generation.",
+      registers,
+    });
+    this.stale = new Gauge({
+      name: "nixfleet_machines_stale",
+      help: "Machines (not decommissioned) whose agent has not been heard from for longer than --stale-after.",
       registers,
     });
     this.rolloutsActive = new Gauge({
@@ -107,6 +115,7 @@ export class ControlPlaneMetrics {
       this.fleetSize.set(c.total);
       for (const [lifecycle, n] of Object.entries(c.byLifecycle)) this.byLifecycle.set({ lifecycle }, n);
       this.inSync.set(c.inSync);
+      this.stale.set(await this.sources.staleMachines());
       this.rolloutsActive.set(c.activeRollouts);
       this.sessions.set(this.sources.agentSessions());
     }

@@ -140,6 +140,8 @@ describe("agent process: deploy", { concurrency: false }, () => {
     assert.equal(metricValue(text, "nixfleet_agent_health_check_status", { check_name: "marker" }), 1);
     assert.ok((metricValue(text, "nixfleet_agent_last_successful_deploy_timestamp_seconds") ?? 0) > 1e9);
     assert.ok((metricValue(text, "nixfleet_agent_last_poll_timestamp_seconds") ?? 0) > 1e9);
+    const certExpiry = metricValue(text, "nixfleet_agent_certificate_expiry_timestamp_seconds") ?? 0;
+    assert.ok(certExpiry > Date.now() / 1000, "the client certificate's expiry, in the future");
     assert.ok(
       (metricValue(text, "nixfleet_agent_phase_duration_seconds_count", { phase: "fetching" }) ?? 0) >= 1,
     );

@@ -292,7 +292,7 @@ describe("nixfleet CLI against a real control plane", () => {
     assert.match(r.stdout, /controlPlaneUrl:\s+https:\/\/127\.0\.0\.1:\d+\s+\(flag\)/);
     assert.match(r.stdout, /apiKey:\s+nfk-\w{4}… \(hidden\)\s+\(flag\)/, "the key is never printed whole");
     assert.match(r.stdout, /protocol:\s+connect\s+\(NIXFLEET_PROTOCOL\)/);
-    assert.match(r.stdout, /timeoutSeconds:\s+30\s+\(default\)/);
+    assert.match(r.stdout, /timeout:\s+30s\s+\(default\)/);
     assert.ok(!r.stdout.includes(fleet.adminKey));
   });
 
@@ -349,6 +349,13 @@ describe("nixfleet CLI against a real control plane", () => {
     assert.equal(down.code, 1);
     assert.match(down.stderr, /cannot reach the control plane at https:\/\/127\.0\.0\.1:1/);
     assert.match(down.stderr, /hint: check that it is running/);
+    // The system CAs do not know the test CA: a TLS error, explained (the later --ca-cert wins).
+    const untrusted = await fleet.cli(["--ca-cert", "/etc/ssl/certs/ca-certificates.crt", "status"], {
+      human: true,
+    });
+    assert.equal(untrusted.code, 1);
+    assert.match(untrusted.stderr, /TLS: the control plane's certificate is not trusted/);
+    assert.match(untrusted.stderr, /hint: pass --ca-cert/);
   });
 
   it("status --json reports every host and the lifecycle we set", async () => {

@@ -107,6 +107,7 @@ describe("control-plane metrics", () => {
     assert.equal(sample(text, "nixfleet_machines_by_lifecycle", { lifecycle: "maintenance" }), 1);
     assert.equal(sample(text, "nixfleet_machines_by_lifecycle", { lifecycle: "decommissioned" }), 0);
     assert.equal(sample(text, "nixfleet_machines_in_sync"), 2);
+    assert.equal(sample(text, "nixfleet_machines_stale"), 0, "everyone was heard from recently");
     assert.equal(sample(text, "nixfleet_rollouts_active"), 0);
     assert.equal(sample(text, "nixfleet_rollouts_total", { status: "completed" }), 1);
     assert.equal(sample(text, "nixfleet_rollouts_total", { status: "failed" }), 0);
@@ -151,5 +152,38 @@ describe("control-plane metrics", () => {
     feed.end();
     await inbox.finished;
     await waitFor("session gone", async () => sample(await scrape(), "nixfleet_agent_sessions") === 0);
+  });
+
+  it("counts machines not heard from for longer than --stale-after, but not decommissioned ones", async () => {
+    const staleDir = makeTempDir();
+    const quick = await Harness.start(pki, { staleAfterSeconds: 1, dir: staleDir });
+    try {
+      const scrapeQuick = async () =>
+        (await exec("curl", ["-sS", "--fail", "--cacert", pki.ca, `${quick.url}/metrics`])).stdout;
+      await quick
+        .fleet("admin")
+        .registerMachine({ machineId: "quiet-01", lifecycle: MachineLifecycle.ACTIVE });
+      await quick
+        .fleet("admin")
+        .registerMachine({ machineId: "gone-01", lifecycle: MachineLifecycle.ACTIVE });
+      await quick
+        .fleet("admin")
+        .setMachineLifecycle({ machineId: "gone-01", lifecycle: MachineLifecycle.DECOMMISSIONED });
+      assert.equal(sample(await scrapeQuick(), "nixfleet_machines_stale"), 0, "registered a moment ago");
+      await waitFor(
+        "quiet-01 to turn stale",
+        async () => sample(await scrapeQuick(), "nixfleet_machines_stale") === 1,
+      );
+      const agent = new SimAgent("quiet-01", storePath("sys-quiet-01", 1), [], quick);
+      await agent.register();
+      assert.equal(
+        sample(await scrapeQuick(), "nixfleet_machines_stale"),
+        0,
+        "a report makes it fresh again",
+      );
+    } finally {
+      await quick.close();
+      removeTempDir(staleDir);
+    }
   });
 });

@@ -291,6 +291,7 @@ describe("e2e: registration, canary rollout over push, health-gated rollback, me
           "nixfleet_fleet_size 3",
           'nixfleet_machines_by_lifecycle{lifecycle="active"} 3',
           "nixfleet_machines_in_sync",
+          "nixfleet_machines_stale 0",
           "nixfleet_agent_sessions 3",
           "nixfleet_rpc_requests_total",
           "nixfleet_rpc_duration_seconds",

@@ -21,7 +21,7 @@ export function registerConfig(program: Command): void {
           clientCert: s.clientCert,
           clientKey: s.clientKey,
           protocol: s.protocol,
-          timeoutSeconds: s.timeoutMs / 1000,
+          timeout: `${s.timeoutMs / 1000}s`,
         };
         if (ctx.output.json) {
           ctx.output.out(JSON.stringify({ settings: shown, sources: s.sources }, null, 2));

@@ -95,6 +95,26 @@ function releaseDetail(r: Release): string {
   return `${head}\n\n${table(["HOST", "PLATFORM", "STORE PATH"], rows)}`;
 }
 
+/**
+ * The URL agents should fetch from, given the one closures were pushed to: upload-only
+ * parameters (the signing key!) must not end up in the release.
+ */
+export function readableCacheUrl(pushTo: string): string {
+  const q = pushTo.indexOf("?");
+  if (q < 0) return pushTo;
+  const params = new URLSearchParams(pushTo.slice(q + 1));
+  for (const writeOnly of [
+    "secret-key",
+    "write-nar-listing",
+    "parallel-compression",
+    "compression",
+    "compression-level",
+  ])
+    params.delete(writeOnly);
+  const rest = params.toString();
+  return rest ? `${pushTo.slice(0, q)}?${rest}` : pushTo.slice(0, q);
+}
+
 interface CreateOpts {
   entry: string[];
   manifest?: string;
@@ -122,7 +142,7 @@ export function registerReleases(program: Command): void {
     )
     .option(
       "--manifest <file>",
-      "JSON manifest: {entries:[{hostname, storePath, platform?, tags?}], cacheUrl?} or {host: path}",
+      "JSON manifest: {entries:[{hostname, storePath, platform?, tags?}], cacheUrl?, flakeRef?, flakeRev?} or {host: path}",
     )
     .option("--flake <ref>", "build nixosConfigurations.<host>.config.system.build.toplevel for --hosts")
     .option("--hosts <globs>", "with --flake: host names or globs, comma-separated (default: all)", "*")
@@ -186,7 +206,7 @@ export function registerReleases(program: Command): void {
             opts.pushTo,
             entries.map((e) => e.storePath),
           );
-          cacheUrl ??= opts.pushTo;
+          cacheUrl ??= readableCacheUrl(opts.pushTo);
         }
         const res = await ctx
           .client()

@@ -1,4 +1,5 @@
 /** `nixfleet rollout …`: ship a release in health-gated batches, and follow it. */
+import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Command } from "commander";
 import {
@@ -11,7 +12,6 @@ import {
   PauseRolloutResponseSchema,
   ResumeRolloutResponseSchema,
   type Rollout,
-  RolloutSchema,
   RolloutStatus,
   RolloutStatusSchema,
   RolloutStrategy,
@@ -126,7 +126,9 @@ async function waitAndReport(ctx: Context, id: string, waitTimeout: string | und
   const timeout = waitTimeout ? parseSeconds(waitTimeout, "--wait-timeout", 7 * 86400) : undefined;
   const r = await followRollout(ctx, id, timeout || undefined);
   const verdict = finalVerdict(r);
-  if (ctx.output.json) printJson(ctx.output, RolloutSchema, r);
+  // The same {"rollout": …} shape as `rollout status --json`.
+  if (ctx.output.json)
+    printJson(ctx.output, GetRolloutResponseSchema, create(GetRolloutResponseSchema, { rollout: r }));
   else for (const l of verdict.lines) (verdict.exitCode === 0 ? ctx.output.out : ctx.output.err)(l);
   if (verdict.exitCode !== 0) process.exitCode = EXIT_FAILURE;
 }

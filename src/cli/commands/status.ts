@@ -6,7 +6,7 @@ import {
   type MachineStatus,
   TagMatch,
 } from "../../gen/nixfleet/v1/fleet_pb.js";
-import { MachineLifecycleSchema, OutcomeSchema } from "../../gen/nixfleet/v1/types_pb.js";
+import { MachineLifecycle, MachineLifecycleSchema, OutcomeSchema } from "../../gen/nixfleet/v1/types_pb.js";
 import { type Context, contextFor } from "../context.js";
 import { UsageError } from "../errors.js";
 import { ago, enumWord, printJson, shortPath, table } from "../output.js";
@@ -57,7 +57,12 @@ async function once(ctx: Context, tags: string[], matchAny: boolean): Promise<st
   }
   if (res.machines.length === 0)
     return tags.length ? `no machines match tags ${tags.join(",")}` : "no machines registered yet";
-  const footer = [`${res.inSync}/${res.total} hosts in sync`];
+  // Decommissioned machines are listed but not counted: they are not expected to be in sync.
+  const counted = res.machines.filter((m) => m.lifecycle !== MachineLifecycle.DECOMMISSIONED);
+  const retired = res.machines.length - counted.length;
+  const footer = [
+    `${counted.filter((m) => m.inSync).length}/${counted.length} hosts in sync${retired ? ` (${retired} decommissioned not counted)` : ""}`,
+  ];
   if (res.stale) footer.push(`${res.stale} stale (no contact for ${res.staleAfterSeconds}s)`);
   const unhealthy = res.machines.filter((m) => m.health?.state === HealthState.UNHEALTHY).length;
   if (unhealthy) footer.push(`${unhealthy} unhealthy`);

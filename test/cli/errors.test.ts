@@ -1,0 +1,108 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { readableCacheUrl } from "../../src/cli/commands/releases.js";
+import { CliFailure, describeError, UsageError } from "../../src/cli/errors.js";
+
+const URL = "https://cp.example:8443";
+
+describe("CLI error messages", () => {
+  const cases: [string, unknown, number, RegExp, RegExp | undefined][] = [
+    [
+      "usage",
+      new UsageError('--batch-size entry 1 ("0") must be a count ≥ 1'),
+      2,
+      /^error: --batch-size/,
+      undefined,
+    ],
+    [
+      "operation failure with a hint",
+      new CliFailure("rollout r-1 is still running", "keep following it"),
+      1,
+      /still running/,
+      /keep following/,
+    ],
+    [
+      "unknown key",
+      new ConnectError("unknown or revoked API key", Code.Unauthenticated),
+      1,
+      /did not accept the API key/,
+      /NIXFLEET_API_KEY/,
+    ],
+    [
+      "missing role",
+      new ConnectError(
+        "API key r has role readonly; CreateRollout needs deploy or higher",
+        Code.PermissionDenied,
+      ),
+      1,
+      /permission denied: .*needs deploy/,
+      /readonly < deploy < admin/,
+    ],
+    [
+      "bad input",
+      new ConnectError("release_id: not of the form rel-<uuid>", Code.InvalidArgument),
+      1,
+      /invalid request: release_id/,
+      undefined,
+    ],
+    [
+      "conflict",
+      new ConnectError("machine web-01 is in active rollout r-1", Code.FailedPrecondition),
+      1,
+      /refused: machine web-01/,
+      undefined,
+    ],
+    [
+      "unreachable",
+      new ConnectError("connect ECONNREFUSED 127.0.0.1:8443", Code.Unavailable),
+      1,
+      /cannot reach the control plane at https:\/\/cp\.example:8443/,
+      /--control-plane-url/,
+    ],
+    [
+      "untrusted server certificate",
+      new ConnectError("self-signed certificate in certificate chain", Code.Internal),
+      1,
+      /TLS: the control plane's certificate is not trusted/,
+      /--ca-cert/,
+    ],
+    [
+      "wrong host name",
+      new ConnectError(
+        "Hostname/IP does not match certificate's altnames: IP: 10.0.0.1 is not in the cert's list",
+        Code.Unavailable,
+      ),
+      1,
+      /not for this address/,
+      /subjectAltName/,
+    ],
+    [
+      "client certificate required",
+      new ConnectError("tlsv13 alert certificate required", Code.Unavailable),
+      1,
+      /refused the handshake/,
+      /--client-cert/,
+    ],
+  ];
+  for (const [label, err, exitCode, message, hint] of cases) {
+    it(`${label}: exit ${exitCode}, says what and what next`, () => {
+      const d = describeError(err, URL);
+      assert.equal(d.exitCode, exitCode);
+      assert.match(d.lines[0]!, message);
+      if (hint) assert.match(d.lines[1] ?? "", new RegExp(`^hint: .*${hint.source}`));
+      assert.ok(!d.lines.join("\n").includes("    at "), "never a stack trace");
+    });
+  }
+});
+
+describe("the cache URL a release records after --push-to", () => {
+  for (const [pushTo, want] of [
+    ["s3://fleet-cache?region=eu-west-1", "s3://fleet-cache?region=eu-west-1"],
+    ["file:///srv/cache?secret-key=/run/keys/cache.sec", "file:///srv/cache"],
+    ["s3://c?region=eu-west-1&secret-key=/k&compression=zstd", "s3://c?region=eu-west-1"],
+    ["https://cache.example.org", "https://cache.example.org"],
+  ] as const) {
+    it(`${pushTo} → ${want}`, () => assert.equal(readableCacheUrl(pushTo), want));
+  }
+});
