@@ -27,6 +27,13 @@ export type CheckDecision =
   | { kind: "invalid"; reason: string }
   | { kind: "up-to-date" }
   | { kind: "quarantined"; entry: QuarantineEntry }
+  /**
+   * This exact assignment (path and revision) was deployed here, yet the host now runs
+   * something else: someone switched it by hand, or it booted another generation. Reported as
+   * FOREIGN_GENERATION, not fought — an operator's emergency rollback must stick until the
+   * control plane assigns the generation again (a newer revision).
+   */
+  | { kind: "drifted" }
   | { kind: "deploy"; liftQuarantine?: QuarantineEntry };
 
 export interface CheckInput {
@@ -34,6 +41,8 @@ export interface CheckInput {
   /** Where current-system points (null: the link is missing). */
   current: string | null;
   quarantine: QuarantineEntry | undefined;
+  /** Whether the journal holds a DEPLOYED deployment of exactly this path and revision. */
+  deployedBefore: boolean;
 }
 
 /** Whether a quarantine entry still blocks an assignment with this revision. */
@@ -63,6 +72,7 @@ export function decideCheck(input: CheckInput): CheckDecision {
   if (problem) return { kind: "invalid", reason: problem };
   // Generations compare as whole strings, never a hash prefix (v0.2 bug e85b872).
   if (current === desired.path) return { kind: "up-to-date" };
+  if (input.deployedBefore) return { kind: "drifted" };
   if (quarantine && blocksRevision(quarantine, desired.revision))
     return { kind: "quarantined", entry: quarantine };
   return quarantine ? { kind: "deploy", liftQuarantine: quarantine } : { kind: "deploy" };

@@ -321,7 +321,11 @@ export class Deployer {
     metrics.quarantined.set(journal.quarantineCount());
     const quarantine =
       desired && isStorePath(desired.path) ? journal.quarantineEntry(desired.path) : undefined;
-    const decision = decideCheck({ desired, current, quarantine });
+    const deployedBefore =
+      desired !== undefined &&
+      isStorePath(desired.path) &&
+      journal.deployedBefore(desired.path, desired.revision);
+    const decision = decideCheck({ desired, current, quarantine, deployedBefore });
 
     switch (decision.kind) {
       case "idle": {
@@ -375,6 +379,26 @@ export class Deployer {
         // A rollout gate needs a health report newer than its batch start: on a new assignment
         // of the generation the host already runs, report health at once.
         if (sent && changed) await this.healthReport({ postApply: false }, signal);
+        return "ok";
+      }
+      case "drifted": {
+        const d = desired!;
+        const key = steadyReportKey({ outcome: "DRIFTED", desired: d.path, revision: d.revision, current });
+        this.steadyReport("steady", key, () => {
+          log.warn(
+            { event: "drifted", desired: d.path, revision: d.revision.toString(), current },
+            "the host no longer runs the generation deployed here; not switching it back",
+          );
+          this.report(
+            Outcome.FOREIGN_GENERATION,
+            false,
+            `current-system points at ${current ?? "nothing"}, not at ${d.path}, which was deployed here ` +
+              `(revision ${d.revision}): someone switched this host by hand, or it booted another generation. ` +
+              "The agent does not switch it back; assign the generation again (a new rollout, or " +
+              "nixfleet machines set-desired) to re-apply it",
+            { desired: d },
+          );
+        });
         return "ok";
       }
       case "quarantined": {

@@ -24,72 +24,114 @@ function quarantined(path: string, revision: bigint): QuarantineEntry {
 
 describe("check decision", () => {
   const table: Array<[string, CheckInput, string]> = [
-    ["nothing assigned → idle", { desired: undefined, current: A, quarantine: undefined }, "idle"],
+    [
+      "nothing assigned → idle",
+      { desired: undefined, current: A, quarantine: undefined, deployedBefore: false },
+      "idle",
+    ],
     [
       "nothing assigned, no current-system → idle",
-      { desired: undefined, current: null, quarantine: undefined },
+      { desired: undefined, current: null, quarantine: undefined, deployedBefore: false },
       "idle",
     ],
     [
       "desired == current → up to date",
-      { desired: desired(A), current: A, quarantine: undefined },
+      { desired: desired(A), current: A, quarantine: undefined, deployedBefore: false },
       "up-to-date",
     ],
-    ["desired ≠ current → deploy", { desired: desired(B), current: A, quarantine: undefined }, "deploy"],
+    [
+      "desired ≠ current → deploy",
+      { desired: desired(B), current: A, quarantine: undefined, deployedBefore: false },
+      "deploy",
+    ],
     [
       "no current-system → deploy (preflight refuses later)",
-      { desired: desired(B), current: null, quarantine: undefined },
+      { desired: desired(B), current: null, quarantine: undefined, deployedBefore: false },
       "deploy",
     ],
     [
       "quarantined at the same revision → quarantined",
-      { desired: desired(B, 5n), current: A, quarantine: quarantined(B, 5n) },
+      { desired: desired(B, 5n), current: A, quarantine: quarantined(B, 5n), deployedBefore: false },
       "quarantined",
     ],
     [
       "quarantined at a newer revision than asked (stale assignment) → quarantined",
-      { desired: desired(B, 4n), current: A, quarantine: quarantined(B, 5n) },
+      { desired: desired(B, 4n), current: A, quarantine: quarantined(B, 5n), deployedBefore: false },
       "quarantined",
     ],
     [
       "newer revision → deploy, lifting the quarantine",
-      { desired: desired(B, 6n), current: A, quarantine: quarantined(B, 5n) },
+      { desired: desired(B, 6n), current: A, quarantine: quarantined(B, 5n), deployedBefore: false },
       "deploy",
     ],
     [
       "quarantined path that the host already runs → up to date",
-      { desired: desired(A, 5n), current: A, quarantine: quarantined(A, 5n) },
+      { desired: desired(A, 5n), current: A, quarantine: quarantined(A, 5n), deployedBefore: false },
       "up-to-date",
     ],
     [
+      "this exact assignment was deployed, the host now runs something else → drifted (not fought)",
+      { desired: desired(B, 5n), current: A, quarantine: undefined, deployedBefore: true },
+      "drifted",
+    ],
+    [
+      "deployed before and still running it → up to date",
+      { desired: desired(B, 5n), current: B, quarantine: undefined, deployedBefore: true },
+      "up-to-date",
+    ],
+    [
+      "assigned again with a newer revision (deployedBefore is per revision) → deploy",
+      { desired: desired(B, 6n), current: A, quarantine: undefined, deployedBefore: false },
+      "deploy",
+    ],
+    [
       "hash prefix is not equality → deploy",
-      { desired: desired(`${A}x`), current: A, quarantine: undefined },
+      { desired: desired(`${A}x`), current: A, quarantine: undefined, deployedBefore: false },
       "deploy",
     ],
     [
       "malformed path → invalid",
-      { desired: desired("/etc/passwd"), current: A, quarantine: undefined },
+      { desired: desired("/etc/passwd"), current: A, quarantine: undefined, deployedBefore: false },
       "invalid",
     ],
     [
       "path with shell metacharacters → invalid",
-      { desired: desired(`${A};rm -rf /`), current: A, quarantine: undefined },
+      { desired: desired(`${A};rm -rf /`), current: A, quarantine: undefined, deployedBefore: false },
       "invalid",
     ],
     [
       "path traversal → invalid",
-      { desired: desired("/nix/store/../../etc/shadow"), current: A, quarantine: undefined },
+      {
+        desired: desired("/nix/store/../../etc/shadow"),
+        current: A,
+        quarantine: undefined,
+        deployedBefore: false,
+      },
       "invalid",
     ],
-    ["empty path → invalid", { desired: desired(""), current: A, quarantine: undefined }, "invalid"],
+    [
+      "empty path → invalid",
+      { desired: desired(""), current: A, quarantine: undefined, deployedBefore: false },
+      "invalid",
+    ],
     [
       "cache URL that disables signature checks → invalid",
-      { desired: desired(B, 1n, "https://cache.example?trusted=1"), current: A, quarantine: undefined },
+      {
+        desired: desired(B, 1n, "https://cache.example?trusted=1"),
+        current: A,
+        quarantine: undefined,
+        deployedBefore: false,
+      },
       "invalid",
     ],
     [
       "cache URL with a safe parameter → deploy",
-      { desired: desired(B, 1n, "s3://bucket?region=eu-west-1"), current: A, quarantine: undefined },
+      {
+        desired: desired(B, 1n, "s3://bucket?region=eu-west-1"),
+        current: A,
+        quarantine: undefined,
+        deployedBefore: false,
+      },
       "deploy",
     ],
   ];

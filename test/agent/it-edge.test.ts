@@ -43,6 +43,42 @@ describe("agent process: edge cases", () => {
     assert.deepEqual(await agent.stop(), { code: 0, signal: null });
   });
 
+  it("a manual switch after a finished deployment is reported, not undone; a newer revision re-applies", async (t) => {
+    const s = await setupScenario({ systems: [{ label: "gen2" }], cached: ["gen2"] });
+    t.after(() => s.cleanup());
+    const gen2 = s.systems["gen2"]!.path;
+    s.writeConfig({ pollInterval: 1 });
+    const agent = s.startAgent();
+    s.cp.setDesired(s.machineId, { hash: gen2, cacheUrl: s.cacheUrl });
+    await s.cp.waitForReport((r) => r.outcome === Outcome.DEPLOYED);
+    // An operator rolls the host back by hand (nixos-rebuild switch --rollback, in effect).
+    s.host.setCurrent(s.gen1.path);
+    const drift = await s.cp.waitForReport((r) => r.outcome === Outcome.FOREIGN_GENERATION);
+    assert.equal(drift.currentGeneration, s.gen1.path);
+    assert.equal(drift.desiredGeneration, gen2);
+    assert.match(drift.message, /switched this host by hand/);
+    assert.match(drift.message, /assign the generation again/);
+    await waitFor("a few more polls", () => agent.find({ event: "next_cycle" }).length >= 6);
+    assert.equal(s.host.current(), s.gen1.path, "the operator's choice stands");
+    assert.equal(s.host.switchLog().filter((e) => e.event === "start").length, 1, "no switch back");
+
+    // The control plane assigns it again (a new revision): the agent applies it.
+    s.cp.setDesired(s.machineId, { hash: gen2, cacheUrl: s.cacheUrl });
+    await waitFor("gen2 again", () => s.host.current() === gen2, 30_000);
+    await s.cp.waitForReport(
+      (r) => r.outcome === Outcome.DEPLOYED && r.desiredRevision > drift.desiredRevision,
+    );
+    const db = s.journal();
+    try {
+      const rows = deploymentRows(db);
+      assert.equal(rows.length, 2, "two deployments: the first and the re-assignment");
+      assert.equal(rows.at(-1)?.["outcome"], "DEPLOYED");
+    } finally {
+      db.close();
+    }
+    assert.deepEqual(await agent.stop(), { code: 0, signal: null });
+  });
+
   it("a closure without switch-to-configuration is refused before anything changes, and not retried", async (t) => {
     const s = await setupScenario({
       systems: [{ label: "notasystem", noSwitchScript: true }],

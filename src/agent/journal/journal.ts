@@ -291,6 +291,17 @@ export class Journal {
     return row ? toDeployment(row) : undefined;
   }
 
+  /** Whether exactly this assignment (path and revision) ended DEPLOYED here. */
+  deployedBefore(path: string, revision: bigint): boolean {
+    return (
+      this.db
+        .prepare(
+          "SELECT 1 FROM deployments WHERE desired = ? AND desired_revision = ? AND outcome = 'DEPLOYED' LIMIT 1",
+        )
+        .get(path, revision.toString()) !== undefined
+    );
+  }
+
   lastDeployedAt(): number | undefined {
     const row = this.db
       .prepare("SELECT MAX(finished_at) AS at FROM deployments WHERE outcome = 'DEPLOYED'")
