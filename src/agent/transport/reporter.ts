@@ -156,7 +156,10 @@ export class Reporter {
       this.retryTimer = undefined;
     }
     const { send, drop } = selectDeliverable(journal.outbox());
-    if (drop.length) journal.removeFromOutbox(drop.map((d) => d.id));
+    if (drop.length) {
+      journal.removeFromOutbox(drop.map((d) => d.id));
+      metrics.reportsPending.set(journal.outboxCount());
+    }
     for (const item of send) {
       if (this.stopped) return;
       try {
