@@ -8,7 +8,7 @@
  * demo does to the fleet goes through the real `nixfleet` CLI, printed as it runs.
  *
  * Flags: --keep (leave the fleet running and print how to talk to it), --no-install (never
- * install Nix), --dir DIR (work there instead of a temp dir).
+ * install Nix or openssl), --dir DIR (work there instead of a temp dir).
  */
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
@@ -36,39 +36,60 @@ function note(text: string): void {
   process.stdout.write(`${dim(text)}\n`);
 }
 
-/** Makes sure `nix` runs; on Debian as root, installs nix-bin (unless --no-install). */
-function ensureNix(): string {
-  const probe = spawnSync("nix", ["--version"], { encoding: "utf8" });
-  if (probe.status === 0) return probe.stdout.trim();
-  const isRoot = process.getuid?.() === 0;
-  const hasApt = spawnSync("apt-get", ["--version"]).status === 0;
-  if (!NO_INSTALL && isRoot && hasApt) {
-    note("Nix is not installed; installing Debian's nix-bin (apt-get install -y nix-bin)…");
+/**
+ * Makes sure the tools the demo drives are here: Nix (the agents fetch and switch real store
+ * paths) and openssl (the demo's throwaway CA and certificates). On Debian as root, missing ones
+ * are installed from Debian's packages (unless --no-install); elsewhere it says how.
+ */
+function ensureTools(): string {
+  const missing = [
+    {
+      command: "nix",
+      args: ["--version"],
+      pkg: "nix-bin",
+      why: "the agents fetch and switch real Nix store paths",
+    },
+    {
+      command: "openssl",
+      args: ["version"],
+      pkg: "openssl",
+      why: "the demo makes its own CA and certificates",
+    },
+  ].filter((t) => spawnSync(t.command, t.args).status !== 0);
+  if (missing.length > 0) {
+    const isRoot = process.getuid?.() === 0;
+    const hasApt = spawnSync("apt-get", ["--version"]).status === 0;
+    if (NO_INSTALL || !isRoot || !hasApt) {
+      process.stderr.write(
+        [
+          ...missing.map((t) => `error: the demo needs \`${t.command}\` (${t.why}), and it is not on PATH.`),
+          "install it, then run `npm run demo` again:",
+          `  Debian/Ubuntu (as root):  apt-get install -y ${missing.map((t) => t.pkg).join(" ")}`,
+          ...(missing.some((t) => t.command === "nix")
+            ? ["  Nix anywhere else:        https://nixos.org/download (the multi-user installer)"]
+            : []),
+          "",
+        ].join("\n"),
+      );
+      process.exit(1);
+    }
+    const pkgs = missing.map((t) => t.pkg);
+    note(`installing Debian's ${pkgs.join(" and ")} (apt-get install -y ${pkgs.join(" ")})…`);
     execFileSync("apt-get", ["update", "-qq"], { stdio: "inherit" });
-    execFileSync("apt-get", ["install", "-y", "-qq", "nix-bin"], {
+    execFileSync("apt-get", ["install", "-y", "-qq", ...pkgs], {
       stdio: "inherit",
       env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
     });
-    return execFileSync("nix", ["--version"], { encoding: "utf8" }).trim();
   }
-  process.stderr.write(
-    [
-      "error: the demo needs Nix (the agents fetch and switch real Nix store paths), and `nix` is not on PATH.",
-      "install it, then run `npm run demo` again:",
-      "  Debian/Ubuntu (as root):  apt-get install -y nix-bin",
-      "  anywhere else:            https://nixos.org/download (the multi-user installer)",
-      "",
-    ].join("\n"),
-  );
-  process.exit(1);
+  return execFileSync("nix", ["--version"], { encoding: "utf8" }).trim();
 }
 
 async function main(): Promise<number> {
   process.stdout.write(
     `${bold("nixfleet demo")} — a control plane and three agents on real Nix, on this machine\n`,
   );
-  section("checking for Nix");
-  const nixVersion = ensureNix();
+  section("checking for Nix and openssl");
+  const nixVersion = ensureTools();
   note(nixVersion);
   // Debian's Nix: no substituter round trips to cache.nixos.org, no build sandbox, `nix` commands.
   process.env["NIX_CONFIG"] = "substituters =\nsandbox = false\nexperimental-features = nix-command";
