@@ -1058,22 +1058,32 @@ export class Deployer {
     return undefined;
   }
 
-  private rolledBack(dep: Deployment, tracker: PhaseTracker, reason: string): CycleVerdict {
+  /** Journals a failed deployment's outcome and quarantines its path at this revision. */
+  private endInQuarantine(
+    dep: Deployment,
+    tracker: PhaseTracker,
+    outcome: "ROLLED_BACK" | "ROLLBACK_FAILED",
+    o: { message: string; error: string; reason: string; level: "warn" | "error" },
+  ): void {
     const { journal, metrics } = this.d;
-    const message = `${reason}; rolled back to ${dep.previous} with its own switch-to-configuration; ${dep.desired} is quarantined until it is assigned again`;
-    journal.finish(dep.id, "ROLLED_BACK", message, reason);
+    journal.finish(dep.id, outcome, o.message, o.error);
     journal.quarantine({
       path: dep.desired,
       revision: dep.desiredRevision,
       deploymentId: dep.id,
-      outcome: "ROLLED_BACK",
-      reason,
+      outcome,
+      reason: o.reason,
     });
-    tracker.finish("ROLLED_BACK", message, "warn");
-    metrics.deploys.inc({ outcome: "ROLLED_BACK" });
-    metrics.rollbacks.inc({ result: "succeeded" });
+    tracker.finish(outcome, o.message, o.level);
+    metrics.deploys.inc({ outcome });
     metrics.quarantined.set(journal.quarantineCount());
-    metrics.setGeneration(this.d.host.readCurrent());
+  }
+
+  private rolledBack(dep: Deployment, tracker: PhaseTracker, reason: string): CycleVerdict {
+    const message = `${reason}; rolled back to ${dep.previous} with its own switch-to-configuration; ${dep.desired} is quarantined until it is assigned again`;
+    this.endInQuarantine(dep, tracker, "ROLLED_BACK", { message, error: reason, reason, level: "warn" });
+    this.d.metrics.rollbacks.inc({ result: "succeeded" });
+    this.d.metrics.setGeneration(this.d.host.readCurrent());
     this.report(Outcome.ROLLED_BACK, false, message, { deploymentId: dep.id, desired: this.desiredOf(dep) });
     return "failed";
   }
@@ -1090,19 +1100,14 @@ export class Deployer {
       `${reason}; ROLLBACK FAILED: ${problem}. current-system points at ${current ?? "nothing"}, profile at ${host.readProfile() ?? "nothing"}. ` +
       `The host needs an operator: switch it to a working generation (e.g. ${dep.previous}/bin/switch-to-configuration switch) ` +
       "or assign a fixed generation";
-    journal.finish(dep.id, "ROLLBACK_FAILED", message, problem);
-    journal.quarantine({
-      path: dep.desired,
-      revision: dep.desiredRevision,
-      deploymentId: dep.id,
-      outcome: "ROLLBACK_FAILED",
+    this.endInQuarantine(dep, tracker, "ROLLBACK_FAILED", {
+      message,
+      error: problem,
       reason,
+      level: "error",
     });
-    tracker.finish("ROLLBACK_FAILED", message, "error");
-    metrics.deploys.inc({ outcome: "ROLLBACK_FAILED" });
     metrics.rollbacks.inc({ result: "failed" });
     metrics.rollbackFailed.set(1);
-    metrics.quarantined.set(journal.quarantineCount());
     metrics.setGeneration(current);
     this.report(Outcome.ROLLBACK_FAILED, false, message, {
       deploymentId: dep.id,

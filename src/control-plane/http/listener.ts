@@ -187,11 +187,26 @@ export async function listenTls(
   server.on("tlsClientError", () => {});
   server.on("sessionError", () => {});
   const bound = await listenOn(server, host, port);
+  return listener(`https://${hostForUrl(host)}:${bound}`, bound, server, tracker);
+}
+
+/**
+ * The Listener over a bound server: closing stops accepting, drops idle HTTP/1.1 keep-alives
+ * (`http1`, when one serves HTTP/1.1), and waits for open requests up to the deadline.
+ */
+function listener(
+  url: string,
+  port: number,
+  server: net.Server,
+  tracker: ConnectionTracker,
+  http1?: http.Server,
+): Listener {
   return {
-    url: `https://${hostForUrl(host)}:${bound}`,
-    port: bound,
+    url,
+    port,
     async close(deadlineMs) {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      http1?.closeIdleConnections();
       await tracker.drain(Date.now() + deadlineMs);
       await closed;
     },
@@ -266,16 +281,7 @@ export async function listenInsecure(host: string, port: number, handler: Reques
     socket.on("error", () => {});
   });
   const bound = await listenOn(server, host, port);
-  return {
-    url: `http://${hostForUrl(host)}:${bound}`,
-    port: bound,
-    async close(deadlineMs) {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      h1.closeIdleConnections();
-      await tracker.drain(Date.now() + deadlineMs);
-      await closed;
-    },
-  };
+  return listener(`http://${hostForUrl(host)}:${bound}`, bound, server, tracker, h1);
 }
 
 /** A plain HTTP/1.1 listener for --metrics-listen. */
@@ -288,14 +294,5 @@ export async function listenPlainHttp(
   const server = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES }, tracker.wrap(handler));
   server.on("connection", (socket) => tracker.socket(socket));
   const bound = await listenOn(server, host, port);
-  return {
-    url: `http://${hostForUrl(host)}:${bound}`,
-    port: bound,
-    async close(deadlineMs) {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeIdleConnections();
-      await tracker.drain(Date.now() + deadlineMs);
-      await closed;
-    },
-  };
+  return listener(`http://${hostForUrl(host)}:${bound}`, bound, server, tracker, server);
 }
