@@ -91,8 +91,10 @@ async function main(): Promise<number> {
   section("checking for Nix and openssl");
   const nixVersion = ensureTools();
   note(nixVersion);
-  // Debian's Nix: no substituter round trips to cache.nixos.org, no build sandbox, `nix` commands.
-  process.env["NIX_CONFIG"] = "substituters =\nsandbox = false\nexperimental-features = nix-command";
+  // Debian's Nix: no substituter round trips to cache.nixos.org, no build sandbox, no build users
+  // (there is no `nixbld` group without nix-setup-systemd), `nix` commands.
+  process.env["NIX_CONFIG"] =
+    "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command";
 
   const dir = dirFlag > 0 ? process.argv[dirFlag + 1]! : makeTempDir("nixfleet-demo-");
   mkdirSync(dir, { recursive: true });
