@@ -8,7 +8,8 @@ import { buildHost, flakeHosts, flakeRevision, pushToCache, runNix } from "../..
 import { tempDir } from "../fixtures/tmp.js";
 
 const SYSTEM = `${process.arch === "arm64" ? "aarch64" : "x86_64"}-linux`;
-process.env["NIX_CONFIG"] = "substituters =\nsandbox = false\nexperimental-features = nix-command flakes";
+process.env["NIX_CONFIG"] =
+  "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command flakes";
 
 /** A flake with two "NixOS" hosts whose toplevels are tiny derivations (no nixpkgs). */
 function writeFlake(dir: string, marker: string): string {
