@@ -56,12 +56,13 @@ export interface Declaration {
   field: FieldMeta | undefined;
 }
 
-function walk(shape: z.ZodRawShape, prefix: string): Declaration[] {
+function walk(shape: z.ZodRawShape, prefix: string, inherited: Partial<DocMeta> = {}): Declaration[] {
   return Object.entries(shape).flatMap(([name, schema]): Declaration[] => {
     const key = prefix + name;
-    const docs = DOCS.get(schema);
-    if (!docs) throw new Error(`agent option ${key} has no documentation`);
-    if (docs.group) return walk(docs.group, `${key}.`);
+    const own = DOCS.get(schema);
+    if (!own) throw new Error(`agent option ${key} has no documentation`);
+    const docs = { ...inherited, ...own };
+    if (docs.group) return walk(docs.group, `${key}.`, docs.notInNixModule ? { notInNixModule: true } : {});
     const field = docs.item ? undefined : FIELDS.get(schema);
     if (!docs.item && !field) throw new Error(`agent option ${key} is not declared with a field kind`);
     return [{ key, schema, docs, field }];
