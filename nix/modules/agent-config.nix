@@ -5,29 +5,9 @@
 # ARE the option names, and the agent rejects unknown keys, so this is the one place that decides
 # what reaches the agent. Every key is written — the module's documented defaults, not the
 # agent's built-in ones, are what a NixOS host runs — and the contract test checks that both sets
-# of defaults agree. Check entries are submodule values, whose internal attributes must not
-# reach the JSON, so their fields are listed.
+# of defaults agree.
 cfg:
 let
-  systemdCheck = c: {
-    inherit (c) units timeout interval;
-  };
-  httpCheck = c: {
-    inherit (c)
-      url
-      expectedStatus
-      timeout
-      interval
-      ;
-  };
-  commandCheck = c: {
-    inherit (c)
-      name
-      command
-      timeout
-      interval
-      ;
-  };
   # Options of the NixOS module itself, not of the agent: never rendered.
   moduleOnly = [
     "enable"
@@ -36,14 +16,12 @@ let
     "path"
     "persistence"
   ];
+  # A check entry is a submodule value: its fields, without the module system's own `_module`.
+  entry = c: builtins.removeAttrs c [ "_module" ];
 in
 # Every other option is rendered under its own name: the option list is written once, in
 # agent.nix, and test/nix/agent-module.test.ts checks it against the agent's declarations.
 builtins.removeAttrs cfg (moduleOnly ++ [ "healthChecks" ])
 // {
-  healthChecks = {
-    systemd = map systemdCheck cfg.healthChecks.systemd;
-    http = map httpCheck cfg.healthChecks.http;
-    command = map commandCheck cfg.healthChecks.command;
-  };
+  healthChecks = builtins.mapAttrs (_kind: map entry) cfg.healthChecks;
 }

@@ -65,10 +65,13 @@ function withDefault<S extends z.ZodType>(schema: S, value: z.output<S>) {
 
 // ----------------------------------------------------------------------------- base schemas
 
-/** A non-empty string of at most 4096 characters. */
-export function textSchema() {
+/** A non-empty string of at most 4096 characters; `missing` is the message when absent or null. */
+export function textSchema(missing?: string) {
   return z
-    .string({ error: (iss) => `must be a string, got ${describe(iss.input)}` })
+    .string({
+      error: (iss) =>
+        iss.input == null && missing ? missing : `must be a string, got ${describe(iss.input)}`,
+    })
     .min(1, { error: "must not be empty" })
     .max(MAX_STRING, { error: `is longer than ${MAX_STRING} characters` });
 }
@@ -268,32 +271,23 @@ export function machineId(hostname: () => string) {
  * so that check is the whole config's (schema.ts).
  */
 export function controlPlaneUrl() {
-  const schema = z
-    .string({
-      error: (iss) =>
-        iss.input == null
-          ? "is required (e.g. https://fleet.example.com:8443)"
-          : `must be a string, got ${describe(iss.input)}`,
-    })
-    .min(1, { error: "must not be empty" })
-    .max(MAX_STRING, { error: `is longer than ${MAX_STRING} characters` })
-    .transform((text, ctx) => {
-      const fail = (message: string) => {
-        ctx.issues.push({ code: "custom", input: text, message });
-        return z.NEVER;
-      };
-      let url: URL;
-      try {
-        url = new URL(text);
-      } catch {
-        return fail(`is not a URL: ${describe(text)}`);
-      }
-      if (url.protocol !== "http:" && url.protocol !== "https:")
-        return fail(`must be an https:// URL, got scheme ${url.protocol}`);
-      if (url.search || url.hash) return fail("must not contain a query string or fragment");
-      if (url.username || url.password)
-        return fail("must not contain credentials; the agent authenticates with mTLS");
-      return url.toString().replace(/\/+$/, "");
-    });
+  const schema = textSchema("is required (e.g. https://fleet.example.com:8443)").transform((text, ctx) => {
+    const fail = (message: string) => {
+      ctx.issues.push({ code: "custom", input: text, message });
+      return z.NEVER;
+    };
+    let url: URL;
+    try {
+      url = new URL(text);
+    } catch {
+      return fail(`is not a URL: ${describe(text)}`);
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:")
+      return fail(`must be an https:// URL, got scheme ${url.protocol}`);
+    if (url.search || url.hash) return fail("must not contain a query string or fragment");
+    if (url.username || url.password)
+      return fail("must not contain credentials; the agent authenticates with mTLS");
+    return url.toString().replace(/\/+$/, "");
+  });
   return declare(schema, { kind: "string", defaultText: "required", fromText: asText });
 }
