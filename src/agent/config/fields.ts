@@ -144,6 +144,14 @@ export function duration(seconds: number) {
   });
 }
 
+export function integer(min: number, max: number, value: number) {
+  return declare(withDefault(integerSchema(min, max), value), {
+    kind: "integer",
+    default: value,
+    fromText: (text) => (Number.isFinite(Number(text)) ? Number(text) : text),
+  });
+}
+
 export function bool(value: boolean) {
   const schema = z.boolean({ error: (iss) => `must be true or false, got ${describe(iss.input)}` });
   return declare(withDefault(schema, value), {

@@ -3,7 +3,7 @@
  * carries its validation (fields.ts), its default and its documentation. Everything else is
  * derived from them: the flag (`--poll-interval`) and variable (`NIXFLEET_POLL_INTERVAL`) from the
  * key's last segment, the `--help` text, the options reference in docs/operations-agent.md
- * (reference.ts), the defaults, and the type `AgentConfig`. The NixOS module's options are
+ * (test/agent/config-reference.ts), the defaults, and the type `AgentConfig`. The NixOS module's options are
  * checked against these declarations by test/nix/agent-module.test.ts.
  */
 import { hostname } from "node:os";
@@ -17,8 +17,7 @@ import {
   controlPlaneUrl,
   describe,
   duration,
-  FIELDS,
-  integerSchema,
+  integer,
   listSchema,
   logLevel,
   machineId,
@@ -81,13 +80,6 @@ function fileList<Shape extends z.ZodRawShape>(shape: Shape, text: string) {
   );
 }
 
-/** An item field with a default, so the reference can show `timeout = 5`. */
-function defaulted<S extends z.ZodType>(schema: S, value: z.output<S>) {
-  const withDefault = schema.default(value as never);
-  FIELDS.add(withDefault as z.ZodType, { kind: "integer", default: value, fromText: (t) => t });
-  return withDefault;
-}
-
 // ----------------------------------------------------------------------------- health checks
 
 const unitName = textSchema().refine((u) => /^[A-Za-z0-9:_.@\\-]+$/.test(u) && !u.startsWith("-"), {
@@ -117,7 +109,7 @@ export const SYSTEMD_CHECK = {
 
 export const HTTP_CHECK = {
   url: checkUrl,
-  expectedStatus: defaulted(integerSchema(100, 599), 200),
+  expectedStatus: integer(100, 599, 200),
   timeout: duration(3),
   interval: duration(5),
 };
