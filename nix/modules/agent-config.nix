@@ -3,62 +3,25 @@
 # Pure (builtins only, no lib, no pkgs) so the Nix test tier can evaluate it on its own and feed
 # the result to the agent's real loader (`parseAgentConfig` in src/agent/config.ts): the JSON keys
 # ARE the option names, and the agent rejects unknown keys, so this is the one place that decides
-# what reaches the agent. Every key is written explicitly — the module's documented defaults, not
-# the agent's built-in ones, are what a NixOS host runs — and the contract test checks that both
-# sets of defaults agree.
-#
-# Module-only options (enable, package, metricsOpenFirewall, path, persistence) are not rendered.
+# what reaches the agent. Every key is written — the module's documented defaults, not the
+# agent's built-in ones, are what a NixOS host runs — and the contract test checks that both sets
+# of defaults agree.
 cfg:
 let
-  systemdCheck = c: {
-    inherit (c) units timeout interval;
-  };
-  httpCheck = c: {
-    inherit (c)
-      url
-      expectedStatus
-      timeout
-      interval
-      ;
-  };
-  commandCheck = c: {
-    inherit (c)
-      name
-      command
-      timeout
-      interval
-      ;
-  };
+  # Options of the NixOS module itself, not of the agent: never rendered.
+  moduleOnly = [
+    "enable"
+    "package"
+    "metricsOpenFirewall"
+    "path"
+    "persistence"
+  ];
+  # A check entry is a submodule value: its fields, without the module system's own `_module`.
+  entry = c: builtins.removeAttrs c [ "_module" ];
 in
-{
-  inherit (cfg)
-    controlPlaneUrl
-    machineId
-    tags
-    pollInterval
-    retryInterval
-    healthInterval
-    metricsPort
-    metricsAddress
-    dbPath
-    allowInsecure
-    cacheUrl
-    dryRun
-    protocol
-    verifyTimeout
-    activationTimeout
-    activation
-    fetchTimeout
-    requestTimeout
-    heartbeatInterval
-    logLevel
-    ;
-  healthChecks = {
-    systemd = map systemdCheck cfg.healthChecks.systemd;
-    http = map httpCheck cfg.healthChecks.http;
-    command = map commandCheck cfg.healthChecks.command;
-  };
-  tls = {
-    inherit (cfg.tls) caCert clientCert clientKey;
-  };
+# Every other option is rendered under its own name: the option list is written once, in
+# agent.nix, and test/nix/agent-module.test.ts checks it against the agent's declarations.
+builtins.removeAttrs cfg (moduleOnly ++ [ "healthChecks" ])
+// {
+  healthChecks = builtins.mapAttrs (_kind: map entry) cfg.healthChecks;
 }

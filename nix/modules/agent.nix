@@ -14,14 +14,21 @@ let
   inherit (lib) mkOption types;
   cfg = config.services.nixfleet-agent;
 
-  # Seconds as a number, or a string with a unit ("500ms", "30s", "5m", "1h") — what the agent
-  # parses. Zero and negative values are refused by the agent, so they are refused here too.
-  duration = types.either (types.addCheck types.number (x: x > 0)) (
-    types.strMatching "[0-9]+(\\.[0-9]+)?(ms|s|m|h)?"
-  )
-  // {
-    description = "positive number of seconds, or a duration string such as \"30s\", \"5m\", \"1h\"";
-  };
+  # Seconds as a number, or a string with a unit ("500ms", "30s", "5m", "1.5h", "1d", "2 days"):
+  # a lower-case subset of what the agent's one duration parser (src/common/duration.ts, the `ms`
+  # library) reads, so whatever evaluates here the agent accepts too —
+  # test/nix/agent-module.test.ts runs samples through both. Zero is refused here as by the agent;
+  # the agent's upper bound (a week) is left to it.
+  durationUnit = "ms|msecs?|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hrs?|hours?|d|days?";
+  duration =
+    types.either (types.addCheck types.number (x: x > 0)) (
+      types.addCheck (types.strMatching "[0-9]+(\\.[0-9]+)? *(${durationUnit})?") (
+        s: builtins.match "[0.]* *[a-z]*" s == null
+      )
+    )
+    // {
+      description = "positive number of seconds, or a duration string such as \"30s\", \"5m\", \"1h\"";
+    };
 
   durationOption =
     default: description:

@@ -3,6 +3,7 @@
  * variable), validated into one typed config. Pure, so every rule is table-tested; a bad value is
  * a UsageError naming the flag, which main turns into exit code 2.
  */
+import { parseDuration } from "../common/duration.js";
 import { isLogLevel, LOG_LEVELS } from "../common/logger.js";
 import type { HostPort } from "./control-plane.js";
 
@@ -109,19 +110,28 @@ export function parseHostPort(flag: string, value: string): HostPort {
   return { host, port };
 }
 
-function seconds(
+/**
+ * A duration flag through the one shared parser, so `--stale-after 5m` works as `pollInterval:
+ * "5m"` does in the agent. A bare number counts in the flag's own unit (seconds, or hours for
+ * --report-retention, as documented); a value with a unit is converted to it.
+ */
+function duration(
   flag: string,
   value: string,
-  options: { min: number; max: number; integer: boolean },
+  options: { min: number; max: number; integer: boolean; unitSeconds?: number },
 ): number {
-  const n = Number(value);
-  if (value.trim() === "" || !Number.isFinite(n) || (options.integer && !Number.isInteger(n)))
+  const unitSeconds = options.unitSeconds ?? 1;
+  const unitName = unitSeconds === 3600 ? "hours" : "seconds";
+  const bare = /^\s*\d+(?:\.\d+)?\s*$/.test(value);
+  const parsed = parseDuration(value);
+  const n = parsed === undefined ? undefined : bare ? parsed : parsed / unitSeconds;
+  if (n === undefined || (options.integer && !Number.isInteger(n)))
     throw new UsageError(
       flag,
-      `expected ${options.integer ? "a whole number" : "a number"}, got ${JSON.stringify(value)}`,
+      `expected ${options.integer ? "a whole number" : "a number"} of ${unitName} or a duration like "30s", "5m", "2h", "1d", got ${JSON.stringify(value)}`,
     );
   if (n < options.min || n > options.max)
-    throw new UsageError(flag, `must be between ${options.min} and ${options.max}, got ${n}`);
+    throw new UsageError(flag, `must be between ${options.min} and ${options.max} ${unitName}, got ${n}`);
   return n;
 }
 
@@ -146,10 +156,10 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
   const num = (
     key: keyof ServeFlags,
     fallback: number,
-    options: { min: number; max: number; integer: boolean },
+    options: { min: number; max: number; integer: boolean; unitSeconds?: number },
   ) => {
     const v = str(key);
-    return v === undefined ? fallback : seconds(FLAG[key], v, options);
+    return v === undefined ? fallback : duration(FLAG[key], v, options);
   };
 
   const allowInsecure = flagOrEnvBool("allowInsecure");
@@ -210,6 +220,7 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
       min: 1,
       max: 24 * 3650,
       integer: true,
+      unitSeconds: 3600,
     }),
     logLevel,
   };

@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { DECLARATIONS } from "../../src/agent/config/schema.js";
 import {
   ConfigError,
   DEFAULTS,
@@ -12,6 +13,7 @@ import {
   parseDurationString,
 } from "../../src/agent/config.js";
 import { tempDir } from "../fixtures/tmp.js";
+import { currentReference, DOC_PATH, renderReference } from "./config-reference.js";
 
 const SRC = "/etc/nixfleet/agent.json";
 const MIN = { controlPlaneUrl: "https://cp.example:8443" };
@@ -139,10 +141,12 @@ describe("agent config: defaults", () => {
       ["250ms", 0.25],
       ["2h", 7200],
       [" 7 s ", 7],
+      // The shared parser (src/common/duration.ts) also reads days, as the CLI and control plane do.
+      ["1d", 86400],
     ] as const) {
       assert.equal(parseDurationString(text), seconds, text);
     }
-    for (const bad of ["", "s", "-1", "1d", "1e3", "abc", "1.2.3s"])
+    for (const bad of ["", "s", "-1", "1 fortnight", "1e3", "abc", "1.2.3s"])
       assert.equal(parseDurationString(bad), undefined, bad);
   });
 
@@ -337,5 +341,206 @@ describe("agent config: file, environment and flags", () => {
     assert.equal(flags.size, OPTIONS.length);
     assert.equal(envs.size, OPTIONS.length);
     for (const o of OPTIONS) assert.match(o.env, /^NIXFLEET_[A-Z_]+$/);
+  });
+});
+
+/** The value at a dotted key ("tls.caCert") of a parsed config. */
+function at(config: object, key: string): unknown {
+  return key.split(".").reduce<unknown>((v, part) => (v as Record<string, unknown>)[part], config);
+}
+
+/** For every option kind: what a file, a variable and a flag give, and what each must parse to. */
+function samples(o: (typeof OPTIONS)[number]): {
+  file: unknown;
+  env: string;
+  flag: string | boolean;
+  parsed: [unknown, unknown, unknown];
+} {
+  const named: Record<string, [string, string, string]> = {
+    controlPlaneUrl: ["https://file.example", "https://env.example", "https://flag.example"],
+    machineId: ["from-file", "from-env", "from-flag"],
+    metricsAddress: ["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+    cacheUrl: ["https://file.cache", "https://env.cache", "https://flag.cache"],
+  };
+  const strings = named[o.key] ?? [`/file/${o.flag}`, `/env/${o.flag}`, `/flag/${o.flag}`];
+  switch (o.kind) {
+    case "duration":
+      return { file: 11, env: "12s", flag: "1m", parsed: [11, 12, 60] };
+    case "bool":
+      return { file: true, env: "no", flag: true, parsed: [true, false, true] };
+    case "port":
+      return { file: 1001, env: "1002", flag: "0", parsed: [1001, 1002, 0] };
+    case "tags":
+      return { file: ["f"], env: "e2, e1", flag: "x", parsed: [["f"], ["e1", "e2"], ["x"]] };
+    case "level":
+      return { file: "debug", env: "warn", flag: "error", parsed: ["debug", "warn", "error"] };
+    case "enum": {
+      const [a, b] = o.choices as [string, string];
+      return { file: b, env: a, flag: b, parsed: [b, a, b] };
+    }
+    default:
+      return { file: strings[0], env: strings[1], flag: strings[2], parsed: strings };
+  }
+}
+
+describe("agent config: precedence, for every option", () => {
+  it("flag > NIXFLEET_* variable > file > default, and overrides name the winner", (t) => {
+    const dir = tempDir(t);
+    const fileJson: Record<string, unknown> = {};
+    const env: Record<string, string> = {};
+    const flags: Record<string, string | boolean> = {};
+    for (const o of OPTIONS) {
+      const s = samples(o);
+      const parts = o.key.split(".");
+      if (parts.length > 1) fileJson[parts[0]!] ??= {};
+      const parent = (parts.length === 1 ? fileJson : fileJson[parts[0]!]) as Record<string, unknown>;
+      parent[parts[parts.length - 1]!] = s.file;
+      env[o.env] = s.env;
+      flags[o.key] = s.flag;
+    }
+    const file = join(dir, "agent.json");
+    writeFileSync(file, JSON.stringify(fileJson));
+    const layers = [
+      { env: {}, flags: {} },
+      { env, flags: {} },
+      { env, flags },
+    ];
+    for (const [layer, { env: e, flags: f }] of layers.entries()) {
+      const { config, overrides } = loadAgentConfig({ configPath: file, env: e, flags: f });
+      for (const o of OPTIONS) {
+        assert.deepEqual(at(config, o.key), samples(o).parsed[layer], `${o.key} at layer ${layer}`);
+        const expected = [undefined, `environment variable ${o.env}`, `flag --${o.flag}`][layer];
+        assert.equal(overrides[o.key], expected, `${o.key} source at layer ${layer}`);
+      }
+    }
+    // And with an empty file every option falls back to its declared default.
+    const empty = join(dir, "empty.json");
+    writeFileSync(empty, JSON.stringify({ controlPlaneUrl: "https://cp", machineId: "m" }));
+    const { config } = loadAgentConfig({ configPath: empty, env: {} });
+    for (const o of OPTIONS.filter((o) => !["controlPlaneUrl", "machineId"].includes(o.key))) {
+      const last = o.key.slice(o.key.lastIndexOf(".") + 1);
+      assert.deepEqual(at(config, o.key), DEFAULTS[last], `${o.key} default`);
+    }
+  });
+
+  it("a variable or flag is validated like the file, and the error names it", (t) => {
+    const dir = tempDir(t);
+    const file = join(dir, "agent.json");
+    writeFileSync(file, JSON.stringify(MIN));
+    const cases: [Record<string, string>, Record<string, string>, string, string, RegExp][] = [
+      [
+        { NIXFLEET_POLL_INTERVAL: "0" },
+        {},
+        "pollInterval",
+        "environment variable NIXFLEET_POLL_INTERVAL",
+        /more than zero/,
+      ],
+      [{}, { fetchTimeout: "2w" }, "fetchTimeout", "flag --fetch-timeout", /at most 604800/],
+      [
+        { NIXFLEET_DB_PATH: "relative.db" },
+        {},
+        "dbPath",
+        "environment variable NIXFLEET_DB_PATH",
+        /absolute/,
+      ],
+      [{}, { "tls.clientCert": "/c.pem" }, "tls.clientKey", file, /give both/],
+      [
+        { NIXFLEET_PROTOCOL: "http3" },
+        {},
+        "protocol",
+        "environment variable NIXFLEET_PROTOCOL",
+        /one of grpc/,
+      ],
+      [{}, { logLevel: "loud" }, "logLevel", "flag --log-level", /one of fatal/],
+      [
+        { NIXFLEET_CACHE_URL: "gopher://x" },
+        {},
+        "cacheUrl",
+        "environment variable NIXFLEET_CACHE_URL",
+        /not allowed/,
+      ],
+      [{}, { controlPlaneUrl: "http://cp" }, "controlPlaneUrl", "flag --control-plane-url", /allowInsecure/],
+    ];
+    for (const [env, flags, key, source, reason] of cases) {
+      assert.throws(
+        () => loadAgentConfig({ configPath: file, env, flags }),
+        (e: unknown) => {
+          assert.ok(e instanceof ConfigError, String(e));
+          assert.deepEqual([e.key, e.source], [key, source]);
+          assert.match(e.reason, reason);
+          return true;
+        },
+        key,
+      );
+    }
+  });
+
+  it("turns variable text into values: empty clears a nullable option, yes/no are booleans, units work", (t) => {
+    const dir = tempDir(t);
+    const file = join(dir, "agent.json");
+    writeFileSync(
+      file,
+      JSON.stringify({ ...MIN, metricsPort: 9101, cacheUrl: "https://cache", tls: { caCert: "/ca.pem" } }),
+    );
+    const { config } = loadAgentConfig({
+      configPath: file,
+      env: {
+        NIXFLEET_METRICS_PORT: "",
+        NIXFLEET_CACHE_URL: "",
+        NIXFLEET_CA_CERT: "",
+        NIXFLEET_DRY_RUN: "yes",
+        NIXFLEET_VERIFY_TIMEOUT: "2m",
+        NIXFLEET_ACTIVATION_TIMEOUT: "1.5h",
+      },
+    });
+    assert.equal(config.metricsPort, null);
+    assert.equal(config.cacheUrl, null);
+    assert.equal(config.tls.caCert, null);
+    assert.equal(config.dryRun, true);
+    assert.equal(config.verifyTimeout, 120);
+    assert.equal(config.activationTimeout, 5400);
+  });
+});
+
+describe("agent config: declared once", () => {
+  it("docs/operations-agent.md's options reference is generated from the declarations (regenerate: node --import tsx test/agent/config-reference.ts --write)", () => {
+    const section = currentReference(readFileSync(DOC_PATH, "utf8"));
+    assert.ok(section, "docs/operations-agent.md lacks the generated options section markers");
+    assert.equal(section, renderReference());
+  });
+
+  it("every key of the parsed config is a declaration, and every declaration a key", () => {
+    const config = parseAgentConfig(MIN, SRC);
+    const leaves = (obj: object, prefix: string): string[] =>
+      Object.entries(obj).flatMap(([k, v]) =>
+        typeof v === "object" && v !== null && !Array.isArray(v)
+          ? leaves(v, `${prefix}${k}.`)
+          : [`${prefix}${k}`],
+      );
+    assert.deepEqual(leaves(config, "").sort(), DECLARATIONS.map((d) => d.key).sort());
+  });
+
+  it("the flag and variable are the key's last segment; --help shows the default", () => {
+    for (const o of OPTIONS) {
+      const last = o.key.slice(o.key.lastIndexOf(".") + 1);
+      assert.equal(
+        o.flag.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase()),
+        last,
+        o.key,
+      );
+      assert.equal(o.env, `NIXFLEET_${o.flag.toUpperCase().replace(/-/g, "_")}`, o.key);
+      assert.match(o.help, /\(default: [^)]+\)$/, o.key);
+      assert.doesNotMatch(o.help, /`/, `${o.key}: --help is plain text`);
+    }
+    const poll = OPTIONS.find((o) => o.key === "pollInterval");
+    assert.match(poll?.help ?? "", /\(default: 60 s\)/);
+  });
+
+  it("DEFAULTS are what a minimal file parses to", () => {
+    const c = parseAgentConfig(MIN, SRC);
+    for (const d of DECLARATIONS) {
+      if (d.field?.default === undefined) continue;
+      assert.deepEqual(at(c, d.key), d.field.default, d.key);
+    }
   });
 });

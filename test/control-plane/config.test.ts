@@ -56,6 +56,35 @@ describe("serve configuration", () => {
     assert.equal(c.executorTickMs, 250);
   });
 
+  it("reads durations with the shared parser: units work, a bare number keeps the flag's unit", () => {
+    const c = resolveServeConfig(
+      { ...tls, staleAfter: "5m", pollHint: "10s", executorTick: "250ms", heartbeatInterval: "1m" },
+      { NIXFLEET_CP_REPORT_RETENTION: "7d" },
+    );
+    assert.equal(c.staleAfterSeconds, 300);
+    assert.equal(c.pollHintSeconds, 10);
+    assert.equal(c.executorTickMs, 250);
+    assert.equal(c.heartbeatIntervalSeconds, 60);
+    assert.equal(c.reportRetentionHours, 168, "7d is 168 hours");
+    // A bare number is the documented unit: seconds, and hours for --report-retention.
+    const bare = resolveServeConfig({ ...tls, staleAfter: "600", reportRetention: "48" }, {});
+    assert.equal(bare.staleAfterSeconds, 600);
+    assert.equal(bare.reportRetentionHours, 48);
+    // Whole units only where the value is whole: 90 minutes is not a whole number of hours.
+    assert.match(
+      usage({ ...tls, reportRetention: "90m" }),
+      /^--report-retention: expected a whole number of hours/,
+    );
+    assert.match(
+      usage({ ...tls, staleAfter: "1500ms" }),
+      /^--stale-after: expected a whole number of seconds/,
+    );
+    assert.match(
+      usage({ ...tls, staleAfter: "31d" }),
+      /^--stale-after: must be between 1 and 2592000 seconds/,
+    );
+  });
+
   it("--allow-insecure needs no TLS files and refuses them", () => {
     assert.equal(resolveServeConfig({ allowInsecure: true }, {}).tls, null);
     assert.equal(resolveServeConfig({}, { NIXFLEET_CP_ALLOW_INSECURE: "1" }).allowInsecure, true);

@@ -1,12 +1,19 @@
 /**
  * services.nixfleet-agent evaluated with real Nix against the lib stub: the generated unit, the
  * rendered JSON — and that JSON fed to the agent's own loader (`parseAgentConfig`), which must
- * accept it with the same values and the documented defaults. One contract, two sides.
+ * accept it with the same values and the documented defaults. One contract, two sides: the
+ * module's option list, defaults and kinds are checked against the agent's declarations
+ * (src/agent/config/options.ts), and its duration type against the agent's duration parser.
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { FIELDS } from "../../src/agent/config/fields.js";
+import { DECLARATIONS } from "../../src/agent/config/schema.js";
 import { type AgentConfig, parseAgentConfig } from "../../src/agent/config.js";
-import { evalModules, NixEvalError, type Unit } from "./nix-eval.js";
+import { parseDuration } from "../../src/common/duration.js";
+import { LOG_LEVELS } from "../../src/common/logger.js";
+import { evalJson, evalModules, NixEvalError, nixString, REPO, type Unit } from "./nix-eval.js";
+import { loadOptionDocs, type OptionDoc } from "./options-doc.js";
 
 interface AgentEval {
   configFile: string;
@@ -440,5 +447,101 @@ describe("services.nixfleet-agent: impermanence", () => {
       /environment\.persistence' does not exist/,
       "assertions",
     );
+  });
+});
+
+describe("services.nixfleet-agent: the module declares the agent's options", () => {
+  const PREFIX = "services.nixfleet-agent.";
+  /** Options of the NixOS module itself (the unit, firewall, impermanence), not of the agent. */
+  const MODULE_ONLY = [
+    "enable",
+    "package",
+    "metricsOpenFirewall",
+    "path",
+    "persistence.enable",
+    "persistence.path",
+  ];
+  /** How the module shows the defaults the agent computes. */
+  const DEFAULT_TEXT: Record<string, string> = { "the host name": "config.networking.hostName" };
+
+  async function moduleOptions(): Promise<Map<string, OptionDoc>> {
+    const docs = await loadOptionDocs();
+    return new Map(
+      docs.filter((o) => o.name.startsWith(PREFIX)).map((o) => [o.name.slice(PREFIX.length), o] as const),
+    );
+  }
+
+  /** The agent's keys as module option names: check entries become `healthChecks.http.*.url`. */
+  function agentOptions() {
+    return DECLARATIONS.filter((d) => !d.docs.notInNixModule).flatMap((d) => [
+      {
+        name: d.key,
+        field: d.field,
+        required: d.field === undefined ? false : d.field.default === undefined,
+      },
+      ...Object.entries(d.docs.item ?? {}).map(([name, schema]) => {
+        const field = FIELDS.get(schema as never);
+        return { name: `${d.key}.*.${name}`, field, required: field?.default === undefined };
+      }),
+    ]);
+  }
+
+  it("has exactly the agent's options (paths.* are the agent's test sandbox), plus its own", async () => {
+    const nix = await moduleOptions();
+    const expected = [...agentOptions().map((o) => o.name), ...MODULE_ONLY].sort();
+    assert.deepEqual([...nix.keys()].sort(), expected);
+  });
+
+  it("with the agent's defaults, and the same kind of value", async () => {
+    const nix = await moduleOptions();
+    const durationType = nix.get("pollInterval")?.type;
+    for (const { name, field, required } of agentOptions()) {
+      const o = nix.get(name);
+      assert.ok(o, name);
+      if (field?.defaultText !== undefined && field.defaultText !== "required") {
+        assert.equal(o.defaultText, DEFAULT_TEXT[field.defaultText], `${name}: default shown as`);
+      } else if (required || field?.defaultText === "required") {
+        assert.equal(o.hasDefault, false, `${name} is required by the agent, so by the module`);
+      } else if (field) {
+        assert.deepEqual(o.default, field.default, `${name}: default`);
+      }
+      if (!field) continue;
+      const kind = field.kind;
+      if (kind === "duration") assert.equal(o.type, durationType, `${name} is a duration`);
+      if (kind === "bool") assert.equal(o.type, "boolean", name);
+      if (kind === "enum" || kind === "level") {
+        const choices = kind === "enum" ? field.choices : LOG_LEVELS;
+        assert.equal(o.type, `one of ${choices?.map((c) => JSON.stringify(c)).join(", ")}`, name);
+      }
+      if (kind === "port" || kind === "nullableString" || field.default === null)
+        assert.match(o.type, /^null or /, `${name} may be null, as for the agent`);
+      else assert.doesNotMatch(o.type, /^null or /, `${name} may not be null, as for the agent`);
+    }
+    assert.match(durationType ?? "", /duration/);
+  });
+
+  it("its duration type accepts only what the agent's duration parser reads", async () => {
+    const samples = [
+      ...["30", "1.5", "500ms", "30s", "5m", "1.5h", "2h", "1d", "2 days", "90 seconds", "10 mins", "00.5s"],
+      ...["0", "0s", "0.0m", "", "s", "-1s", "1e3", "5 parsecs", "1.2.3s", " 5m", "5M", "1w", "2w"],
+    ];
+    const expr = `let
+      lib = import ${REPO}/test/nix/lib.nix;
+      ev = lib.evalModules {
+        modules = [ ${REPO}/test/nix/nixos.nix ${REPO}/nix/modules/agent.nix ];
+        specialArgs = { pkgs = import ${REPO}/test/nix/pkgs.nix; };
+      };
+    in map ev.options.services.nixfleet-agent.pollInterval.type.check [ ${samples.map(nixString).join(" ")} ]`;
+    const accepted = await evalJson<boolean[]>(expr);
+    const WEEK = 7 * 24 * 3600;
+    for (const [i, sample] of samples.entries()) {
+      const seconds = parseDuration(sample);
+      const agentAccepts = seconds !== undefined && seconds > 0 && seconds <= WEEK;
+      // The module may be stricter (lower-case units, no padding, no weeks), never laxer.
+      if (accepted[i])
+        assert.ok(agentAccepts, `the module accepts ${JSON.stringify(sample)}, the agent does not`);
+    }
+    // And every form the docs show evaluates.
+    assert.deepEqual(accepted.slice(0, 12), Array(12).fill(true), JSON.stringify(samples.slice(0, 12)));
   });
 });
