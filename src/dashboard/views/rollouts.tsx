@@ -159,7 +159,11 @@ export function StartRollout({ session, release }: { session: Session; release?:
       <form class="form" onSubmit={submit} data-testid="start-rollout">
         <label>
           Release
-          <select value={chosen} onChange={(e) => setReleaseId((e.target as HTMLSelectElement).value)}>
+          <select
+            name="release"
+            value={chosen}
+            onChange={(e) => setReleaseId((e.target as HTMLSelectElement).value)}
+          >
             {(releases.data ?? []).map((r) => (
               <option key={r.id} value={r.id}>
                 {r.id} · {r.hostCount} hosts{r.flakeRev ? ` · ${r.flakeRev.slice(0, 8)}` : ""}
