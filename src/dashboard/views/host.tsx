@@ -35,8 +35,10 @@ export function HostPage({ session, id }: { session: Session; id: string }) {
   if (!data.data) return data.error ? <ErrorBox error={data.error} /> : <Loading what={id} />;
   const { machine: m, history, status } = data.data;
   const reports = history.reports;
-  const lastFailure = reports.find((r) => !r.success && r.message);
-  const shownReports = showChecks ? reports : reports.filter((r) => r.outcome !== Outcome.UP_TO_DATE);
+  const lastFailure = reports.find((r) => FAILURES.has(r.outcome) && r.message);
+  const shownReports = collapseRepeats(
+    showChecks ? reports : reports.filter((r) => r.outcome !== Outcome.UP_TO_DATE),
+  );
   const health = history.latestHealth;
   const desired = m.desiredGeneration?.hash ?? "";
 
@@ -177,8 +179,8 @@ export function HostPage({ session, id }: { session: Session; id: string }) {
               </tr>
             </thead>
             <tbody>
-              {shownReports.map((r, i) => (
-                <HistoryRow key={`${r.deploymentId}-${i}`} r={r} now={now} />
+              {shownReports.map(({ report, times }, i) => (
+                <HistoryRow key={`${report.deploymentId}-${i}`} r={report} times={times} now={now} />
               ))}
             </tbody>
           </table>
@@ -210,7 +212,36 @@ function SyncLine({
   );
 }
 
-function HistoryRow({ r, now }: { r: MachineReport; now: number }) {
+/**
+ * Outcomes that carry the reason a deployment went wrong (and, for switches, its output).
+ * QUARANTINED is left out: it only repeats that an earlier attempt failed.
+ */
+const FAILURES = new Set([
+  Outcome.ROLLED_BACK,
+  Outcome.ROLLBACK_FAILED,
+  Outcome.APPLY_FAILED,
+  Outcome.FETCH_FAILED,
+  Outcome.SWITCH_LOCKED,
+]);
+
+/** Consecutive identical reports (a quarantine noted on every check) shown once, with a count. */
+function collapseRepeats(reports: MachineReport[]): { report: MachineReport; times: number }[] {
+  const rows: { report: MachineReport; times: number }[] = [];
+  for (const r of reports) {
+    const last = rows[rows.length - 1];
+    if (
+      last &&
+      last.report.outcome === r.outcome &&
+      last.report.desiredGeneration === r.desiredGeneration &&
+      last.report.message === r.message
+    )
+      last.times++;
+    else rows.push({ report: r, times: 1 });
+  }
+  return rows;
+}
+
+function HistoryRow({ r, times, now }: { r: MachineReport; times: number; now: number }) {
   return (
     <tr>
       <td title={absolute(r.receivedAt)}>
@@ -218,6 +249,7 @@ function HistoryRow({ r, now }: { r: MachineReport; now: number }) {
       </td>
       <td>
         <Badge tone={outcomeTone(r.outcome)}>{enumLabel(Outcome, r.outcome)}</Badge>
+        {times > 1 ? <span class="muted small"> ×{times}</span> : null}
       </td>
       <td>
         <StorePath path={r.desiredGeneration || r.currentGeneration} />
