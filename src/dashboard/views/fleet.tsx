@@ -37,9 +37,22 @@ type StateFilter = keyof typeof STATE_FILTERS;
 
 async function* nothing(): AsyncIterable<never> {}
 
+/** Rows drawn at once; filters narrow a larger fleet (the counts always cover every machine). */
+const MAX_ROWS = 500;
+
 export function FleetPage({ session }: { session: Session }) {
   const now = useNow();
-  const status = useLoad((signal) => session.fleet.getFleetStatus({}, { signal }), [session], 5000);
+  const [every, setEvery] = useState(5000);
+  const status = useLoad(
+    async (signal) => {
+      const s = await session.fleet.getFleetStatus({}, { signal });
+      // A big fleet's status is a big answer: ask for it less often.
+      setEvery(s.total > 2000 ? 30_000 : 5000);
+      return s;
+    },
+    [session],
+    every,
+  );
   const [text, setText] = useState("");
   const [tag, setTag] = useState("");
   const [state, setState] = useState<StateFilter>("any");
@@ -142,12 +155,17 @@ export function FleetPage({ session }: { session: Session }) {
                 </tr>
               </thead>
               <tbody>
-                {shown.map((m) => (
+                {shown.slice(0, MAX_ROWS).map((m) => (
                   <MachineRow key={m.machineId} m={m} now={now} />
                 ))}
               </tbody>
             </table>
             {shown.length === 0 ? <p class="muted">No machine matches these filters.</p> : null}
+            {shown.length > MAX_ROWS ? (
+              <p class="muted">
+                Showing {MAX_ROWS} of {shown.length} machines: narrow them with the filters.
+              </p>
+            ) : null}
           </div>
         ) : null}
       </Section>

@@ -3,7 +3,7 @@
  * output of its last failure, and its deployment history (GetMachineHistory).
  */
 import { useState } from "preact/hooks";
-import { HealthState, type MachineReport, type MachineStatus } from "../../gen/nixfleet/v1/fleet_pb.js";
+import type { MachineReport } from "../../gen/nixfleet/v1/fleet_pb.js";
 import { HealthCheckKind, MachineLifecycle, Outcome } from "../../gen/nixfleet/v1/types_pb.js";
 import { Badge, ErrorBox, Loading, Section, StorePath, When } from "../components.js";
 import { absolute, duration, enumLabel } from "../format.js";
@@ -16,16 +16,12 @@ export function HostPage({ session, id }: { session: Session; id: string }) {
   const now = useNow();
   const data = useLoad(
     async (signal) => {
-      const [machine, history, status] = await Promise.all([
+      // Per-machine calls only: the page stays cheap however large the fleet is.
+      const [machine, history] = await Promise.all([
         session.fleet.getMachine({ machineId: id }, { signal }),
         session.fleet.getMachineHistory({ machineId: id, pageSize: 100 }, { signal }),
-        session.fleet.getFleetStatus({}, { signal }),
       ]);
-      return {
-        machine: machine.machine!,
-        history,
-        status: status.machines.find((m) => m.machineId === id),
-      };
+      return { machine: machine.machine!, history };
     },
     [session, id],
     5000,
@@ -33,7 +29,7 @@ export function HostPage({ session, id }: { session: Session; id: string }) {
   const [showChecks, setShowChecks] = useState(false);
 
   if (!data.data) return data.error ? <ErrorBox error={data.error} /> : <Loading what={id} />;
-  const { machine: m, history, status } = data.data;
+  const { machine: m, history } = data.data;
   const reports = history.reports;
   const lastFailure = reports.find((r) => FAILURES.has(r.outcome) && r.message);
   const shownReports = collapseRepeats(
@@ -60,7 +56,6 @@ export function HostPage({ session, id }: { session: Session; id: string }) {
             <dt>Last seen</dt>
             <dd>
               <When ts={m.lastSeen} now={now} />
-              {status?.stale ? <Badge tone="warn">stale</Badge> : null}
             </dd>
             <dt>Push</dt>
             <dd>
@@ -83,7 +78,7 @@ export function HostPage({ session, id }: { session: Session; id: string }) {
             <dd>{desired ? <StorePath path={desired} /> : <span class="muted">nothing assigned</span>}</dd>
             <dt>Sync</dt>
             <dd>
-              <SyncLine status={status} desired={desired} current={m.currentGeneration} />
+              <SyncLine desired={desired} current={m.currentGeneration} />
             </dd>
             {m.desiredGeneration?.rolloutId ? (
               <>
@@ -134,9 +129,7 @@ export function HostPage({ session, id }: { session: Session; id: string }) {
             </table>
           </>
         ) : (
-          <p class="muted">
-            {status?.health?.state === HealthState.UNKNOWN || !status ? "No health report received yet." : ""}
-          </p>
+          <p class="muted">No health report received yet.</p>
         )}
       </Section>
 
@@ -191,25 +184,10 @@ export function HostPage({ session, id }: { session: Session; id: string }) {
   );
 }
 
-function SyncLine({
-  status,
-  desired,
-  current,
-}: {
-  status: MachineStatus | undefined;
-  desired: string;
-  current: string;
-}) {
+function SyncLine({ desired, current }: { desired: string; current: string }) {
   if (!desired) return <Badge tone="muted">nothing assigned</Badge>;
   if (desired === current) return <Badge tone="good">in sync</Badge>;
-  return (
-    <>
-      <Badge tone="warn">out of sync</Badge>
-      {status?.activeRolloutId ? (
-        <span class="muted"> · in rollout batch {status.activeBatch + 1}</span>
-      ) : null}
-    </>
-  );
+  return <Badge tone="warn">out of sync</Badge>;
 }
 
 /**

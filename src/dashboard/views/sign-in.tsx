@@ -1,6 +1,8 @@
 /** Sign-in with an API key; the server says whether it is valid and what role it has. */
+
+import { ConnectError } from "@connectrpc/connect";
 import { useState } from "preact/hooks";
-import { describeError, keyProblem, type Session, signIn } from "../session.js";
+import { describeError, isUnauthenticated, keyProblem, type Session, signIn } from "../session.js";
 
 export function SignIn({ onSignedIn }: { onSignedIn: (s: Session) => void }) {
   const [key, setKey] = useState("");
@@ -20,7 +22,11 @@ export function SignIn({ onSignedIn }: { onSignedIn: (s: Session) => void }) {
     try {
       onSignedIn(await signIn(trimmed));
     } catch (err) {
-      setError(describeError(err));
+      setError(
+        isUnauthenticated(err)
+          ? `The control plane refused this key: ${ConnectError.from(err).rawMessage}.`
+          : describeError(err),
+      );
     } finally {
       setBusy(false);
     }
