@@ -11,7 +11,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import type { Page } from "playwright-core";
+import type { Locator, Page } from "playwright-core";
 import { Fleet, waitFor } from "../fixtures/fleet.js";
 import { REPO_ROOT } from "../fixtures/programs.js";
 import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
@@ -27,6 +27,12 @@ const HOSTS = [
   { name: "db-01", tags: ["db", "eu"] },
 ];
 const LONG = 60_000;
+
+/** What the user reads in an element (layout-aware, unlike textContent). */
+function textOf(locator: Locator): Promise<string> {
+  // biome-ignore lint/performance/useDomNodeTextContent: a Playwright locator, not a DOM node
+  return locator.innerText();
+}
 
 describe("dashboard in Chromium against a real fleet", { skip: missing ?? false }, () => {
   const dir = makeTempDir("nixfleet-browser-");
@@ -82,7 +88,7 @@ describe("dashboard in Chromium against a real fleet", { skip: missing ?? false 
     await page.getByTestId("who").waitFor();
   }
 
-  const statusText = (page: Page) => page.getByTestId("rollout-status").innerText();
+  const statusText = (page: Page) => textOf(page.getByTestId("rollout-status"));
 
   async function startRollout(page: Page, release: string, hosts: string): Promise<string> {
     await page.goto(`${dashboardUrl}/#/rollouts`);
@@ -115,7 +121,7 @@ describe("dashboard in Chromium against a real fleet", { skip: missing ?? false 
         await page.getByRole("button", { name: "Sign in" }).click();
         const alert = page.getByRole("alert");
         await alert.waitFor();
-        assert.match(await alert.innerText(), /unknown or revoked API key/);
+        assert.match(await textOf(alert), /unknown or revoked API key/);
         assert.equal(
           await page.evaluate("sessionStorage.getItem('nixfleet.apiKey')"),
           null,
@@ -129,7 +135,7 @@ describe("dashboard in Chromium against a real fleet", { skip: missing ?? false 
     fleet.explain(async () => {
       const page = await openPage();
       await signIn(page, deployKey);
-      assert.match(await page.getByTestId("who").innerText(), /ops · deploy/);
+      assert.match(await textOf(page.getByTestId("who")), /ops · deploy/);
       const table = page.getByTestId("fleet-table");
       for (const h of HOSTS) await table.locator(`tr[data-machine="${h.name}"]`).waitFor();
       await waitFor(
@@ -138,7 +144,7 @@ describe("dashboard in Chromium against a real fleet", { skip: missing ?? false 
         LONG,
         200,
       );
-      assert.match(await page.getByTestId("counts").innerText(), /3\s*machines/i);
+      assert.match(await textOf(page.getByTestId("counts")), /3\s*machines/i);
       // The key stays for this tab's session only.
       assert.equal(await page.evaluate("sessionStorage.getItem('nixfleet.apiKey')"), deployKey);
       assert.equal(await page.evaluate("localStorage.length"), 0);
@@ -173,8 +179,8 @@ describe("dashboard in Chromium against a real fleet", { skip: missing ?? false 
       assert.equal(await page.evaluate("window.__sameDocument === true"), true, "updated without a reload");
       const verdicts = page.getByTestId("verdicts");
       for (const name of ["web-01", "web-02"])
-        assert.match(await verdicts.locator(`tr[data-machine="${name}"]`).innerText(), /healthy/);
-      const events = await page.getByTestId("events").innerText();
+        assert.match(await textOf(verdicts.locator(`tr[data-machine="${name}"]`)), /healthy/);
+      const events = await textOf(page.getByTestId("events"));
       assert.match(events, /batch succeeded b1/);
       assert.match(events, /completed/);
       const status = await fleet.status();
@@ -205,12 +211,12 @@ describe("dashboard in Chromium against a real fleet", { skip: missing ?? false 
           250,
         );
         assert.equal(await page.evaluate("window.__sameDocument === true"), true, "updated without a reload");
-        assert.match(await page.getByTestId("rollout-reason").innerText(), /web-01/);
-        const canary = await page.getByTestId("verdicts").locator('tr[data-machine="web-01"]').innerText();
+        assert.match(await textOf(page.getByTestId("rollout-reason")), /web-01/);
+        const canary = await textOf(page.getByTestId("verdicts").locator('tr[data-machine="web-01"]'));
         assert.match(canary, /unhealthy/);
         assert.match(canary, /exit|fail|rolled back/i, "the canary's reason is shown");
         assert.match(
-          await page.getByTestId("verdicts").locator('tr[data-machine="web-02"]').innerText(),
+          await textOf(page.getByTestId("verdicts").locator('tr[data-machine="web-02"]')),
           /not started/,
         );
         if (process.env["NIXFLEET_UPDATE_SCREENSHOT"] === "1") {
@@ -221,10 +227,10 @@ describe("dashboard in Chromium against a real fleet", { skip: missing ?? false 
         await page.getByTestId("verdicts").getByRole("link", { name: "web-01" }).click();
         const failure = page.getByTestId("last-failure");
         await failure.waitFor({ timeout: LONG });
-        assert.match(await failure.innerText(), /activation of broken failed \(exit 3\)/);
-        assert.match(await page.getByTestId("history").innerText(), /rolled back|quarantined/);
-        assert.match(await page.getByTestId("runs-vs-should").innerText(), /out of sync/);
-        assert.match(await page.getByTestId("health-checks").innerText(), /generation-healthy/);
+        assert.match(await textOf(failure), /activation of broken failed \(exit 3\)/);
+        assert.match(await textOf(page.getByTestId("history")), /rolled back|quarantined/);
+        assert.match(await textOf(page.getByTestId("runs-vs-should")), /out of sync/);
+        assert.match(await textOf(page.getByTestId("health-checks")), /generation-healthy/);
 
         assert.deepEqual(pageErrors, []);
         await page.close();
@@ -236,10 +242,10 @@ describe("dashboard in Chromium against a real fleet", { skip: missing ?? false 
       assert.ok(pausedRolloutId, "the previous test made a rollout");
       const page = await openPage();
       await signIn(page, readonlyKey);
-      assert.match(await page.getByTestId("who").innerText(), /viewer · readonly/);
+      assert.match(await textOf(page.getByTestId("who")), /viewer · readonly/);
       await page.goto(`${dashboardUrl}/#/rollouts`);
       await page.getByTestId("rollouts-table").waitFor();
-      assert.match(await page.getByTestId("readonly-notice").innerText(), /deploy role/);
+      assert.match(await textOf(page.getByTestId("readonly-notice")), /deploy role/);
       assert.equal(await page.getByRole("button", { name: "Start a rollout…" }).count(), 0);
       await page.goto(`${dashboardUrl}/#/rollouts/${pausedRolloutId}`);
       await page.getByTestId("verdicts").waitFor();
