@@ -11,19 +11,34 @@ import { SignIn } from "./views/sign-in.js";
 
 export function App() {
   const [session, setSession] = useState<Session | null>(null);
+  const [notice, setNotice] = useState<string | null>(null);
+  const expired = () => {
+    setSession(null);
+    setNotice("The control plane no longer accepts your key (revoked?). Sign in again.");
+  };
   const [restoring, setRestoring] = useState(() => storedKey() !== null);
   const route = useRoute();
 
   useEffect(() => {
     const key = storedKey();
     if (!key) return;
-    signIn(key)
+    signIn(key, expired)
       .then(setSession, () => forgetKey())
       .finally(() => setRestoring(false));
   }, []);
 
   if (restoring) return <p class="muted center">Signing in…</p>;
-  if (!session) return <SignIn onSignedIn={setSession} />;
+  if (!session)
+    return (
+      <SignIn
+        notice={notice}
+        signIn={(key) => signIn(key, expired)}
+        onSignedIn={(s) => {
+          setNotice(null);
+          setSession(s);
+        }}
+      />
+    );
 
   const signOut = () => {
     forgetKey();

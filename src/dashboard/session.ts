@@ -35,10 +35,16 @@ export function keyProblem(key: string): string | null {
   return null;
 }
 
-export function fleetClient(key: string): Fleet {
-  const auth: Interceptor = (next) => (req) => {
+/** `onRefused` runs when the server no longer accepts the key (revoked while signed in). */
+export function fleetClient(key: string, onRefused: () => void = () => {}): Fleet {
+  const auth: Interceptor = (next) => async (req) => {
     req.header.set("authorization", `Bearer ${key}`);
-    return next(req);
+    try {
+      return await next(req);
+    } catch (err) {
+      if (isUnauthenticated(err)) onRefused();
+      throw err;
+    }
   };
   // Same origin: the page and the API are served by the same listener.
   return createClient(
@@ -47,10 +53,20 @@ export function fleetClient(key: string): Fleet {
   );
 }
 
-/** Asks the server who the key is; keeps it for this browser session when it is accepted. */
-export async function signIn(key: string): Promise<Session> {
-  const fleet = fleetClient(key);
+/**
+ * Asks the server who the key is; keeps it for this browser session when it is accepted.
+ * `onSignedOut` runs (once) if the server later refuses the key.
+ */
+export async function signIn(key: string, onSignedOut: () => void = () => {}): Promise<Session> {
+  let signedIn = false;
+  const fleet = fleetClient(key, () => {
+    if (!signedIn) return;
+    signedIn = false;
+    forgetKey();
+    onSignedOut();
+  });
   const caller = await fleet.getCaller({});
+  signedIn = true;
   sessionStorage.setItem(STORAGE_KEY, key);
   return { key, keyName: caller.keyName, role: caller.role, fleet };
 }

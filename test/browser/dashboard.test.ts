@@ -313,4 +313,22 @@ describe("dashboard in Chromium against a real fleet", { skip: missing ?? false 
         await page.close();
       }),
   );
+
+  it(
+    "a key revoked while signed in sends the page back to sign-in and forgets the key",
+    { timeout: LONG },
+    () =>
+      fleet.explain(async () => {
+        const key = await fleet.createKeyLocally("short-lived", "readonly");
+        const page = await openPage();
+        await signIn(page, key);
+        await page.getByTestId("fleet-table").waitFor();
+        await fleet.cliOk(["keys", "revoke", "short-lived"]);
+        // The fleet page refreshes on its own; the next refused call signs the tab out.
+        await page.getByText("no longer accepts your key").waitFor({ timeout: LONG });
+        assert.equal(await page.evaluate("sessionStorage.getItem('nixfleet.apiKey')"), null);
+        assert.deepEqual(pageErrors, []);
+        await page.close();
+      }),
+  );
 });

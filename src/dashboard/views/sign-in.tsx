@@ -2,9 +2,17 @@
 
 import { ConnectError } from "@connectrpc/connect";
 import { useState } from "preact/hooks";
-import { describeError, isUnauthenticated, keyProblem, type Session, signIn } from "../session.js";
+import { describeError, isUnauthenticated, keyProblem, type Session } from "../session.js";
 
-export function SignIn({ onSignedIn }: { onSignedIn: (s: Session) => void }) {
+export function SignIn({
+  notice,
+  signIn,
+  onSignedIn,
+}: {
+  notice: string | null;
+  signIn: (key: string) => Promise<Session>;
+  onSignedIn: (s: Session) => void;
+}) {
   const [key, setKey] = useState("");
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
@@ -37,6 +45,7 @@ export function SignIn({ onSignedIn }: { onSignedIn: (s: Session) => void }) {
       <form class="card" onSubmit={submit}>
         <h1>nixfleet</h1>
         <p class="muted">Sign in with an API key. It is kept for this browser tab's session only.</p>
+        {notice ? <p class="notice">{notice}</p> : null}
         <label for="api-key">API key</label>
         <input
           id="api-key"
