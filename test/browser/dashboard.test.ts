@@ -6,7 +6,7 @@
  * on the host page, and cancels with revert. A readonly key sees no mutation buttons, and the
  * server refuses the mutation when the page forges it anyway.
  *
- * NIXFLEET_UPDATE_SCREENSHOT=1 also writes docs/dashboard.png.
+ * NIXFLEET_UPDATE_SCREENSHOT=1 also writes docs/dashboard.png and docs/dashboard-fleet.png.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -280,6 +280,7 @@ describe("dashboard in Chromium against a real fleet", { skip: missing ?? false 
       await page.close();
     }),
   );
+
   it(
     "cancelling with revert from the page gives the canary its previous generation back",
     { timeout: LONG },
@@ -309,6 +310,11 @@ describe("dashboard in Chromium against a real fleet", { skip: missing ?? false 
           fleet.host("web-01").systems["v2"]!.path,
           "the revert gave web-01 its previous generation back",
         );
+        if (process.env["NIXFLEET_UPDATE_SCREENSHOT"] === "1") {
+          await page.goto(`${dashboardUrl}/#/fleet`);
+          await page.getByTestId("fleet-table").waitFor();
+          await page.screenshot({ path: join(REPO_ROOT, "docs", "dashboard-fleet.png") });
+        }
         assert.deepEqual(pageErrors, []);
         await page.close();
       }),
