@@ -5,10 +5,12 @@
  */
 import { useState } from "preact/hooks";
 import {
+  type BatchMachine,
   BatchStatus,
   MachineGateState,
   OnFailure,
   type Rollout,
+  type RolloutBatch,
   type RolloutEvent,
   RolloutEventType,
   RolloutStatus,
@@ -131,33 +133,35 @@ export function RolloutPage({ session, id }: { session: Session; id: string }) {
             </tr>
           </thead>
           <tbody>
-            {rollout.batches.flatMap((b) =>
-              b.machines.map((m) => (
-                <tr key={m.machineId} data-machine={m.machineId}>
-                  <td>
-                    <Badge tone={batchTone(b.status)}>
-                      b{b.index + 1} {enumLabel(BatchStatus, b.status)}
-                    </Badge>
-                  </td>
-                  <td>
-                    <a href={href.host(m.machineId)}>{m.machineId}</a>
-                  </td>
-                  <td>
-                    <Badge tone={b.status === BatchStatus.PENDING ? "muted" : gateTone(m.state)}>
-                      {b.status === BatchStatus.PENDING
-                        ? "not started"
-                        : enumLabel(MachineGateState, m.state)}
-                    </Badge>
-                  </td>
-                  <td class="msg">{m.reason}</td>
-                  <td>
-                    <StorePath path={m.targetGeneration} />
-                  </td>
-                </tr>
-              )),
-            )}
+            {verdictRows(rollout).map(({ b, m }) => (
+              <tr key={m.machineId} data-machine={m.machineId}>
+                <td>
+                  <Badge tone={batchTone(b.status)}>
+                    b{b.index + 1} {enumLabel(BatchStatus, b.status)}
+                  </Badge>
+                </td>
+                <td>
+                  <a href={href.host(m.machineId)}>{m.machineId}</a>
+                </td>
+                <td>
+                  <Badge tone={b.status === BatchStatus.PENDING ? "muted" : gateTone(m.state)}>
+                    {b.status === BatchStatus.PENDING ? "not started" : enumLabel(MachineGateState, m.state)}
+                  </Badge>
+                </td>
+                <td class="msg">{m.reason}</td>
+                <td>
+                  <StorePath path={m.targetGeneration} />
+                </td>
+              </tr>
+            ))}
           </tbody>
         </table>
+        {machineCount(rollout) > MAX_VERDICT_ROWS ? (
+          <p class="muted small">
+            Showing {MAX_VERDICT_ROWS} of {machineCount(rollout)} machines, unhealthy and undecided first;{" "}
+            <code>nixfleet rollout status {rollout.id} --json</code> lists all.
+          </p>
+        ) : null}
       </Section>
 
       <Section title="Events">
@@ -180,6 +184,19 @@ export function RolloutPage({ session, id }: { session: Session; id: string }) {
       </Section>
     </>
   );
+}
+
+/** Verdict rows drawn at most; a big rollout shows the ones needing attention first. */
+const MAX_VERDICT_ROWS = 500;
+
+const machineCount = (r: Rollout) => r.batches.reduce((n, b) => n + b.machines.length, 0);
+
+function verdictRows(r: Rollout): { b: RolloutBatch; m: BatchMachine }[] {
+  const rows = r.batches.flatMap((b) => b.machines.map((m) => ({ b, m })));
+  if (rows.length <= MAX_VERDICT_ROWS) return rows;
+  const rank = ({ b, m }: { b: RolloutBatch; m: BatchMachine }) =>
+    m.state === MachineGateState.UNHEALTHY ? 0 : b.status === BatchStatus.DEPLOYING ? 1 : 2;
+  return rows.sort((x, y) => rank(x) - rank(y)).slice(0, MAX_VERDICT_ROWS);
 }
 
 function Actions({

@@ -17,10 +17,12 @@ import { BatchStrip } from "./batches.js";
 
 export function RolloutsPage({ session }: { session: Session }) {
   const now = useNow();
+  // Each rollout carries its batches and machines: fetch the newest few, more on request.
+  const [limit, setLimit] = useState(25);
   const list = useLoad(
-    (signal) => session.fleet.listRollouts({ pageSize: 100 }, { signal }),
-    [session],
-    3000,
+    (signal) => session.fleet.listRollouts({ pageSize: limit }, { signal }),
+    [session, limit],
+    5000,
   );
   return (
     <>
@@ -55,6 +57,11 @@ export function RolloutsPage({ session }: { session: Session }) {
               ))}
             </tbody>
           </table>
+        ) : null}
+        {list.data?.nextPageToken && limit < 500 ? (
+          <button type="button" class="link" onClick={() => setLimit((n) => Math.min(500, n + 25))}>
+            Show older rollouts
+          </button>
         ) : null}
       </Section>
     </>
