@@ -211,3 +211,35 @@ function getWithCa(
       .on("error", reject);
   });
 }
+
+describe("dashboard server side with --allow-insecure", () => {
+  it("serves the page and FleetService over plain HTTP on the dashboard listener", async () => {
+    const dir = makeTempDir("nixfleet-dashboard-insecure-");
+    const bundle = join(dir, "bundle");
+    mkdirSync(bundle);
+    writeFileSync(join(bundle, "index.html"), "<!doctype html><title>t</title>");
+    writeFileSync(join(bundle, "app.js"), "export {};");
+    const h = await Harness.start(createPki(join(dir, "pki")), {
+      allowInsecure: true,
+      dashboardListen: { host: "127.0.0.1", port: 0 },
+      dashboardDir: bundle,
+    });
+    try {
+      const url = h.cp.dashboardUrl!;
+      assert.match(url, /^http:\/\/127\.0\.0\.1:\d+$/);
+      const page = await fetch(`${url}/`);
+      assert.equal(page.status, 200);
+      assert.match(page.headers.get("content-security-policy") ?? "", /default-src 'self'/);
+      const caller = await fetch(`${url}/nixfleet.v1.FleetService/GetCaller`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${h.keys.deploy}` },
+        body: "{}",
+      });
+      assert.equal(caller.status, 200);
+      assert.equal(((await caller.json()) as { role: string }).role, "API_KEY_ROLE_DEPLOY");
+    } finally {
+      await h.close();
+      removeTempDir(dir);
+    }
+  });
+});
