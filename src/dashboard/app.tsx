@@ -93,11 +93,11 @@ function Page({ route, session }: { route: Route; session: Session; onSignedOut:
     case "fleet":
       return <FleetPage session={session} />;
     case "host":
-      return <HostPage session={session} id={route.id} />;
+      return <HostPage key={route.id} session={session} id={route.id} />;
     case "rollouts":
       return <RolloutsPage session={session} />;
     case "rollout":
-      return <RolloutPage session={session} id={route.id} />;
+      return <RolloutPage key={route.id} session={session} id={route.id} />;
     case "releases":
       return <ReleasesPage session={session} />;
   }
