@@ -62,7 +62,7 @@ export function App() {
         </button>
       </nav>
       <main>
-        <Page route={route} session={session} onSignedOut={signOut} />
+        <Page route={route} session={session} />
       </main>
     </div>
   );
@@ -88,7 +88,7 @@ function NavLink({
   );
 }
 
-function Page({ route, session }: { route: Route; session: Session; onSignedOut: () => void }) {
+function Page({ route, session }: { route: Route; session: Session }) {
   switch (route.page) {
     case "fleet":
       return <FleetPage session={session} />;
