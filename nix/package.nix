@@ -76,6 +76,8 @@ let
       (root + "/tsconfig.json")
       (root + "/tsconfig.build.json")
       (root + "/src")
+      # The dashboard's bundler step of `npm run build` (esbuild, a devDependency).
+      (root + "/scripts/build-dashboard.mjs")
       (lib.fileset.maybeMissing (root + "/bin"))
       (lib.fileset.maybeMissing (root + "/LICENSE"))
     ];
@@ -99,7 +101,9 @@ buildNpmPackage {
   # compile with node-gyp against this nodejs (npmConfigHook points it at the node headers).
   env.npm_config_build_from_source = "true";
 
-  # `npm run build` = tsc -p tsconfig.build.json → dist/{agent,control-plane,cli}/main.js.
+  # `npm run build` = tsc -p tsconfig.build.json → dist/{agent,control-plane,cli}/main.js, then
+  # scripts/build-dashboard.mjs bundles the web dashboard (preact) → dist/dashboard, which the
+  # control plane serves with --dashboard-listen.
   npmBuildScript = "build";
 
   # npmInstallHook copies what `npm pack` would publish plus the production node_modules into
@@ -124,6 +128,10 @@ buildNpmPackage {
     runHook preInstallCheck
     # The native addon loads in the node the wrappers use, and every program starts.
     (cd "$out/lib/node_modules/${packageJson.name}" && ${nodejs}/bin/node -e 'new (require("better-sqlite3"))(":memory:").prepare("select 1").get()')
+    # The dashboard bundle shipped next to the server that serves it.
+    for f in index.html app.js app.css; do
+      test -s "$out/lib/node_modules/${packageJson.name}/dist/dashboard/$f" || { echo "dist/dashboard/$f is missing: the dashboard was not bundled" >&2; exit 1; }
+    done
     # (grep: a launcher that imports the entry point without running it would exit 0 silently.)
     ${lib.concatStrings (lib.mapAttrsToList (name: _: "$out/bin/${name} --help | grep -q Usage:\n") bins)}
     runHook postInstallCheck

@@ -109,6 +109,7 @@ async function main(): Promise<number> {
     ],
     // v2: a good new generation. v3: a generation whose health check fails after the switch.
     systems: [{ label: "v2" }, { label: "v3", healthy: false }],
+    controlPlaneArgs: ["--dashboard-listen", "127.0.0.1:0"],
   });
   let exitCode = 0;
   try {
@@ -228,6 +229,11 @@ async function main(): Promise<number> {
           `  grpcurl -cacert ${fleet.pki.ca} -H "authorization: Bearer ${fleet.adminKey}" ${cp.replace("https://", "")} nixfleet.v1.FleetService/GetFleetStatus`,
           "",
           `  agent logs: ${join(dir, "hosts")}/<host>/ (agent.json, switch.log); workdir ${dir}`,
+          "",
+          bold("Or look at it in a browser:"),
+          `  dashboard: ${String(fleet.cp.lines.find((l) => l.msg === "listening")?.["dashboardUrl"] ?? "")}/`,
+          `  sign in with the API key ${fleet.adminKey}`,
+          `  (the demo's certificate comes from its own CA, ${fleet.pki.ca}: accept the browser's warning or trust that CA)`,
           "",
         ].join("\n"),
       );

@@ -27,6 +27,7 @@ export interface ServeFlags {
   allowInsecure?: boolean | undefined;
   metricsListen?: string | undefined;
   metricsRequireKey?: boolean | undefined;
+  dashboardListen?: string | undefined;
   staleAfter?: string | undefined;
   pollHint?: string | undefined;
   executorTick?: string | undefined;
@@ -42,6 +43,7 @@ export interface ServeConfig {
   allowInsecure: boolean;
   metricsListen: HostPort | null;
   metricsRequireKey: boolean;
+  dashboardListen: HostPort | null;
   staleAfterSeconds: number;
   pollHintSeconds: number;
   executorTickMs: number;
@@ -71,6 +73,7 @@ export const ENV: Record<keyof ServeFlags, string> = {
   allowInsecure: "NIXFLEET_CP_ALLOW_INSECURE",
   metricsListen: "NIXFLEET_CP_METRICS_LISTEN",
   metricsRequireKey: "NIXFLEET_CP_METRICS_REQUIRE_KEY",
+  dashboardListen: "NIXFLEET_CP_DASHBOARD_LISTEN",
   staleAfter: "NIXFLEET_CP_STALE_AFTER",
   pollHint: "NIXFLEET_CP_POLL_HINT",
   executorTick: "NIXFLEET_CP_EXECUTOR_TICK",
@@ -88,6 +91,7 @@ const FLAG: Record<keyof ServeFlags, string> = {
   allowInsecure: "--allow-insecure",
   metricsListen: "--metrics-listen",
   metricsRequireKey: "--metrics-require-key",
+  dashboardListen: "--dashboard-listen",
   staleAfter: "--stale-after",
   pollHint: "--poll-hint",
   executorTick: "--executor-tick",
@@ -198,6 +202,7 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
   const dbPath = str("dbPath") ?? DEFAULTS.dbPath;
   if (dbPath.trim() === "") throw new UsageError("--db-path", "must not be empty");
   const metricsListen = str("metricsListen");
+  const dashboardListen = str("dashboardListen");
 
   return {
     listen: parseHostPort("--listen", str("listen") ?? DEFAULTS.listen),
@@ -206,6 +211,7 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
     allowInsecure,
     metricsListen: metricsListen ? parseHostPort("--metrics-listen", metricsListen) : null,
     metricsRequireKey: flagOrEnvBool("metricsRequireKey"),
+    dashboardListen: dashboardListen ? parseHostPort("--dashboard-listen", dashboardListen) : null,
     staleAfterSeconds: num("staleAfter", DEFAULTS.staleAfter, { min: 1, max: 30 * 86400, integer: true }),
     pollHintSeconds: num("pollHint", DEFAULTS.pollHint, { min: 1, max: 3600, integer: true }),
     executorTickMs: Math.round(

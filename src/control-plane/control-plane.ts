@@ -17,6 +17,12 @@ import { authInterceptor, availabilityInterceptor, type Phase } from "./auth/int
 import { peerIdentityOf, peerKey } from "./auth/peer-identity.js";
 import { type Clock, strictlyIncreasingClock } from "./clock.js";
 import {
+  dashboardHandler,
+  dashboardListenerHandler,
+  dashboardPointer,
+  defaultDashboardDir,
+} from "./http/dashboard.js";
+import {
   type Listener,
   listenInsecure,
   listenPlainHttp,
@@ -54,6 +60,10 @@ export interface ControlPlaneOptions {
   allowInsecure: boolean;
   metricsListen: HostPort | null;
   metricsRequireKey: boolean;
+  /** Where the web dashboard (and FleetService for it) is served, without client-certificate requests. */
+  dashboardListen?: HostPort | null;
+  /** The dashboard bundle directory (default: dist/dashboard). */
+  dashboardDir?: string | null;
   staleAfterSeconds: number;
   pollHintSeconds: number;
   executorTickMs: number;
@@ -78,6 +88,7 @@ export class ControlPlane {
   private storeValue: FleetStore | null = null;
   private listener: Listener | null = null;
   private metricsListener: Listener | null = null;
+  private dashboardListener: Listener | null = null;
   private pruneTimer: NodeJS.Timeout | null = null;
   private readonly shutdown = new AbortController();
   readonly clock: Clock;
@@ -138,6 +149,10 @@ export class ControlPlane {
 
   get metricsUrl(): string | null {
     return this.metricsListener?.url ?? null;
+  }
+
+  get dashboardUrl(): string | null {
+    return this.dashboardListener?.url ?? null;
   }
 
   private liveView(): LiveView {
@@ -208,11 +223,19 @@ export class ControlPlane {
       phase: () => this.phaseValue,
       logger: this.log,
     });
+    const pointer = dashboardPointer(() => this.dashboardUrl);
     return {
+      dashboard: dashboardListenerHandler({
+        fleetServicePrefix: `/${FleetService.typeName}/`,
+        connect: (req, res) => connect(req as never, res as never),
+        plain,
+        files: dashboardHandler(o.dashboardDir === undefined ? defaultDashboardDir() : o.dashboardDir),
+      }),
       main: (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => {
         const path = (req.url ?? "/").split("?", 1)[0]!;
         if (plain(req, res, path)) return;
         if (rest(req, res, path)) return;
+        if (pointer(req, res, path)) return;
         connect(req as never, res as never);
       },
       metricsOnly: (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => {
@@ -240,6 +263,16 @@ export class ControlPlane {
         o.metricsListen.port,
         handlers.metricsOnly,
       );
+    }
+    if (o.dashboardListen) {
+      this.dashboardListener = o.tls
+        ? await listenTls(
+            o.dashboardListen.host,
+            o.dashboardListen.port,
+            { ...o.tls, requestClientCert: false },
+            handlers.dashboard,
+          )
+        : await listenInsecure(o.dashboardListen.host, o.dashboardListen.port, handlers.dashboard);
     }
     this.log.info({ url: this.listener.url }, "bound; opening the database");
   }
@@ -312,7 +345,12 @@ export class ControlPlane {
     await this.listen();
     await this.initialize();
     this.log.info(
-      { url: this.url, metricsUrl: this.metricsUrl ?? undefined, dbPath: this.options.dbPath },
+      {
+        url: this.url,
+        metricsUrl: this.metricsUrl ?? undefined,
+        dashboardUrl: this.dashboardUrl ?? undefined,
+        dbPath: this.options.dbPath,
+      },
       "listening",
     );
   }
@@ -327,7 +365,11 @@ export class ControlPlane {
     );
     this.shutdown.abort(new ConnectError("the control plane is shutting down", Code.Unavailable));
     const deadline = this.options.shutdownTimeoutMs ?? 10_000;
-    await Promise.all([this.listener?.close(deadline), this.metricsListener?.close(deadline)]);
+    await Promise.all([
+      this.listener?.close(deadline),
+      this.metricsListener?.close(deadline),
+      this.dashboardListener?.close(deadline),
+    ]);
     await this.executorValue?.stop();
     await this.storeValue?.close();
     this.log.info("stopped");

@@ -79,6 +79,7 @@ async function serve(flags: ServeFlags): Promise<void> {
     allowInsecure: config.allowInsecure,
     metricsListen: config.metricsListen,
     metricsRequireKey: config.metricsRequireKey,
+    dashboardListen: config.dashboardListen,
     staleAfterSeconds: config.staleAfterSeconds,
     pollHintSeconds: config.pollHintSeconds,
     executorTickMs: config.executorTickMs,
@@ -154,6 +155,11 @@ function program(): Command {
   );
   opt("--metrics-listen <host:port>", "metricsListen", "also serve /metrics on this plain-HTTP address");
   opt("--metrics-require-key", "metricsRequireKey", "require an API key (any role) for /metrics");
+  opt(
+    "--dashboard-listen <host:port>",
+    "dashboardListen",
+    "also serve the web dashboard (and the API for it) here, with the same TLS certificate but no client-certificate request",
+  );
   opt(
     "--stale-after <seconds>",
     "staleAfter",

@@ -60,6 +60,11 @@ describe("nix/package.nix", () => {
     assert.equal(p.env["npm_config_build_from_source"], "true", "better-sqlite3 compiles from source");
     assert.equal(p.doInstallCheck, true);
     assert.match(p.installCheckPhase, /require\("better-sqlite3"\)/);
+    assert.match(
+      p.installCheckPhase,
+      /dist\/dashboard\/\$f/,
+      "the dashboard bundle is checked in the output",
+    );
   });
 
   it("wraps every binary with that node and the runtime PATH (appended, so a unit's path wins)", async () => {
@@ -103,6 +108,7 @@ describe("nix/package.nix", () => {
       "tsconfig.json",
       "tsconfig.build.json",
       "src",
+      "scripts/build-dashboard.mjs",
     ]) {
       assert.ok(rel.includes(needed), `${needed} is in the source set`);
     }

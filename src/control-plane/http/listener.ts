@@ -26,6 +26,11 @@ export interface TlsOptions {
   key: Buffer;
   /** Client CA bundle: certificates it signed count as verified agent identities. */
   ca: Buffer;
+  /**
+   * Whether the handshake asks for a client certificate (default true). The dashboard's listener
+   * does not: browsers would show a certificate picker, and operators sign in with API keys.
+   */
+  requestClientCert?: boolean;
 }
 
 export interface Listener {
@@ -171,7 +176,7 @@ export async function listenTls(
       cert: tls.cert,
       key: tls.key,
       ca: tls.ca,
-      requestCert: true,
+      requestCert: tls.requestClientCert ?? true,
       rejectUnauthorized: false,
       allowHTTP1: true,
       maxSessionMemory: 32,

@@ -11,6 +11,8 @@ import {
   BatchStatus,
   HealthState,
   MachineGateState,
+  type MachineHealthReportSchema,
+  type MachineReportSchema,
   type MachineSchema,
   type MachineStatusSchema,
   OnFailure as OnFailureEnum,
@@ -29,9 +31,11 @@ import type {
   DesiredRecord,
   RolloutEventType as EventTypeRecord,
   GateState,
+  HealthReportRecord,
   Lifecycle,
   MachineRecord,
   ReleaseRecord,
+  ReportRecord,
   Role,
   RolloutEventRecord,
   RolloutRecord,
@@ -295,5 +299,37 @@ export function auditToProto(a: AuditRecord): MessageInitShape<typeof AuditEvent
     action: a.action,
     target: a.target,
     detail: a.detail,
+  };
+}
+
+export function reportToProto(r: ReportRecord): MessageInitShape<typeof MachineReportSchema> {
+  return {
+    receivedAt: timestampFromMs(r.receivedAt),
+    outcome: r.outcome,
+    success: r.success,
+    message: r.message,
+    currentGeneration: r.currentGeneration,
+    desiredGeneration: r.desiredGeneration,
+    desiredRevision: BigInt(r.desiredRevision),
+    deploymentId: r.deploymentId,
+  };
+}
+
+export function healthReportToProto(
+  h: HealthReportRecord,
+): MessageInitShape<typeof MachineHealthReportSchema> {
+  return {
+    receivedAt: timestampFromMs(h.receivedAt),
+    generation: h.generation,
+    allPassed: h.allPassed,
+    results: h.results.map((x) => ({
+      name: x.name,
+      kind: x.kind,
+      passed: x.passed,
+      durationMs: x.durationMs,
+      message: x.message,
+    })),
+    postApply: h.postApply,
+    deploymentId: h.deploymentId,
   };
 }

@@ -43,14 +43,17 @@ import type { FleetStore } from "../store/repository.js";
 import {
   apiKeyToProto,
   auditToProto,
+  healthReportToProto,
   isStale,
   LIFECYCLE_FROM_PROTO,
   type LiveView,
   machineStatusToProto,
   machineToProto,
   ROLE_FROM_PROTO,
+  ROLE_TO_PROTO,
   ROLLOUT_STATUS_FROM_PROTO,
   releaseToProto,
+  reportToProto,
   rolloutEventToProto,
   rolloutToProto,
 } from "./convert.js";
@@ -179,6 +182,21 @@ export function fleetServiceImpl(o: FleetServiceOptions): Partial<ServiceImpl<ty
       handle("GetMachine", async () => {
         check("machine_id", machineIdProblem(req.machineId));
         return { machine: machine(await mustGetMachine(req.machineId)) };
+      }),
+
+    getMachineHistory: (req) =>
+      handle("GetMachineHistory", async () => {
+        check("machine_id", machineIdProblem(req.machineId));
+        await mustGetMachine(req.machineId);
+        const limit = pageSize(req.pageSize, 50, 200);
+        const [reports, health] = await Promise.all([
+          store().machineReports(req.machineId, limit),
+          store().latestHealthReport(req.machineId),
+        ]);
+        return {
+          reports: reports.map(reportToProto),
+          latestHealth: health ? healthReportToProto(health) : undefined,
+        };
       }),
 
     setMachineLifecycle: (req, ctx) =>
@@ -562,6 +580,12 @@ export function fleetServiceImpl(o: FleetServiceOptions): Partial<ServiceImpl<ty
           now(),
         );
         return { apiKey: apiKeyToProto(key), secret };
+      }),
+
+    getCaller: (_req, ctx) =>
+      handle("GetCaller", async () => {
+        const p = principal(ctx);
+        return { keyName: p.keyName, role: ROLE_TO_PROTO[p.role], actor: p.actor };
       }),
 
     listApiKeys: (req) =>

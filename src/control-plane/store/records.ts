@@ -203,3 +203,25 @@ export interface DesiredChange {
   machineId: string;
   desired: DesiredRecord | null;
 }
+
+/** A stored agent report, as GetMachineHistory shows it. */
+export interface ReportRecord {
+  receivedAt: number;
+  outcome: number;
+  success: boolean;
+  message: string;
+  currentGeneration: string;
+  desiredGeneration: string;
+  desiredRevision: number;
+  deploymentId: string;
+}
+
+/** A stored health report with every check's result. */
+export interface HealthReportRecord {
+  receivedAt: number;
+  generation: string;
+  allPassed: boolean;
+  results: HealthResultRecord[];
+  postApply: boolean;
+  deploymentId: string;
+}

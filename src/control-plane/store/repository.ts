@@ -13,6 +13,7 @@ import type {
   DesiredChange,
   DesiredRecord,
   HealthInput,
+  HealthReportRecord,
   HelloInput,
   Lifecycle,
   MachineRecord,
@@ -20,6 +21,7 @@ import type {
   ReleaseEntryRecord,
   ReleaseRecord,
   ReportInput,
+  ReportRecord,
   Role,
   RolloutEventRecord,
   RolloutRecord,
@@ -142,6 +144,10 @@ export interface FleetStore {
   // --- machines
   getMachine(id: string): Promise<MachineRecord | undefined>;
   getMachines(ids: readonly string[]): Promise<MachineRecord[]>;
+  /** The machine's reports, newest first, at most `limit`. */
+  machineReports(machineId: string, limit: number): Promise<ReportRecord[]>;
+  /** The machine's latest health report, or null before its first. */
+  latestHealthReport(machineId: string): Promise<HealthReportRecord | null>;
   listMachines(filter: MachineFilter): Promise<MachineRecord[]>;
   registerMachine(
     input: { id: string; tags: string[]; lifecycle: Lifecycle | null },

@@ -24,6 +24,7 @@ import type {
   RolloutFilter,
 } from "./repository.js";
 import { Sql } from "./sql.js";
+import * as history from "./sqlite-history.js";
 import * as keys from "./sqlite-keys-audit.js";
 import * as machines from "./sqlite-machines.js";
 import * as releases from "./sqlite-releases.js";
@@ -72,6 +73,12 @@ export class SqliteFleetStore implements FleetStore {
   }
   async getMachines(ids: readonly string[]) {
     return machines.getMachines(this.sql, ids);
+  }
+  async machineReports(machineId: string, limit: number) {
+    return history.machineReports(this.sql, machineId, limit);
+  }
+  async latestHealthReport(machineId: string) {
+    return history.latestHealthReport(this.sql, machineId);
   }
   async listMachines(filter: MachineFilter) {
     return machines.listMachines(this.sql, filter);
