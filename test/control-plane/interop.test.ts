@@ -52,7 +52,17 @@ describe("interop with the real control plane process", () => {
   before(async () => {
     pki = createPki(join(dir, "pki"));
     const db = join(dir, "state.db");
-    const created = await runCli(["keys", "create", "--name", "admin", "--role", "admin", "--db-path", db]);
+    const created = await runCli([
+      "keys",
+      "create",
+      "--init",
+      "--name",
+      "admin",
+      "--role",
+      "admin",
+      "--db-path",
+      db,
+    ]);
     assert.equal(created.code, 0, created.stderr);
     admin = created.stdout.trim();
     assert.match(admin, /^nfk-[0-9a-f]{64}$/, "the secret alone on stdout");
