@@ -61,13 +61,49 @@ function connectMessage(err: ConnectError, url: string): { message: string; hint
         hint: "check that it is running and that --control-plane-url (NIXFLEET_CONTROL_PLANE_URL) points at it",
       };
     case Code.Unimplemented:
-      return {
-        message: `the control plane does not support this call: ${detail}`,
-        hint: "upgrade the control plane",
-      };
+      return (
+        notFoundAtUrl(detail, url) ?? {
+          message: `the control plane does not support this call: ${detail}`,
+          hint: "upgrade the control plane",
+        }
+      );
     default:
       return { message: `${Code[err.code] ?? "error"}: ${detail}` };
   }
+}
+
+/**
+ * An HTTP 404 is not an old control plane (that answers "unimplemented" itself): nothing at this
+ * URL serves the API. A path after host:port is the usual cause — the API lives at the root.
+ */
+function notFoundAtUrl(detail: string, url: string): { message: string; hint: string } | undefined {
+  if (!/^HTTP 404\b/.test(detail)) return undefined;
+  let path = "";
+  try {
+    path = new URL(url).pathname.replace(/\/+$/, "");
+  } catch {
+    // an unparsable URL was refused earlier; keep the generic words
+  }
+  return {
+    message: `nothing at ${url} answers this call (${detail}): the control plane URL looks wrong`,
+    hint: path
+      ? `drop "${path}": the control plane serves its API at the root, e.g. ${url.slice(0, url.length - path.length)}`
+      : "check that --control-plane-url (NIXFLEET_CONTROL_PLANE_URL) points at a nixfleet control plane, not another service",
+  };
+}
+
+/**
+ * Plain HTTP/2 to a port that speaks TLS: the server hangs up on bytes that are not a TLS
+ * handshake, which surfaces as a cancelled or reset stream, not as a status.
+ */
+function plainToTls(err: ConnectError, url: string): { message: string; hint: string } | undefined {
+  if (!url.startsWith("http:")) return undefined;
+  if (![Code.Canceled, Code.Unavailable, Code.Internal, Code.Unknown].includes(err.code)) return undefined;
+  if (/ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH/.test(err.rawMessage)) return undefined;
+  return {
+    message: `the control plane at ${url} hung up on plain HTTP (${err.rawMessage})`,
+    hint: `it probably speaks TLS: use ${url.replace(/^http:/, "https:")} (with --ca-cert if its CA is not in the system store)`,
+  };
 }
 
 /** A TLS failure, named by what Node (OpenSSL) said, turned into what to check. */
@@ -107,7 +143,7 @@ export function describeError(err: unknown, url: string): { lines: string[]; exi
     };
   }
   if (err instanceof ConnectError) {
-    const { message, hint } = tlsProblem(err.rawMessage) ?? connectMessage(err, url);
+    const { message, hint } = tlsProblem(err.rawMessage) ?? plainToTls(err, url) ?? connectMessage(err, url);
     return { lines: [`error: ${message}`, ...(hint ? [`hint: ${hint}`] : [])], exitCode: EXIT_FAILURE };
   }
   const e = err as NodeJS.ErrnoException;
