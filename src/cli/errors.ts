@@ -4,6 +4,7 @@
  * is turned into words and a next step; stack traces are never printed.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
+import { BadRequestSchema, fieldViolationsOf } from "../common/error-details.js";
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
@@ -40,8 +41,14 @@ function connectMessage(err: ConnectError, url: string): { message: string; hint
         message: `permission denied: ${detail}`,
         hint: "use an API key with a role that allows this (readonly < deploy < admin)",
       };
-    case Code.InvalidArgument:
-      return { message: `invalid request: ${detail}` };
+    case Code.InvalidArgument: {
+      // The control plane names each bad field in a google.rpc.BadRequest; list them one a line.
+      const violations = fieldViolationsOf(err.findDetails(BadRequestSchema));
+      if (violations.length === 0) return { message: `invalid request: ${detail}` };
+      return {
+        message: ["invalid request:", ...violations.map((v) => `  ${v.field}: ${v.description}`)].join("\n"),
+      };
+    }
     case Code.NotFound:
       return { message: `not found: ${detail}` };
     case Code.AlreadyExists:
@@ -98,7 +105,8 @@ function notFoundAtUrl(detail: string, url: string): { message: string; hint: st
  */
 function plainToTls(err: ConnectError, url: string): { message: string; hint: string } | undefined {
   if (!url.startsWith("http:")) return undefined;
-  if (![Code.Canceled, Code.Unavailable, Code.Internal, Code.Unknown].includes(err.code)) return undefined;
+  if (![Code.Canceled, Code.Aborted, Code.Unavailable, Code.Internal, Code.Unknown].includes(err.code))
+    return undefined;
   if (/ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH/.test(err.rawMessage)) return undefined;
   return {
     message: `the control plane at ${url} hung up on plain HTTP (${err.rawMessage})`,
