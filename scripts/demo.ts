@@ -11,7 +11,7 @@
  * install Nix or openssl), --dir DIR (work there instead of a temp dir).
  */
 import { execFileSync, spawn } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { createWriteStream, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { Fleet, waitFor } from "../test/fixtures/fleet.js";
 import { programArgs } from "../test/fixtures/programs.js";
@@ -70,6 +70,10 @@ function ensureTools(): string {
   return execFileSync("nix", ["--version"], { encoding: "utf8" }).trim();
 }
 
+function agentLogsLine(dir: string): string {
+  return `agent logs: ${join(dir, "logs")}/<host>.agent.log (JSON lines); while the fleet runs, ${join(dir, "hosts")}/<host>/ has its switch.log and agent.json (config)`;
+}
+
 async function main(): Promise<number> {
   process.stdout.write(
     `${bold("nixfleet demo")} — a control plane and three agents on real Nix, on this machine\n`,
@@ -123,6 +127,14 @@ async function main(): Promise<number> {
 
     section("starting three agents; they register themselves over mTLS");
     fleet.startAgents();
+    // Each agent's JSON log goes to disk too, so what the demo points at is there to read: during
+    // --keep, and after the demo with --dir (host directories are removed with the fleet; logs/ stays).
+    mkdirSync(join(dir, "logs"), { recursive: true });
+    for (const h of fleet.hosts.values()) {
+      const log = createWriteStream(join(dir, "logs", `${h.name}.agent.log`));
+      h.agent!.proc.stdout!.pipe(log);
+      h.agent!.proc.stderr!.pipe(log);
+    }
     await waitFor(
       "all three agents to register",
       async () => (await fleet.status()).machines.filter((m) => m.connected).length === 3,
@@ -211,7 +223,7 @@ async function main(): Promise<number> {
           `  npx buf curl --cacert ${fleet.pki.ca} --list-methods ${cp}`,
           `  grpcurl -cacert ${fleet.pki.ca} -H "authorization: Bearer ${fleet.adminKey}" ${cp.replace("https://", "")} nixfleet.v1.FleetService/GetFleetStatus`,
           "",
-          `  agent logs: ${join(dir, "hosts")}/<host>/ (agent.json, switch.log); workdir ${dir}`,
+          `  ${agentLogsLine(dir)}; workdir ${dir}`,
           "",
         ].join("\n"),
       );
@@ -220,6 +232,7 @@ async function main(): Promise<number> {
         process.once("SIGTERM", resolve);
       });
     }
+    if (!KEEP && dirFlag > 0) note(agentLogsLine(dir));
     exitCode = onV2 === 3 ? 0 : 1;
     if (exitCode !== 0)
       process.stderr.write(`demo: expected all three hosts on v2 at the end, found ${onV2}\n`);
