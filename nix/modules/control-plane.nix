@@ -7,6 +7,7 @@
 {
   config,
   lib,
+  options,
   pkgs,
   ...
 }:
@@ -122,6 +123,25 @@ in
       description = "The SQLite database (WAL mode; back up the -wal file with it, or use `sqlite3 .backup`).";
     };
 
+    persistence = {
+      enable = mkOption {
+        type = types.bool;
+        default = options ? environment.persistence;
+        defaultText = lib.literalExpression "options ? environment.persistence";
+        description = ''
+          Persist `/var/lib/nixfleet-cp` (the database: machines, releases, rollouts, audit log,
+          key hashes) with impermanence's `environment.persistence`, owned by `nixfleet-cp`.
+          On by default when that option exists.
+        '';
+      };
+      path = mkOption {
+        type = types.str;
+        default = "/persist";
+        example = "/nix/persist";
+        description = "The impermanence persistent root that `/var/lib/nixfleet-cp` is stored under.";
+      };
+    };
+
     tls = {
       cert = mkOption {
         type = types.nullOr types.path;
@@ -232,8 +252,17 @@ in
     };
   };
 
-  config = lib.mkIf cfg.enable {
+  config = lib.mkIf cfg.enable (lib.mkMerge [ {
     assertions = [
+      {
+        # Persistence keeps the state directory only; a database elsewhere on an impermanent
+        # root would be wiped at every boot, taking the fleet's whole state with it.
+        assertion =
+          !cfg.persistence.enable
+          || lib.hasPrefix "${stateDir}/" cfg.dbPath
+          || lib.hasPrefix "${cfg.persistence.path}/" cfg.dbPath;
+        message = "services.nixfleet-control-plane: dbPath ${cfg.dbPath} is outside ${stateDir}, the directory persistence keeps (under ${cfg.persistence.path}); on this impermanent host it would be lost at every boot. Put dbPath under ${stateDir} or under ${cfg.persistence.path}, or set persistence.enable = false if you persist it yourself.";
+      }
       {
         assertion = cfg.allowInsecure || (cfg.tls.cert != null && cfg.tls.key != null && cfg.tls.clientCa != null);
         message = "services.nixfleet-control-plane: set tls.cert, tls.key and tls.clientCa (or allowInsecure = true for development).";
@@ -319,5 +348,21 @@ in
     networking.firewall.allowedTCPPorts =
       lib.optional cfg.openFirewall listenPort
       ++ lib.optional (cfg.metrics.openFirewall && metricsPort != null) metricsPort;
-  };
+  }
+
+  # impermanence: declared only on hosts that import it, so the definition must not even
+  # exist elsewhere (a false mkIf still names the option), hence optionalAttrs.
+  (lib.optionalAttrs (options ? environment.persistence) {
+    environment.persistence = lib.mkIf cfg.persistence.enable {
+      ${cfg.persistence.path}.directories = [
+        {
+          directory = stateDir;
+          inherit user;
+          group = user;
+          mode = "0700";
+        }
+      ];
+    };
+  })
+  ]);
 }
