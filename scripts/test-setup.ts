@@ -19,7 +19,19 @@ const noInstall = process.argv.includes("--no-install");
 
 let missing = missingPackages();
 if (missing.length > 0 && !noInstall && canInstall()) {
-  aptInstall(missing, log);
+  try {
+    aptInstall(missing, log);
+  } catch (err) {
+    // apt-get printed its own reason above; say what we were doing and how to do it by hand.
+    process.stderr.write(
+      [
+        `test-setup: apt-get failed (${(err as Error).message.split("\n")[0]})`,
+        ...installAdvice(missing),
+        "",
+      ].join("\n"),
+    );
+    process.exit(1);
+  }
   missing = missingPackages();
 }
 if (missing.length === 0) {
