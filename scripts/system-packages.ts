@@ -56,6 +56,12 @@ export const SYSTEM_PACKAGES: readonly SystemPackage[] = [
   },
   { pkg: "git", why: "`buf breaking` against main; flake revisions", present: runs("git", "--version") },
   { pkg: "chromium", why: "the dashboard's browser tests", present: exists("/usr/bin/chromium") },
+  { pkg: "zsh", why: "checks `nixfleet completion zsh`", present: runs("zsh", "-fc", "exit 0") },
+  {
+    pkg: "fish",
+    why: "checks `nixfleet completion fish`",
+    present: runs("fish", "--no-config", "-c", "exit 0"),
+  },
 ];
 
 export function systemPackage(name: string): SystemPackage {

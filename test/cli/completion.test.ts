@@ -4,12 +4,13 @@ import { execFile, spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { missingPackageReason } from "../../scripts/system-packages.js";
 import { SHELLS } from "../../src/cli/commands/completion.js";
 import { buildProgram } from "../../src/cli/main.js";
 import { programArgs } from "../fixtures/programs.js";
 import { tempDir } from "../fixtures/tmp.js";
 
-const has = (shell: string) => spawnSync(shell, ["-c", "exit 0"]).status === 0;
+const has = (shell: "zsh" | "fish") => missingPackageReason(shell) === undefined;
 const REPO = join(import.meta.dirname, "..", "..");
 
 function nixfleet(
@@ -58,12 +59,30 @@ describe("nixfleet completion", () => {
 
   for (const shell of ["zsh", "fish"] as const) {
     it(`${shell}: the script parses`, {
-      skip: has(shell) ? false : `${shell} is not installed here (apt-get install -y ${shell})`,
+      skip: has(shell) ? false : missingPackageReason(shell),
     }, (t) => {
       const file = join(tempDir(t), `nixfleet.${shell}`);
       writeFileSync(file, SHELLS[shell](program));
       const r = spawnSync(shell, ["-n", file], { encoding: "utf8" });
       assert.equal(r.status, 0, r.stderr);
+      if (shell === "zsh") {
+        // In a bare zsh (no .zshrc, so no compinit yet) it registers itself for nixfleet.
+        const z = spawnSync("zsh", ["-f", "-c", `source ${file}; print -r -- $_comps[nixfleet]`], {
+          encoding: "utf8",
+        });
+        assert.equal(z.stderr, "");
+        assert.equal(z.stdout.trim(), "_bash_complete -o default -F _nixfleet_complete");
+      } else {
+        const offers = (line: string) =>
+          spawnSync("fish", ["--no-config", "-c", `source ${file}; complete -C '${line}'`], {
+            encoding: "utf8",
+          })
+            .stdout.split("\n")
+            .filter(Boolean)
+            .map((l) => l.split("\t")[0]);
+        assert.deepEqual(offers("nixfleet rollout st"), ["start", "status"]);
+        assert.deepEqual(offers("nixfleet rollout start --wa"), ["--wait", "--wait-timeout"]);
+      }
     });
   }
 

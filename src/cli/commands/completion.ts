@@ -65,6 +65,8 @@ export function zshCompletion(root: Command): string {
   const name = root.name();
   return `#compdef ${name}
 # ${name} completion for zsh. Load it with:  source <(${name} completion zsh)
+# bashcompinit registers through compdef, which compinit defines (a .zshrc usually ran it).
+(( $+functions[compdef] )) || { autoload -U +X compinit && compinit -u }
 autoload -U +X bashcompinit && bashcompinit
 ${bashCompletion(root)}`;
 }
