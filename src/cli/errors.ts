@@ -101,13 +101,13 @@ function notFoundAtUrl(detail: string, url: string): { message: string; hint: st
 
 /**
  * Plain HTTP/2 to a port that speaks TLS: the server hangs up on bytes that are not a TLS
- * handshake, which surfaces as a cancelled or reset stream, not as a status.
+ * handshake, which surfaces as a cancelled or reset stream (what Node says, not a status the
+ * server sent — a real plain-HTTP dev control plane's own errors must keep their words).
  */
+const HUNG_UP = /stream closed with error code|ECONNRESET|socket hang up|premature close|PROTOCOL_ERROR/i;
+
 function plainToTls(err: ConnectError, url: string): { message: string; hint: string } | undefined {
-  if (!url.startsWith("http:")) return undefined;
-  if (![Code.Canceled, Code.Aborted, Code.Unavailable, Code.Internal, Code.Unknown].includes(err.code))
-    return undefined;
-  if (/ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH/.test(err.rawMessage)) return undefined;
+  if (!url.startsWith("http:") || !HUNG_UP.test(err.rawMessage)) return undefined;
   return {
     message: `the control plane at ${url} hung up on plain HTTP (${err.rawMessage})`,
     hint: `it probably speaks TLS: use ${url.replace(/^http:/, "https:")} (with --ca-cert if its CA is not in the system store)`,

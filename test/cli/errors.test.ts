@@ -113,6 +113,17 @@ describe("CLI error messages that depend on the URL", () => {
       "http://cp.example:8443",
     );
     assert.match(refused.lines[0]!, /cannot reach the control plane/);
+    // A plain-HTTP dev control plane's own errors keep their words.
+    const own = describeError(
+      new ConnectError("the database is busy; retry shortly", Code.Unavailable),
+      "http://cp.example:8443",
+    );
+    assert.match(
+      own.lines[0]!,
+      /cannot reach the control plane at http:\/\/cp\.example:8443: the database is busy/,
+    );
+    const reset = describeError(new ConnectError("read ECONNRESET", Code.Aborted), "http://cp.example:8443");
+    assert.match(reset.lines[1]!, /it probably speaks TLS/);
   });
 
   it("HTTP 404 under a path: the URL looks wrong, drop the path (not: upgrade the control plane)", () => {
