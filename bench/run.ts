@@ -186,6 +186,7 @@ async function fanout(dir: string): Promise<Row> {
         ...programArgs("control-plane"),
         "keys",
         "create",
+        "--init",
         "--db-path",
         join(dir, "fanout.db"),
         "--name",

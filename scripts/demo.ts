@@ -10,12 +10,16 @@
  * Flags: --keep (leave the fleet running and print how to talk to it), --no-install (never
  * install Nix or openssl), --dir DIR (work there instead of a temp dir).
  */
-import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { createWriteStream, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { Fleet, waitFor } from "../test/fixtures/fleet.js";
 import { programArgs } from "../test/fixtures/programs.js";
 import { makeTempDir, removeTempDir } from "../test/fixtures/tmp.js";
+import { aptInstall, canInstall, installAdvice, missingPackages } from "./system-packages.js";
+
+/** From the one list in scripts/system-packages.ts. */
+const DEMO_PACKAGES = ["nix-bin", "openssl"];
 
 const args = new Set(process.argv.slice(2));
 const KEEP = args.has("--keep");
@@ -42,46 +46,32 @@ function note(text: string): void {
  * are installed from Debian's packages (unless --no-install); elsewhere it says how.
  */
 function ensureTools(): string {
-  const missing = [
-    {
-      command: "nix",
-      args: ["--version"],
-      pkg: "nix-bin",
-      why: "the agents fetch and switch real Nix store paths",
-    },
-    {
-      command: "openssl",
-      args: ["version"],
-      pkg: "openssl",
-      why: "the demo makes its own CA and certificates",
-    },
-  ].filter((t) => spawnSync(t.command, t.args).status !== 0);
+  let missing = missingPackages(DEMO_PACKAGES);
   if (missing.length > 0) {
-    const isRoot = process.getuid?.() === 0;
-    const hasApt = spawnSync("apt-get", ["--version"]).status === 0;
-    if (NO_INSTALL || !isRoot || !hasApt) {
+    if (NO_INSTALL || !canInstall()) {
       process.stderr.write(
         [
-          ...missing.map((t) => `error: the demo needs \`${t.command}\` (${t.why}), and it is not on PATH.`),
-          "install it, then run `npm run demo` again:",
-          `  Debian/Ubuntu (as root):  apt-get install -y ${missing.map((t) => t.pkg).join(" ")}`,
-          ...(missing.some((t) => t.command === "nix")
-            ? ["  Nix anywhere else:        https://nixos.org/download (the multi-user installer)"]
+          "error: the demo needs these, and they are missing:",
+          ...installAdvice(missing),
+          ...(missing.some((p) => p.pkg === "nix-bin")
+            ? ["Nix anywhere else: https://nixos.org/download (the multi-user installer)"]
             : []),
+          "then run `npm run demo` again",
           "",
         ].join("\n"),
       );
       process.exit(1);
     }
-    const pkgs = missing.map((t) => t.pkg);
-    note(`installing Debian's ${pkgs.join(" and ")} (apt-get install -y ${pkgs.join(" ")})…`);
-    execFileSync("apt-get", ["update", "-qq"], { stdio: "inherit" });
-    execFileSync("apt-get", ["install", "-y", "-qq", ...pkgs], {
-      stdio: "inherit",
-      env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
-    });
+    aptInstall(missing, note);
+    missing = missingPackages(DEMO_PACKAGES);
+    if (missing.length > 0)
+      throw new Error(`still missing after apt-get: ${missing.map((p) => p.pkg).join(" ")}`);
   }
   return execFileSync("nix", ["--version"], { encoding: "utf8" }).trim();
+}
+
+function agentLogsLine(dir: string): string {
+  return `agent logs: ${join(dir, "logs")}/<host>.agent.log (JSON lines); while the fleet runs, ${join(dir, "hosts")}/<host>/ has its switch.log and agent.json (config)`;
 }
 
 async function main(): Promise<number> {
@@ -140,6 +130,14 @@ async function main(): Promise<number> {
 
     section("starting three agents; they register themselves over mTLS");
     fleet.startAgents();
+    // Each agent's JSON log goes to disk too, so what the demo points at is there to read: during
+    // --keep, and after the demo with --dir (host directories are removed with the fleet; logs/ stays).
+    mkdirSync(join(dir, "logs"), { recursive: true });
+    for (const h of fleet.hosts.values()) {
+      const log = createWriteStream(join(dir, "logs", `${h.name}.agent.log`));
+      h.agent!.proc.stdout!.pipe(log);
+      h.agent!.proc.stderr!.pipe(log);
+    }
     await waitFor(
       "all three agents to register",
       async () => (await fleet.status()).machines.filter((m) => m.connected).length === 3,
@@ -228,7 +226,7 @@ async function main(): Promise<number> {
           `  npx buf curl --cacert ${fleet.pki.ca} --list-methods ${cp}`,
           `  grpcurl -cacert ${fleet.pki.ca} -H "authorization: Bearer ${fleet.adminKey}" ${cp.replace("https://", "")} nixfleet.v1.FleetService/GetFleetStatus`,
           "",
-          `  agent logs: ${join(dir, "hosts")}/<host>/ (agent.json, switch.log); workdir ${dir}`,
+          `  ${agentLogsLine(dir)}; workdir ${dir}`,
           "",
           bold("Or look at it in a browser:"),
           `  dashboard: ${String(fleet.cp.lines.find((l) => l.msg === "listening")?.["dashboardUrl"] ?? "")}/`,
@@ -242,6 +240,7 @@ async function main(): Promise<number> {
         process.once("SIGTERM", resolve);
       });
     }
+    if (!KEEP && dirFlag > 0) note(agentLogsLine(dir));
     exitCode = onV2 === 3 ? 0 : 1;
     if (exitCode !== 0)
       process.stderr.write(`demo: expected all three hosts on v2 at the end, found ${onV2}\n`);

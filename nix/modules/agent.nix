@@ -437,6 +437,20 @@ in
         ];
       }
 
+      # A journal outside what persistence keeps would be wiped at every boot of an impermanent
+      # host, and with it the record of what this host runs and what it must never run again.
+      {
+        assertions = [
+          {
+            assertion =
+              !cfg.persistence.enable
+              || lib.hasPrefix "${stateDir}/" cfg.dbPath
+              || lib.hasPrefix "${cfg.persistence.path}/" cfg.dbPath;
+            message = "services.nixfleet-agent: dbPath ${cfg.dbPath} is outside ${stateDir}, the directory persistence keeps (under ${cfg.persistence.path}); on this impermanent host the journal would be lost at every boot. Put dbPath under ${stateDir} or under ${cfg.persistence.path}, or set persistence.enable = false if you persist it yourself.";
+          }
+        ];
+      }
+
       # impermanence: declared only on hosts that import it, so the definition must not even
       # exist elsewhere (a false mkIf still names the option), hence optionalAttrs.
       (lib.optionalAttrs (options ? environment.persistence) {

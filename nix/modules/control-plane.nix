@@ -7,6 +7,7 @@
 {
   config,
   lib,
+  options,
   pkgs,
   ...
 }:
@@ -122,6 +123,25 @@ in
       description = "The SQLite database (WAL mode; back up the -wal file with it, or use `sqlite3 .backup`).";
     };
 
+    persistence = {
+      enable = mkOption {
+        type = types.bool;
+        default = options ? environment.persistence;
+        defaultText = lib.literalExpression "options ? environment.persistence";
+        description = ''
+          Persist `/var/lib/nixfleet-cp` (the database: machines, releases, rollouts, audit log,
+          key hashes) with impermanence's `environment.persistence`, owned by `nixfleet-cp`.
+          On by default when that option exists.
+        '';
+      };
+      path = mkOption {
+        type = types.str;
+        default = "/persist";
+        example = "/nix/persist";
+        description = "The impermanence persistent root that `/var/lib/nixfleet-cp` is stored under.";
+      };
+    };
+
     tls = {
       cert = mkOption {
         type = types.nullOr types.path;
@@ -232,92 +252,118 @@ in
     };
   };
 
-  config = lib.mkIf cfg.enable {
-    assertions = [
-      {
-        assertion = cfg.allowInsecure || (cfg.tls.cert != null && cfg.tls.key != null && cfg.tls.clientCa != null);
-        message = "services.nixfleet-control-plane: set tls.cert, tls.key and tls.clientCa (or allowInsecure = true for development).";
-      }
-      {
-        assertion = !cfg.metrics.openFirewall || cfg.metrics.listen != null;
-        message = "services.nixfleet-control-plane: metrics.openFirewall needs metrics.listen.";
-      }
-      {
-        assertion = listenPort <= 65535 && (metricsPort == null || metricsPort <= 65535);
-        message = "services.nixfleet-control-plane: listen/metrics.listen port must be at most 65535.";
-      }
-    ];
+  config = lib.mkIf cfg.enable (lib.mkMerge [
+    {
+      assertions = [
+        {
+          # Persistence keeps the state directory only; a database elsewhere on an impermanent
+          # root would be wiped at every boot, taking the fleet's whole state with it.
+          assertion =
+            !cfg.persistence.enable
+            || lib.hasPrefix "${stateDir}/" cfg.dbPath
+            || lib.hasPrefix "${cfg.persistence.path}/" cfg.dbPath;
+          message = "services.nixfleet-control-plane: dbPath ${cfg.dbPath} is outside ${stateDir}, the directory persistence keeps (under ${cfg.persistence.path}); on this impermanent host it would be lost at every boot. Put dbPath under ${stateDir} or under ${cfg.persistence.path}, or set persistence.enable = false if you persist it yourself.";
+        }
+        {
+          assertion = cfg.allowInsecure || (cfg.tls.cert != null && cfg.tls.key != null && cfg.tls.clientCa != null);
+          message = "services.nixfleet-control-plane: set tls.cert, tls.key and tls.clientCa (or allowInsecure = true for development).";
+        }
+        {
+          assertion = !cfg.metrics.openFirewall || cfg.metrics.listen != null;
+          message = "services.nixfleet-control-plane: metrics.openFirewall needs metrics.listen.";
+        }
+        {
+          assertion = listenPort <= 65535 && (metricsPort == null || metricsPort <= 65535);
+          message = "services.nixfleet-control-plane: listen/metrics.listen port must be at most 65535.";
+        }
+      ];
 
-    warnings = lib.optional (cfg.tls.key != null && lib.hasPrefix "/nix/store/" cfg.tls.key) "services.nixfleet-control-plane: tls.key ${cfg.tls.key} is in the world-readable Nix store; keep private keys outside it.";
+      warnings = lib.optional (cfg.tls.key != null && lib.hasPrefix "/nix/store/" cfg.tls.key) "services.nixfleet-control-plane: tls.key ${cfg.tls.key} is in the world-readable Nix store; keep private keys outside it.";
 
-    users.users.${user} = {
-      isSystemUser = true;
-      group = user;
-      description = "nixfleet control plane";
-      home = stateDir;
-    };
-    users.groups.${user} = { };
-
-    environment.systemPackages = [ adminTool ];
-
-    systemd.services.nixfleet-control-plane = {
-      description = "nixfleet control plane";
-      wantedBy = [ "multi-user.target" ];
-      wants = [ "network-online.target" ];
-      after = [ "network-online.target" ];
-
-      serviceConfig = {
-        Type = "simple";
-        ExecStart = execStart;
-        Restart = "always";
-        RestartSec = "5s";
-        # It stops accepting, ends streams and closes the database on SIGTERM.
-        TimeoutStopSec = "30s";
-        User = user;
-        Group = user;
-        StateDirectory = "nixfleet-cp";
-        StateDirectoryMode = "0700";
-        UMask = "0077";
-        LoadCredential = credentials;
-        ReadWritePaths = lib.optional (!lib.hasPrefix "${stateDir}/" cfg.dbPath) (dirOf cfg.dbPath);
-
-        # Hardening: nothing here needs more than a socket, its state directory and the
-        # credentials. MemoryDenyWriteExecute stays off because V8's JIT needs W+X memory.
-        AmbientCapabilities = lib.optional privilegedPort "CAP_NET_BIND_SERVICE";
-        CapabilityBoundingSet = if privilegedPort then [ "CAP_NET_BIND_SERVICE" ] else [ "" ];
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        ProtectProc = "invisible";
-        RestrictAddressFamilies = [
-          "AF_INET"
-          "AF_INET6"
-          "AF_UNIX"
-        ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        RemoveIPC = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [
-          "@system-service"
-          "~@privileged"
-        ];
-        SystemCallErrorNumber = "EPERM";
+      users.users.${user} = {
+        isSystemUser = true;
+        group = user;
+        description = "nixfleet control plane";
+        home = stateDir;
       };
-    };
+      users.groups.${user} = { };
 
-    networking.firewall.allowedTCPPorts =
-      lib.optional cfg.openFirewall listenPort
-      ++ lib.optional (cfg.metrics.openFirewall && metricsPort != null) metricsPort;
-  };
+      environment.systemPackages = [ adminTool ];
+
+      systemd.services.nixfleet-control-plane = {
+        description = "nixfleet control plane";
+        wantedBy = [ "multi-user.target" ];
+        wants = [ "network-online.target" ];
+        after = [ "network-online.target" ];
+
+        serviceConfig = {
+          Type = "simple";
+          ExecStart = execStart;
+          Restart = "always";
+          RestartSec = "5s";
+          # It stops accepting, ends streams and closes the database on SIGTERM.
+          TimeoutStopSec = "30s";
+          User = user;
+          Group = user;
+          StateDirectory = "nixfleet-cp";
+          StateDirectoryMode = "0700";
+          UMask = "0077";
+          LoadCredential = credentials;
+          ReadWritePaths = lib.optional (!lib.hasPrefix "${stateDir}/" cfg.dbPath) (dirOf cfg.dbPath);
+
+          # Hardening: nothing here needs more than a socket, its state directory and the
+          # credentials. MemoryDenyWriteExecute stays off because V8's JIT needs W+X memory.
+          AmbientCapabilities = lib.optional privilegedPort "CAP_NET_BIND_SERVICE";
+          CapabilityBoundingSet = if privilegedPort then [ "CAP_NET_BIND_SERVICE" ] else [ "" ];
+          NoNewPrivileges = true;
+          ProtectSystem = "strict";
+          ProtectHome = true;
+          PrivateTmp = true;
+          PrivateDevices = true;
+          ProtectKernelTunables = true;
+          ProtectKernelModules = true;
+          ProtectKernelLogs = true;
+          ProtectControlGroups = true;
+          ProtectClock = true;
+          ProtectHostname = true;
+          ProtectProc = "invisible";
+          RestrictAddressFamilies = [
+            "AF_INET"
+            "AF_INET6"
+            "AF_UNIX"
+          ];
+          RestrictNamespaces = true;
+          RestrictRealtime = true;
+          RestrictSUIDSGID = true;
+          LockPersonality = true;
+          RemoveIPC = true;
+          SystemCallArchitectures = "native";
+          SystemCallFilter = [
+            "@system-service"
+            "~@privileged"
+          ];
+          SystemCallErrorNumber = "EPERM";
+        };
+      };
+
+      networking.firewall.allowedTCPPorts =
+        lib.optional cfg.openFirewall listenPort
+        ++ lib.optional (cfg.metrics.openFirewall && metricsPort != null) metricsPort;
+    }
+
+    # impermanence: declared only on hosts that import it, so the definition must not even
+    # exist elsewhere (a false mkIf still names the option), hence optionalAttrs.
+    (lib.optionalAttrs (options ? environment.persistence) {
+      environment.persistence = lib.mkIf cfg.persistence.enable {
+        ${cfg.persistence.path}.directories = [
+          {
+            directory = stateDir;
+            inherit user;
+            group = user;
+            mode = "0700";
+          }
+        ];
+      };
+    })
+  ]);
 }

@@ -1,6 +1,7 @@
 /** What every command gets: settings resolved lazily (so --help works anywhere), a client, output. */
 import type { Command } from "commander";
 import { createFleetClient, type FleetClient } from "./client.js";
+import { UsageError } from "./errors.js";
 import { consoleOutput, type Output } from "./output.js";
 import { type FileSettings, resolveSettings, type Settings } from "./settings.js";
 
@@ -14,6 +15,15 @@ export interface GlobalOptions {
   timeout?: string;
   config?: string;
   json?: boolean;
+  output?: string;
+}
+
+/** --json, or its kubectl/gh spelling -o json. */
+export function wantsJson(g: Pick<GlobalOptions, "json" | "output">): boolean {
+  if (g.output !== undefined && g.output !== "json" && g.output !== "table")
+    throw new UsageError(`-o/--output must be json or table; got ${JSON.stringify(g.output)}`);
+  if (g.json && g.output === "table") throw new UsageError("--json and -o table contradict each other");
+  return Boolean(g.json) || g.output === "json";
 }
 
 export interface Context {
@@ -37,7 +47,7 @@ export function contextFor(command: Command): Context {
   if (g.protocol !== undefined) flags.protocol = g.protocol;
   if (g.timeout !== undefined) flags.timeout = g.timeout;
   const ctx: Context = {
-    output: consoleOutput(Boolean(g.json)),
+    output: consoleOutput(wantsJson(g)),
     settings: () => {
       settings ??= resolveSettings({ flags, configFile: g.config });
       return settings;

@@ -4,6 +4,7 @@
  * is turned into words and a next step; stack traces are never printed.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
+import { BadRequestSchema, fieldViolationsOf } from "../common/error-details.js";
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
@@ -40,8 +41,14 @@ function connectMessage(err: ConnectError, url: string): { message: string; hint
         message: `permission denied: ${detail}`,
         hint: "use an API key with a role that allows this (readonly < deploy < admin)",
       };
-    case Code.InvalidArgument:
-      return { message: `invalid request: ${detail}` };
+    case Code.InvalidArgument: {
+      // The control plane names each bad field in a google.rpc.BadRequest; list them one a line.
+      const violations = fieldViolationsOf(err.findDetails(BadRequestSchema));
+      if (violations.length === 0) return { message: `invalid request: ${detail}` };
+      return {
+        message: ["invalid request:", ...violations.map((v) => `  ${v.field}: ${v.description}`)].join("\n"),
+      };
+    }
     case Code.NotFound:
       return { message: `not found: ${detail}` };
     case Code.AlreadyExists:
@@ -61,13 +68,50 @@ function connectMessage(err: ConnectError, url: string): { message: string; hint
         hint: "check that it is running and that --control-plane-url (NIXFLEET_CONTROL_PLANE_URL) points at it",
       };
     case Code.Unimplemented:
-      return {
-        message: `the control plane does not support this call: ${detail}`,
-        hint: "upgrade the control plane",
-      };
+      return (
+        notFoundAtUrl(detail, url) ?? {
+          message: `the control plane does not support this call: ${detail}`,
+          hint: "upgrade the control plane",
+        }
+      );
     default:
       return { message: `${Code[err.code] ?? "error"}: ${detail}` };
   }
+}
+
+/**
+ * An HTTP 404 is not an old control plane (that answers "unimplemented" itself): nothing at this
+ * URL serves the API. A path after host:port is the usual cause — the API lives at the root.
+ */
+function notFoundAtUrl(detail: string, url: string): { message: string; hint: string } | undefined {
+  if (!/^HTTP 404\b/.test(detail)) return undefined;
+  let path = "";
+  try {
+    path = new URL(url).pathname.replace(/\/+$/, "");
+  } catch {
+    // an unparsable URL was refused earlier; keep the generic words
+  }
+  return {
+    message: `nothing at ${url} answers this call (${detail}): the control plane URL looks wrong`,
+    hint: path
+      ? `drop "${path}": the control plane serves its API at the root, e.g. ${url.slice(0, url.length - path.length)}`
+      : "check that --control-plane-url (NIXFLEET_CONTROL_PLANE_URL) points at a nixfleet control plane, not another service",
+  };
+}
+
+/**
+ * Plain HTTP/2 to a port that speaks TLS: the server hangs up on bytes that are not a TLS
+ * handshake, which surfaces as a cancelled or reset stream (what Node says, not a status the
+ * server sent — a real plain-HTTP dev control plane's own errors must keep their words).
+ */
+const HUNG_UP = /stream closed with error code|ECONNRESET|socket hang up|premature close|PROTOCOL_ERROR/i;
+
+function plainToTls(err: ConnectError, url: string): { message: string; hint: string } | undefined {
+  if (!url.startsWith("http:") || !HUNG_UP.test(err.rawMessage)) return undefined;
+  return {
+    message: `the control plane at ${url} hung up on plain HTTP (${err.rawMessage})`,
+    hint: `it probably speaks TLS: use ${url.replace(/^http:/, "https:")} (with --ca-cert if its CA is not in the system store)`,
+  };
 }
 
 /** A TLS failure, named by what Node (OpenSSL) said, turned into what to check. */
@@ -107,7 +151,7 @@ export function describeError(err: unknown, url: string): { lines: string[]; exi
     };
   }
   if (err instanceof ConnectError) {
-    const { message, hint } = tlsProblem(err.rawMessage) ?? connectMessage(err, url);
+    const { message, hint } = tlsProblem(err.rawMessage) ?? plainToTls(err, url) ?? connectMessage(err, url);
     return { lines: [`error: ${message}`, ...(hint ? [`hint: ${hint}`] : [])], exitCode: EXIT_FAILURE };
   }
   const e = err as NodeJS.ErrnoException;

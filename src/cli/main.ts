@@ -4,6 +4,7 @@ import { Command, CommanderError } from "commander";
 import { isMainModule } from "../common/entry.js";
 import { VERSION } from "../common/version.js";
 import { registerAudit } from "./commands/audit.js";
+import { registerCompletion } from "./commands/completion.js";
 import { registerConfig } from "./commands/config.js";
 import { registerKeys } from "./commands/keys.js";
 import { registerMachines } from "./commands/machines.js";
@@ -37,6 +38,7 @@ export function buildProgram(): Command {
       "settings file to use instead of ~/.config/nixfleet/config.json and .nixfleet.json",
     )
     .option("--json", "machine-readable output (protobuf JSON) for scripts")
+    .option("-o, --output <format>", "json (same as --json) or table (the default), as in kubectl and gh")
     .showHelpAfterError("(run with --help for usage)")
     .exitOverride();
   program.configureHelp({ sortSubcommands: false });
@@ -47,6 +49,7 @@ export function buildProgram(): Command {
   registerKeys(program);
   registerAudit(program);
   registerConfig(program);
+  registerCompletion(program);
   for (const cmd of program.commands) {
     cmd.exitOverride();
     for (const sub of cmd.commands) sub.exitOverride();

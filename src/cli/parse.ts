@@ -1,8 +1,9 @@
 /** Parsing of flag values into request fields; every failure is a UsageError naming the flag. */
+
+import { DURATION_HINT, parseDuration } from "../common/duration.js";
 import { machineIdProblem, tagsProblem } from "../common/ids.js";
 import { storePathProblem } from "../common/store-path.js";
 import { UsageError } from "./errors.js";
-import { parseDurationSeconds } from "./settings.js";
 
 export function splitList(value: string | undefined): string[] {
   if (!value) return [];
@@ -31,12 +32,12 @@ export function parseStorePathArg(value: string, what: string): string {
   return value;
 }
 
-/** Seconds from "300", "300s", "5m", "1h". */
+/** Whole seconds from "300", "300s", "5m", "1h" (the one parser, src/common/duration.ts). */
 export function parseSeconds(value: string, flag: string, max = 86400): number {
-  const s = parseDurationSeconds(value);
+  const s = parseDuration(value);
   if (s === undefined || !Number.isInteger(s) || s < 0 || s > max) {
     throw new UsageError(
-      `${flag} must be a whole number of seconds (or like 90s, 5m, 1h) up to ${max}s; got ${JSON.stringify(value)}`,
+      `${flag} must be a whole number of seconds (${DURATION_HINT}) up to ${max}s; got ${JSON.stringify(value)}`,
     );
   }
   return s;

@@ -135,16 +135,38 @@ export function finalVerdict(r: Rollout): { exitCode: number; lines: string[] } 
   }
 }
 
-/** Redraws a block of lines in place (terminal) while log lines scroll above it. */
+/** Terminal cells a line takes: code points, without colour escapes (our lines have no wide characters). */
+function cells(line: string): number {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: ANSI escapes are what we strip.
+  return [...line.replace(/\x1b\[[0-9;]*m/g, "")].length;
+}
+
+/** How many terminal rows `line` occupies at `columns` wide: a long line wraps onto more. */
+export function rowsOf(line: string, columns: number | undefined): number {
+  if (!columns || columns <= 0) return 1;
+  return Math.max(1, Math.ceil(cells(line) / columns));
+}
+
+/**
+ * Redraws a block of lines in place (terminal) while log lines scroll above it. The cursor goes
+ * up by the rows the last block occupied, counting the lines the terminal wrapped: counting
+ * lines alone leaves a wrapped headline's first row behind on every redraw (at 80 columns the
+ * ~130-character headline piled up one stale copy per second).
+ */
 export class LiveBlock {
   private drawn = 0;
-  constructor(private readonly write: (s: string) => void) {}
+  constructor(
+    private readonly write: (s: string) => void,
+    /** The terminal's width now (it can change between redraws); undefined: no wrapping. */
+    private readonly columns: () => number | undefined = () => undefined,
+  ) {}
 
   render(lines: string[], logs: string[] = []): void {
     let out = this.drawn > 0 ? `\x1b[${this.drawn}A\x1b[0J` : "";
     for (const l of logs) out += `${l}\n`;
     for (const l of lines) out += `${l}\n`;
-    this.drawn = lines.length;
+    const width = this.columns();
+    this.drawn = lines.reduce((n, l) => n + rowsOf(l, width), 0);
     this.write(out);
   }
 

@@ -8,6 +8,7 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, isAbsolute, join, resolve } from "node:path";
+import { DURATION_HINT, parseDuration } from "../common/duration.js";
 import { UsageError } from "./errors.js";
 
 export type CliProtocol = "grpc" | "connect";
@@ -124,14 +125,25 @@ function envSettings(env: NodeJS.ProcessEnv): FileSettings {
   return out;
 }
 
-/** Parses "30", "30s", "5m", "2h" into seconds; undefined when malformed. */
-export function parseDurationSeconds(value: string | number): number | undefined {
-  if (typeof value === "number") return Number.isFinite(value) && value >= 0 ? value : undefined;
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(value.trim());
-  if (!m) return undefined;
-  const n = Number(m[1]);
-  const unit = m[2] ?? "s";
-  return unit === "ms" ? n / 1000 : unit === "s" ? n : unit === "m" ? n * 60 : n * 3600;
+const FLAG_NAMES: Record<keyof FileSettings, string> = {
+  controlPlaneUrl: "--control-plane-url",
+  apiKey: "--api-key",
+  caCert: "--ca-cert",
+  clientCert: "--client-cert",
+  clientKey: "--client-key",
+  protocol: "--protocol",
+  timeout: "--timeout",
+};
+
+/**
+ * Where a setting came from, in the words its author would look for: the flag, the environment
+ * variable, or the key and the file (`"caCert" in /srv/app/.nixfleet.json`).
+ */
+export function settingOrigin(settings: Pick<Settings, "sources">, key: keyof FileSettings): string {
+  const source = settings.sources[key];
+  if (source === undefined || source === "flag") return FLAG_NAMES[key];
+  if (source === ENV_NAMES[key]) return source;
+  return `"${key}" in ${source}`;
 }
 
 export interface SettingsInputs {
@@ -168,30 +180,29 @@ export function resolveSettings(inputs: SettingsInputs): Settings {
     }
   }
 
+  const from = (key: keyof FileSettings) => settingOrigin({ sources }, key);
   const controlPlaneUrl = (merged.controlPlaneUrl ?? DEFAULT_URL).replace(/\/+$/, "");
   let url: URL;
   try {
     url = new URL(controlPlaneUrl);
   } catch {
     throw new UsageError(
-      `control plane URL ${JSON.stringify(controlPlaneUrl)} is not a URL (from ${sources.controlPlaneUrl})`,
+      `${from("controlPlaneUrl")}: control plane URL ${JSON.stringify(controlPlaneUrl)} is not a URL`,
     );
   }
   if (url.protocol !== "https:" && url.protocol !== "http:") {
     throw new UsageError(
-      `control plane URL must start with https:// (or http:// for a dev control plane), got ${controlPlaneUrl}`,
+      `${from("controlPlaneUrl")}: control plane URL must start with https:// (or http:// for a dev control plane), got ${controlPlaneUrl}`,
     );
   }
   const protocol = merged.protocol ?? "grpc";
   if (protocol !== "grpc" && protocol !== "connect") {
-    throw new UsageError(
-      `protocol must be "grpc" or "connect", got ${JSON.stringify(protocol)} (from ${sources.protocol})`,
-    );
+    throw new UsageError(`${from("protocol")}: must be "grpc" or "connect", got ${JSON.stringify(protocol)}`);
   }
-  const timeout = parseDurationSeconds(merged.timeout ?? 30);
+  const timeout = parseDuration(merged.timeout ?? 30);
   if (timeout === undefined || timeout <= 0) {
     throw new UsageError(
-      `timeout must be a positive duration like 30 or 30s, got ${JSON.stringify(merged.timeout)}`,
+      `${from("timeout")}: must be a positive duration (${DURATION_HINT}), got ${JSON.stringify(merged.timeout)}`,
     );
   }
   if (Boolean(merged.clientCert) !== Boolean(merged.clientKey)) {

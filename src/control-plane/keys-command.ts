@@ -4,10 +4,15 @@
  * there is no network endpoint that works without a key. Safe while the server runs (SQLite
  * WAL; writes wait for each other).
  */
+import { existsSync, statSync, writeFileSync } from "node:fs";
 import { userInfo } from "node:os";
+import { dirname } from "node:path";
+import { create, toJson } from "@bufbuild/protobuf";
 import { keyNameProblem } from "../common/ids.js";
+import { ListApiKeysResponseSchema } from "../gen/nixfleet/v1/fleet_pb.js";
 import { generateSecret, hashSecret, newKeyId, ROLES } from "./auth/api-keys.js";
 import { UsageError } from "./config.js";
+import { apiKeyToProto } from "./services/convert.js";
 import type { ApiKeyRecord, Role } from "./store/records.js";
 import { SqliteFleetStore } from "./store/sqlite-store.js";
 
@@ -24,6 +29,33 @@ function localActor(): string {
   }
 }
 
+/**
+ * A mistyped --db-path must not quietly become a new, empty database (whose keys the running
+ * server never sees). Only `keys create --init` may create one, and only in a directory that
+ * already exists — on a fresh install, before the server first ran.
+ */
+function checkDatabase(dbPath: string, init: boolean): void {
+  if (existsSync(dbPath)) {
+    if (!statSync(dbPath).isFile()) throw new UsageError("--db-path", `${dbPath} is not a file`);
+    return;
+  }
+  const dir = dirname(dbPath);
+  if (!init)
+    throw new UsageError(
+      "--db-path",
+      `no database at ${dbPath}; check the path (the server's --db-path, NIXFLEET_CP_DB_PATH), ` +
+        "or on a fresh install create it with `keys create --init …`",
+    );
+  if (!existsSync(dir) || !statSync(dir).isDirectory())
+    throw new UsageError(
+      "--db-path",
+      `directory ${dir} does not exist; --init creates the database file, not its directory`,
+    );
+  // Private from the start: it will hold key hashes and the fleet's state (SQLite gives the -wal
+  // and -shm files the same mode).
+  writeFileSync(dbPath, "", { mode: 0o600, flag: "wx" });
+}
+
 async function withStore<T>(dbPath: string, fn: (store: SqliteFleetStore) => Promise<T>): Promise<T> {
   const { store } = await SqliteFleetStore.open({ path: dbPath, lockWaitMs: 30_000 });
   try {
@@ -35,11 +67,18 @@ async function withStore<T>(dbPath: string, fn: (store: SqliteFleetStore) => Pro
 
 const iso = (ms: number | null) => (ms === null ? "-" : new Date(ms).toISOString());
 
-export async function keysCreate(dbPath: string, name: string, role: string, io: KeysIo): Promise<void> {
+export async function keysCreate(
+  dbPath: string,
+  name: string,
+  role: string,
+  io: KeysIo,
+  opts: { init?: boolean } = {},
+): Promise<void> {
   const problem = keyNameProblem(name);
   if (problem) throw new UsageError("--name", problem);
   if (!(ROLES as readonly string[]).includes(role))
     throw new UsageError("--role", `must be one of ${ROLES.join(", ")}, got ${JSON.stringify(role)}`);
+  checkDatabase(dbPath, opts.init ?? false);
   const secret = generateSecret();
   const key = await withStore(dbPath, (store) =>
     store.createApiKey(
@@ -61,23 +100,13 @@ export async function keysList(
   json: boolean,
   io: KeysIo,
 ): Promise<void> {
+  checkDatabase(dbPath, false);
   const keys: ApiKeyRecord[] = await withStore(dbPath, (store) => store.listApiKeys(includeRevoked));
   if (json) {
-    io.out(
-      JSON.stringify(
-        keys.map((k) => ({
-          id: k.id,
-          name: k.name,
-          role: k.role,
-          created_at: iso(k.createdAt),
-          created_by: k.createdBy,
-          last_used_at: k.lastUsedAt === null ? null : iso(k.lastUsedAt),
-          revoked_at: k.revokedAt === null ? null : iso(k.revokedAt),
-        })),
-        null,
-        2,
-      ),
-    );
+    // The API's own shape (protobuf JSON of ListApiKeysResponse), as `nixfleet keys list --json`
+    // prints it, so one script reads both.
+    const res = create(ListApiKeysResponseSchema, { apiKeys: keys.map(apiKeyToProto) });
+    io.out(JSON.stringify(toJson(ListApiKeysResponseSchema, res), null, 2));
     return;
   }
   const rows = [
@@ -96,6 +125,7 @@ export async function keysList(
 
 export async function keysRevoke(dbPath: string, key: string, io: KeysIo): Promise<void> {
   if (!key) throw new UsageError("<key>", "give the id or name of the key to revoke");
+  checkDatabase(dbPath, false);
   const revoked = await withStore(dbPath, (store) => store.revokeApiKey(key, null, localActor(), Date.now()));
   io.out(`revoked API key ${revoked.name} (${revoked.id})`);
 }

@@ -217,9 +217,13 @@ function program(): Command {
     .requiredOption("--name <name>", "key name (letters, digits, . _ -)")
     .requiredOption("--role <role>", "readonly, deploy or admin")
     .addOption(dbOption())
+    .option(
+      "--init",
+      "create the database when it does not exist yet (a fresh install); its directory must exist",
+    )
     .exitOverride()
-    .action(async (o: { name: string; role: string; dbPath?: string }) =>
-      keysCreate(dbPath(o), o.name, o.role, io),
+    .action(async (o: { name: string; role: string; dbPath?: string; init?: boolean }) =>
+      keysCreate(dbPath(o), o.name, o.role, io, { init: o.init ?? false }),
     );
   keys
     .command("list")

@@ -96,6 +96,57 @@ describe("CLI error messages", () => {
   }
 });
 
+describe("CLI error messages that depend on the URL", () => {
+  it("http:// to a TLS port (the stream is cancelled): says it speaks TLS and gives the https URL", () => {
+    const d = describeError(
+      new ConnectError("http/2 stream closed with error code CANCEL (0x8)", Code.Canceled),
+      "http://cp.example:8443",
+    );
+    assert.match(d.lines[0]!, /hung up on plain HTTP/);
+    assert.equal(
+      d.lines[1],
+      "hint: it probably speaks TLS: use https://cp.example:8443 (with --ca-cert if its CA is not in the system store)",
+    );
+    // Refused connections are about reachability, not TLS.
+    const refused = describeError(
+      new ConnectError("connect ECONNREFUSED 127.0.0.1:8443", Code.Unavailable),
+      "http://cp.example:8443",
+    );
+    assert.match(refused.lines[0]!, /cannot reach the control plane/);
+    // A plain-HTTP dev control plane's own errors keep their words.
+    const own = describeError(
+      new ConnectError("the database is busy; retry shortly", Code.Unavailable),
+      "http://cp.example:8443",
+    );
+    assert.match(
+      own.lines[0]!,
+      /cannot reach the control plane at http:\/\/cp\.example:8443: the database is busy/,
+    );
+    const reset = describeError(new ConnectError("read ECONNRESET", Code.Aborted), "http://cp.example:8443");
+    assert.match(reset.lines[1]!, /it probably speaks TLS/);
+  });
+
+  it("HTTP 404 under a path: the URL looks wrong, drop the path (not: upgrade the control plane)", () => {
+    const d = describeError(
+      new ConnectError("HTTP 404", Code.Unimplemented),
+      "https://cp.example:8443/prefix",
+    );
+    assert.match(
+      d.lines[0]!,
+      /nothing at https:\/\/cp\.example:8443\/prefix answers this call .*URL looks wrong/,
+    );
+    assert.equal(
+      d.lines[1],
+      'hint: drop "/prefix": the control plane serves its API at the root, e.g. https://cp.example:8443',
+    );
+    assert.ok(!d.lines.join("\n").includes("upgrade"));
+    const root = describeError(new ConnectError("HTTP 404", Code.Unimplemented), URL);
+    assert.match(root.lines[1]!, /points at a nixfleet control plane/);
+    const old = describeError(new ConnectError("method not implemented", Code.Unimplemented), URL);
+    assert.match(old.lines[1]!, /upgrade the control plane/);
+  });
+});
+
 describe("the cache URL a release records after --push-to", () => {
   for (const [pushTo, want] of [
     ["s3://fleet-cache?region=eu-west-1", "s3://fleet-cache?region=eu-west-1"],

@@ -2,7 +2,14 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { eventLine, finalVerdict, isTerminal, LiveBlock, rolloutLines } from "../../src/cli/progress.js";
+import {
+  eventLine,
+  finalVerdict,
+  isTerminal,
+  LiveBlock,
+  rolloutLines,
+  rowsOf,
+} from "../../src/cli/progress.js";
 import {
   BatchStatus,
   MachineGateState,
@@ -121,5 +128,84 @@ describe("rollout progress rendering", () => {
     block.render(["a", "b"]);
     block.render(["c"], ["log line"]);
     assert.equal(out, "a\nb\n\x1b[2A\x1b[0Jlog line\nc\n");
+  });
+});
+
+/**
+ * Just enough of a terminal to see what an operator sees: text wraps at `width`, `\n` goes to the
+ * next row's start, ESC[nA moves up, ESC[0J clears to the end of the screen.
+ */
+function terminal(width: number) {
+  const rows: string[][] = [[]];
+  let row = 0;
+  let col = 0;
+  const at = (r: number) => {
+    while (rows.length <= r) rows.push([]);
+    return rows[r]!;
+  };
+  return {
+    write(s: string) {
+      for (let i = 0; i < s.length; ) {
+        // biome-ignore lint/suspicious/noControlCharactersInRegex: parsing the escapes is the point.
+        const esc = /^\x1b\[(\d*)([AJ])/.exec(s.slice(i));
+        if (esc) {
+          if (esc[2] === "A") row = Math.max(0, row - Number(esc[1] || 1));
+          else {
+            at(row).length = Math.min(at(row).length, col);
+            rows.length = row + 1;
+          }
+          i += esc[0].length;
+          continue;
+        }
+        const ch = String.fromCodePoint(s.codePointAt(i)!);
+        i += ch.length;
+        if (ch === "\n") {
+          row += 1;
+          col = 0;
+          at(row);
+          continue;
+        }
+        if (col === width) {
+          row += 1;
+          col = 0;
+        }
+        at(row)[col] = ch;
+        col += 1;
+      }
+    },
+    screen: () => rows.map((r) => r.join("")),
+  };
+}
+
+describe("live redraw in a narrow terminal", () => {
+  it("counts wrapped rows: at 80 columns a long headline is redrawn in place, not piled up", () => {
+    const term = terminal(80);
+    const block = new LiveBlock(
+      (s) => term.write(s),
+      () => 80,
+    );
+    const r = rollout(RolloutStatus.RUNNING, {
+      id: `r-${"x".repeat(60)}`,
+      releaseId: `rel-${"y".repeat(40)}`,
+    });
+    const lines = rolloutLines(r, T0 + 81_000);
+    assert.ok(lines[0]!.length > 120, "the headline wraps at 80 columns");
+    for (let i = 0; i < 5; i++) block.render(lines, i === 2 ? ["[12:00:00] web-02 healthy"] : []);
+    const screen = term.screen().join("\n");
+    const copies = screen.split(`rollout r-${"x".repeat(60)}`).length - 1;
+    assert.equal(copies, 1, `one headline on screen:\n${screen}`);
+    assert.equal(
+      screen.split("web-02 healthy\n").length - 1,
+      1,
+      "the log line scrolled above the block once",
+    );
+  });
+
+  it("rowsOf: a line exactly as wide as the terminal takes one row; no width means no wrapping", () => {
+    assert.equal(rowsOf("x".repeat(80), 80), 1);
+    assert.equal(rowsOf("x".repeat(81), 80), 2);
+    assert.equal(rowsOf("", 80), 1);
+    assert.equal(rowsOf("✓ ·".repeat(40), 80), 2, "counted in characters, not UTF-8 bytes");
+    assert.equal(rowsOf("x".repeat(500), undefined), 1);
   });
 });

@@ -2,9 +2,12 @@ import assert from "node:assert/strict";
 import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { createTransport } from "../../src/cli/client.js";
 import { UsageError } from "../../src/cli/errors.js";
 import { resolveSettings } from "../../src/cli/settings.js";
+import { createPki } from "../fixtures/pki.js";
 import { tempDir } from "../fixtures/tmp.js";
+import { expiredClientCert } from "./expired-cert.js";
 
 function write(path: string, data: unknown, mode = 0o600): string {
   mkdirSync(join(path, ".."), { recursive: true });
@@ -14,6 +17,31 @@ function write(path: string, data: unknown, mode = 0o600): string {
 }
 
 describe("CLI settings precedence", () => {
+  it("an expired client certificate is refused before connecting, naming it and its end date", (t) => {
+    const pki = createPki(join(tempDir(t), "pki"));
+    const expired = expiredClientCert(pki, "alice");
+    const settings = resolveSettings({
+      flags: {
+        controlPlaneUrl: "https://127.0.0.1:1",
+        caCert: pki.ca,
+        clientCert: expired.cert,
+        clientKey: expired.key,
+      },
+      env: {},
+      cwd: tempDir(t),
+    });
+    assert.throws(
+      () => createTransport(settings),
+      (e: unknown) =>
+        e instanceof UsageError &&
+        /^--client-cert: the client certificate .*client\.pem expired on 2020-01-02T00:00:00\.000Z; renew it/.test(
+          e.message,
+        ),
+    );
+    const fresh = pki.client("alice");
+    createTransport({ ...settings, clientCert: fresh.cert, clientKey: fresh.key });
+  });
+
   it("flags beat env beat the user file beat the project file", (t) => {
     const dir = tempDir(t);
     const home = join(dir, "home");
@@ -92,10 +120,11 @@ describe("CLI settings precedence", () => {
       [{ controlPlaneURL: "x" }, /unknown key "controlPlaneURL"/],
       [{ apiKey: 42 }, /"apiKey" must be a string/],
       [[1, 2], /must hold a JSON object/],
-      [{ protocol: "http3" }, /protocol must be "grpc" or "connect"/],
-      [{ controlPlaneUrl: "ftp://x" }, /must start with https:\/\//],
-      [{ controlPlaneUrl: "not a url" }, /is not a URL/],
-      [{ timeout: "soon" }, /timeout must be a positive duration/],
+      [{ protocol: "http3" }, /: "protocol" in .*s\.json: must be "grpc" or "connect"/],
+      [{ controlPlaneUrl: "ftp://x" }, /: "controlPlaneUrl" in .*s\.json: .*must start with https:\/\//],
+      [{ controlPlaneUrl: "not a url" }, /: "controlPlaneUrl" in .*s\.json: .*is not a URL/],
+      [{ timeout: "soon" }, /: "timeout" in .*s\.json: must be a positive duration/],
+      [{ timeout: "abc" }, /: "timeout" in .*s\.json: must be a positive duration .*got "abc"/],
       [{ clientCert: "/a.pem" }, /client certificate and key must be given together/],
     ];
     for (const [content, why] of cases) {
@@ -106,6 +135,21 @@ describe("CLI settings precedence", () => {
         JSON.stringify(content),
       );
     }
+    // Files the settings point at are checked when the client is made, named the same way.
+    const file = write(join(dir, "s.json"), { caCert: "nope.pem" });
+    const settings = resolveSettings({ flags: {}, env: { HOME: dir }, cwd: dir, configFile: file });
+    assert.throws(
+      () => createTransport(settings),
+      (e: unknown) => e instanceof UsageError && /^"caCert" in .*s\.json: .*nope\.pem/.test(e.message),
+    );
+    assert.throws(
+      () => resolveSettings({ flags: {}, env: { HOME: dir, NIXFLEET_TIMEOUT: "abc" }, cwd: dir }),
+      /: NIXFLEET_TIMEOUT: must be a positive duration/,
+    );
+    assert.throws(
+      () => resolveSettings({ flags: { timeout: "abc" }, env: { HOME: dir }, cwd: dir }),
+      /: --timeout: must be a positive duration/,
+    );
     writeFileSync(join(dir, "broken.json"), "{nope");
     assert.throws(
       () =>

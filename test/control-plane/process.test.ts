@@ -48,6 +48,7 @@ describe("nixfleet-control-plane as a process", () => {
     const r = await runCli([
       "keys",
       "create",
+      "--init",
       "--name",
       `admin-${Math.random().toString(36).slice(2, 8)}`,
       "--role",
@@ -132,7 +133,7 @@ describe("nixfleet-control-plane as a process", () => {
 
     it("a database from a newer control plane → exit 1 with what to do", async (t) => {
       const db = join(tempDir(t), "state.db");
-      assert.equal((await runCli(["keys", "list", "--db-path", db])).code, 0);
+      await adminKey(db);
       const raw = new Database(db);
       raw.prepare("INSERT INTO schema_version (version, name, applied_at) VALUES (999, 'future', 0)").run();
       raw.close();
@@ -154,15 +155,17 @@ describe("nixfleet-control-plane as a process", () => {
     assert.match(created.stderr, /created API key ops .* with role deploy/);
     await c.fleet(ops).listMachines({});
     const listed = await runCli(["keys", "list", "--json", "--db-path", db]);
-    const keys = JSON.parse(listed.stdout) as { name: string; role: string; last_used_at: string | null }[];
+    const keys = (
+      JSON.parse(listed.stdout) as { apiKeys: { name: string; role: string; lastUsedAt?: string }[] }
+    ).apiKeys;
     assert.deepEqual(
       keys.map((k) => [k.name.startsWith("admin") ? "admin" : k.name, k.role]),
       [
-        ["admin", "admin"],
-        ["ops", "deploy"],
+        ["admin", "API_KEY_ROLE_ADMIN"],
+        ["ops", "API_KEY_ROLE_DEPLOY"],
       ],
     );
-    assert.ok(keys[1]!.last_used_at, "the server recorded the use");
+    assert.ok(keys[1]!.lastUsedAt, "the server recorded the use");
     assert.ok(!listed.stdout.includes(ops.slice(4)), "no secrets in the list");
     const table = await runCli(["keys", "list", "--db-path", db]);
     assert.match(table.stdout, /^ID\s+NAME\s+ROLE\s+CREATED\s+LAST USED\s+REVOKED$/m);

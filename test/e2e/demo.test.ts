@@ -4,19 +4,22 @@
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { it } from "node:test";
+import { tempDir } from "../fixtures/tmp.js";
 
 const REPO = join(import.meta.dirname, "..", "..");
 
 it("npm run demo completes a rollout, shows an automatic rollback and a paused rollout", {
   timeout: 240_000,
-}, async () => {
+}, async (t) => {
+  const dir = tempDir(t, "nixfleet-demo-test-");
   const { code, stdout, stderr } = await new Promise<{ code: number; stdout: string; stderr: string }>(
     (resolve) => {
       execFile(
         process.execPath,
-        ["--import", "tsx", join(REPO, "scripts", "demo.ts"), "--no-install"],
+        ["--import", "tsx", join(REPO, "scripts", "demo.ts"), "--no-install", "--dir", dir],
         { cwd: REPO, maxBuffer: 16 << 20, timeout: 230_000 },
         (err, out, errOut) =>
           resolve({
@@ -36,4 +39,11 @@ it("npm run demo completes a rollout, shows an automatic rollback and a paused r
   assert.match(stdout, /^HOST\s+STATE\s+LIFECYCLE/m);
   assert.match(stdout, /web-01\s+(rolled-back|quarantined)/);
   assert.match(stdout, /3 of 3 hosts run v2 now/);
+  // The agent logs it points at are there: each agent's JSON log lines.
+  assert.ok(stdout.includes(`agent logs: ${join(dir, "logs")}/<host>.agent.log`), stdout);
+  const log = readFileSync(join(dir, "logs", "web-01.agent.log"), "utf8")
+    .trim()
+    .split("\n");
+  assert.ok(log.length > 5, "the agent logged");
+  assert.equal(typeof JSON.parse(log[0]!).msg, "string", "JSON lines");
 });

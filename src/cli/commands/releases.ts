@@ -116,7 +116,7 @@ export function readableCacheUrl(pushTo: string): string {
 }
 
 interface CreateOpts {
-  entry: string[];
+  entry?: string[];
   manifest?: string;
   cacheUrl?: string;
   flakeRef?: string;
@@ -134,18 +134,19 @@ export function registerReleases(program: Command): void {
   release
     .command("create")
     .description("register a release from --entry pairs, a --manifest file, or by building --flake hosts")
+    // No commander defaults here: the help prints a default once, from the description, not
+    // again as `(default: [])` or `(default: "*")`.
     .option(
       "--entry <host=/nix/store/…>",
       "one host's system closure (repeatable)",
-      (v: string, acc: string[]) => [...acc, v],
-      [],
+      (v: string, acc?: string[]) => [...(acc ?? []), v],
     )
     .option(
       "--manifest <file>",
       "JSON manifest: {entries:[{hostname, storePath, platform?, tags?}], cacheUrl?, flakeRef?, flakeRev?} or {host: path}",
     )
     .option("--flake <ref>", "build nixosConfigurations.<host>.config.system.build.toplevel for --hosts")
-    .option("--hosts <globs>", "with --flake: host names or globs, comma-separated (default: all)", "*")
+    .option("--hosts <globs>", "with --flake: host names or globs, comma-separated (default: all)")
     .option(
       "--push-to <cache>",
       "nix copy the closures to this cache before registering (e.g. s3://…, file:///…)",
@@ -156,7 +157,8 @@ export function registerReleases(program: Command): void {
     .action(
       runAction(async (opts: CreateOpts, cmd: Command) => {
         const ctx = contextFor(cmd);
-        const sources = [opts.entry.length > 0, Boolean(opts.manifest), Boolean(opts.flake)].filter(
+        const given = opts.entry ?? [];
+        const sources = [given.length > 0, Boolean(opts.manifest), Boolean(opts.flake)].filter(
           Boolean,
         ).length;
         if (sources !== 1)
@@ -165,8 +167,8 @@ export function registerReleases(program: Command): void {
         let cacheUrl = opts.cacheUrl;
         let flakeRef = opts.flakeRef;
         let flakeRev = opts.flakeRev;
-        if (opts.entry.length > 0) {
-          entries = opts.entry.map((e) => ({ ...parseEntry(e), platform: "", tags: [] }));
+        if (given.length > 0) {
+          entries = given.map((e) => ({ ...parseEntry(e), platform: "", tags: [] }));
         } else if (opts.manifest) {
           const m = readManifest(opts.manifest);
           entries = m.entries;

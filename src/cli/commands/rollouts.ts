@@ -64,7 +64,10 @@ export async function followRollout(
 ): Promise<Rollout> {
   const deadline = waitTimeoutS ? Date.now() + waitTimeoutS * 1000 : Number.POSITIVE_INFINITY;
   const tty = Boolean(process.stdout.isTTY) && !ctx.output.json;
-  const block = new LiveBlock((s) => process.stdout.write(s));
+  const block = new LiveBlock(
+    (s) => process.stdout.write(s),
+    () => process.stdout.columns,
+  );
   let last: Rollout | undefined;
   let seenEvent = 0n;
   let backoffMs = 500;

@@ -1,6 +1,9 @@
 /** `nixfleet status`: the fleet table, from GetFleetStatus (the one authoritative per-host record). */
+
+import { toJson } from "@bufbuild/protobuf";
 import type { Command } from "commander";
 import {
+  type GetFleetStatusResponse,
   GetFleetStatusResponseSchema,
   HealthState,
   type MachineStatus,
@@ -9,7 +12,7 @@ import {
 import { MachineLifecycle, MachineLifecycleSchema, OutcomeSchema } from "../../gen/nixfleet/v1/types_pb.js";
 import { type Context, contextFor } from "../context.js";
 import { UsageError } from "../errors.js";
-import { ago, enumWord, printJson, shortPath, table } from "../output.js";
+import { ago, enumWord, shortPath, table } from "../output.js";
 import { parseSeconds, parseTags } from "../parse.js";
 import { runAction } from "../run.js";
 
@@ -47,26 +50,57 @@ export const STATUS_HEAD = [
   "ROLLOUT",
 ];
 
+/**
+ * `status --json`: the response as protobuf JSON, except that `activeBatch` is 1-based like the
+ * table's `b1` and present whenever `activeRolloutId` is (the API's field is a 0-based index
+ * that protobuf JSON leaves out when it is 0, the first batch).
+ */
+export function statusJson(res: GetFleetStatusResponse): unknown {
+  const json = toJson(GetFleetStatusResponseSchema, res) as { machines?: Record<string, unknown>[] };
+  res.machines.forEach((m, i) => {
+    const out = json.machines?.[i];
+    if (!out) return;
+    if (m.activeRolloutId) out["activeBatch"] = m.activeBatch + 1;
+    else delete out["activeBatch"];
+  });
+  return json;
+}
+
+/**
+ * "2/3 hosts in sync, …": in sync counts hosts that have a generation assigned; a host with
+ * nothing assigned is not out of sync (there is nothing to be in sync with), nor is a
+ * decommissioned one. Both are listed, and said apart.
+ */
+export function statusFooter(res: GetFleetStatusResponse): string {
+  const live = res.machines.filter((m) => m.lifecycle !== MachineLifecycle.DECOMMISSIONED);
+  const retired = res.machines.length - live.length;
+  const assigned = live.filter((m) => m.desiredGeneration);
+  const unassigned = live.length - assigned.length;
+  const notCounted = [
+    ...(unassigned ? [`${unassigned} with nothing assigned`] : []),
+    ...(retired ? [`${retired} decommissioned`] : []),
+  ];
+  const footer = [
+    `${assigned.filter((m) => m.inSync).length}/${assigned.length} hosts in sync` +
+      (notCounted.length ? ` (${notCounted.join(", ")} not counted)` : ""),
+  ];
+  if (res.stale) footer.push(`${res.stale} stale (no contact for ${res.staleAfterSeconds}s)`);
+  const unhealthy = res.machines.filter((m) => m.health?.state === HealthState.UNHEALTHY).length;
+  if (unhealthy) footer.push(`${unhealthy} unhealthy`);
+  return footer.join(", ");
+}
+
 async function once(ctx: Context, tags: string[], matchAny: boolean): Promise<string> {
   const res = await ctx
     .client()
     .getFleetStatus({ tags, match: matchAny ? TagMatch.ANY : TagMatch.ALL }, ctx.call());
   if (ctx.output.json) {
-    printJson(ctx.output, GetFleetStatusResponseSchema, res);
+    ctx.output.out(JSON.stringify(statusJson(res), null, 2));
     return "";
   }
   if (res.machines.length === 0)
     return tags.length ? `no machines match tags ${tags.join(",")}` : "no machines registered yet";
-  // Decommissioned machines are listed but not counted: they are not expected to be in sync.
-  const counted = res.machines.filter((m) => m.lifecycle !== MachineLifecycle.DECOMMISSIONED);
-  const retired = res.machines.length - counted.length;
-  const footer = [
-    `${counted.filter((m) => m.inSync).length}/${counted.length} hosts in sync${retired ? ` (${retired} decommissioned not counted)` : ""}`,
-  ];
-  if (res.stale) footer.push(`${res.stale} stale (no contact for ${res.staleAfterSeconds}s)`);
-  const unhealthy = res.machines.filter((m) => m.health?.state === HealthState.UNHEALTHY).length;
-  if (unhealthy) footer.push(`${unhealthy} unhealthy`);
-  return `${table(STATUS_HEAD, statusRows(res.machines))}\n\n${footer.join(", ")}`;
+  return `${table(STATUS_HEAD, statusRows(res.machines))}\n\n${statusFooter(res)}`;
 }
 
 export function registerStatus(program: Command): void {

@@ -6,7 +6,7 @@
  */
 import type { IncomingMessage } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
-import type { TLSSocket } from "node:tls";
+import type { PeerCertificate, TLSSocket } from "node:tls";
 import { Code, createContextKey } from "@connectrpc/connect";
 
 export interface PeerIdentity {
@@ -32,6 +32,21 @@ export const peerKey = createContextKey<PeerIdentity>(PLAIN_PEER, { description:
 
 const cache = new WeakMap<object, PeerIdentity>();
 
+/**
+ * Why TLS did not verify a presented certificate, in terms of what to do: an expired (or not yet
+ * valid) certificate needs renewing, not a different CA — saying "must be signed by the client
+ * CA" for it sends the operator after the wrong problem.
+ */
+function rejectionReason(socket: TLSSocket, cert: PeerCertificate): string {
+  const code = socket.authorizationError ? String(socket.authorizationError) : "not verified";
+  const cn = cert.subject?.CN ? ` (CN ${String(cert.subject.CN)})` : "";
+  if (code === "CERT_HAS_EXPIRED")
+    return `the client certificate${cn} expired on ${cert.valid_to}; renew it (issue a new one from the client CA)`;
+  if (code === "CERT_NOT_YET_VALID")
+    return `the client certificate${cn} is not valid until ${cert.valid_from}; check the clocks of this host and the one that issued it`;
+  return `the client certificate was not accepted (${code}); it must be signed by the control plane's client CA`;
+}
+
 function identityOfSocket(socket: TLSSocket): PeerIdentity {
   if (!socket.encrypted) return PLAIN_PEER;
   const cert = socket.getPeerCertificate();
@@ -44,13 +59,7 @@ function identityOfSocket(socket: TLSSocket): PeerIdentity {
       problem: "no client certificate was presented",
     };
   if (!socket.authorized) {
-    const why = socket.authorizationError ? String(socket.authorizationError) : "not verified";
-    return {
-      transport: "tls",
-      verified: false,
-      commonName: null,
-      problem: `the client certificate was not accepted (${why}); it must be signed by the control plane's client CA`,
-    };
+    return { transport: "tls", verified: false, commonName: null, problem: rejectionReason(socket, cert) };
   }
   const cn = cert.subject?.CN;
   const commonName = Array.isArray(cn) ? (cn[0] ?? null) : (cn ?? null);
