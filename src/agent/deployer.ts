@@ -23,12 +23,21 @@ import type { CheckResult } from "./health/checks.js";
 import { describeFailures, type HealthRunner, type HealthSnapshot } from "./health/runner.js";
 import type { SwitchLockState } from "./host.js";
 import { describeLock } from "./host.js";
-import type { Deployment, FinalOutcome, Journal, Phase } from "./journal/journal.js";
+import type {
+  Deployment,
+  FinalOutcome,
+  HealthRecord,
+  Journal,
+  OutboxRow,
+  Phase,
+  Settlement,
+} from "./journal/journal.js";
 import type { AgentMetrics, AgentState } from "./metrics.js";
 import { FetchError } from "./nix.js";
 import { decideRecovery, type SwitchObservation, switchedExitCode } from "./recovery.js";
 import type { CycleVerdict } from "./schedule.js";
 import { formatSeconds, MAX_REPORT_MESSAGE_BYTES, trimOutput, truncateUtf8 } from "./text.js";
+import { healthRow, reportRow } from "./transport/outbox-row.js";
 import { delay, Parked, throwIfParked } from "./wait.js";
 
 /** The Nix operations the cycle needs (nix.ts implements them). */
@@ -54,9 +63,15 @@ export interface HostOps {
 }
 
 export interface ReportSink {
-  report(init: MessageInitShape<typeof ReportRequestSchema>): unknown;
+  /** Queues a report on its own; `status` marks a steady-state one (coalesced). */
+  report(init: MessageInitShape<typeof ReportRequestSchema>, options?: { status?: boolean }): unknown;
   health(init: MessageInitShape<typeof ReportHealthRequestSchema>): unknown;
+  /** Rows were queued by a journal transaction: deliver them. */
+  wake(): void;
 }
+
+/** The health checks as the cycle uses them (health/runner.ts implements them). */
+export type HealthPort = Pick<HealthRunner, "runAll" | "runDue" | "verify">;
 
 export interface Deps {
   config: AgentConfig;
@@ -64,7 +79,7 @@ export interface Deps {
   nix: NixOps;
   host: HostOps;
   activator: Activator;
-  health: HealthRunner;
+  health: HealthPort;
   reports: ReportSink;
   metrics: AgentMetrics;
   log: Logger;
@@ -210,13 +225,13 @@ export class Deployer {
     };
   }
 
-  private report(
+  private reportInit(
     outcome: Outcome,
     success: boolean,
     message: string,
     extra: { deploymentId?: string; desired?: Desired } = {},
-  ): void {
-    this.d.reports.report({
+  ): MessageInitShape<typeof ReportRequestSchema> {
+    return {
       ...this.baseReport(),
       outcome,
       success,
@@ -224,7 +239,27 @@ export class Deployer {
       deploymentId: extra.deploymentId ?? "",
       desiredGeneration: extra.desired?.path ?? "",
       desiredRevision: extra.desired?.revision ?? 0n,
-    });
+    };
+  }
+
+  /** A steady-state report (coalesced in the outbox). */
+  private report(
+    outcome: Outcome,
+    success: boolean,
+    message: string,
+    extra: { deploymentId?: string; desired?: Desired } = {},
+  ): void {
+    this.d.reports.report(this.reportInit(outcome, success, message, extra), { status: true });
+  }
+
+  /** A deployment's report as an outbox row, to be written with the state change it describes. */
+  private outcomeRow(
+    outcome: Outcome,
+    success: boolean,
+    message: string,
+    extra: { deploymentId: string; desired: Desired },
+  ): OutboxRow {
+    return reportRow(this.reportInit(outcome, success, message, extra));
   }
 
   /** Sends a steady-state report only when it says something new, or once per healthInterval. */
@@ -270,16 +305,27 @@ export class Deployer {
   }
 
   sendHealth(generation: string, snapshot: HealthSnapshot, postApply: boolean, deploymentId: string): void {
+    const { record, init } = this.healthOf(generation, snapshot, postApply, deploymentId);
+    this.d.journal.recordHealth(record);
+    this.d.reports.health(init);
+  }
+
+  private healthOf(
+    generation: string,
+    snapshot: HealthSnapshot,
+    postApply: boolean,
+    deploymentId: string,
+  ): { record: HealthRecord; init: MessageInitShape<typeof ReportHealthRequestSchema> } {
     const at = this.now();
-    this.d.journal.recordHealth({
+    const record = {
       generation,
       allPassed: snapshot.allPassed,
       postApply,
       deploymentId,
       results: snapshot.results,
       at,
-    });
-    this.d.reports.health({
+    };
+    const init = {
       machineId: this.config.machineId,
       currentGeneration: generation,
       results: snapshot.results.map((r) => ({
@@ -293,7 +339,8 @@ export class Deployer {
       timestamp: timestampFromMs(at),
       postApply,
       deploymentId,
-    });
+    };
+    return { record, init };
   }
 
   // --------------------------------------------------------------------------- the cycle
@@ -550,18 +597,19 @@ export class Deployer {
     );
 
     if (this.config.dryRun) {
-      journal.finish(id, "DRY_RUN", `fetched ${desired.path}; dryRun is set, so it was not applied`);
+      journal.finish(id, "DRY_RUN", `fetched ${desired.path}; dryRun is set, so it was not applied`, {
+        reports: [
+          this.outcomeRow(
+            Outcome.DRY_RUN,
+            true,
+            `fetched ${desired.path} (from ${source === "cache" ? cacheUrl : "the local store"}); dryRun: not applied`,
+            { deploymentId: id, desired },
+          ),
+        ],
+      });
+      this.d.reports.wake();
       tracker.finish("DRY_RUN", "fetched; not applied (dryRun)", "info");
       metrics.deploys.inc({ outcome: "DRY_RUN" });
-      this.report(
-        Outcome.DRY_RUN,
-        true,
-        `fetched ${desired.path} (from ${source === "cache" ? cacheUrl : "the local store"}); dryRun: not applied`,
-        {
-          deploymentId: id,
-          desired,
-        },
-      );
       journal.recordReport(
         "steady",
         steadyReportKey({ outcome: "DRY_RUN", desired: desired.path, revision: desired.revision, current }),
@@ -574,14 +622,12 @@ export class Deployer {
     const desiredProblem = host.switchScriptProblem(desired.path);
     if (desiredProblem) {
       const message = `${desired.path} cannot be switched to: ${desiredProblem}; quarantined until it is assigned again`;
-      journal.quarantine({
+      return this.finishWithoutChange(id, tracker, desired, "APPLY_FAILED", Outcome.APPLY_FAILED, message, {
         path: desired.path,
         revision: desired.revision,
-        deploymentId: id,
         outcome: "APPLY_FAILED",
         reason: desiredProblem,
       });
-      return this.finishWithoutChange(id, tracker, desired, "APPLY_FAILED", Outcome.APPLY_FAILED, message);
     }
     const previous = host.readCurrent();
     if (previous === null || !isStorePath(previous)) {
@@ -617,7 +663,15 @@ export class Deployer {
     // ---- apply: the intent (with the exact previous path) is durable before anything changes.
     this.deploying = true;
     try {
-      journal.beginApply(id, previous, host.profileGeneration());
+      // APPLYING is queued with the intent: whatever happens next, this deployment id gets an
+      // outcome (an abandoned apply is settled with one too, see recoverOne).
+      journal.beginApply(id, previous, host.profileGeneration(), [
+        this.outcomeRow(Outcome.APPLYING, true, `switching from ${previous} to ${desired.path}`, {
+          deploymentId: id,
+          desired,
+        }),
+      ]);
+      this.d.reports.wake();
       tracker.enter("applying");
       try {
         await nix.addGcRoot(join(this.d.gcRootDir, "previous"), previous, { timeoutMs: NIX_STEP_TIMEOUT_MS });
@@ -634,10 +688,6 @@ export class Deployer {
           `${(err as Error).message}; nothing was switched`,
         );
       }
-      this.report(Outcome.APPLYING, true, `switching from ${previous} to ${desired.path}`, {
-        deploymentId: id,
-        desired,
-      });
       try {
         await nix.setProfile(this.config.paths.systemProfile, desired.path, {
           timeoutMs: NIX_STEP_TIMEOUT_MS,
@@ -711,11 +761,16 @@ export class Deployer {
     outcome: FinalOutcome,
     proto: Outcome,
     message: string,
+    quarantine?: Settlement["quarantine"],
   ): CycleVerdict {
-    this.d.journal.finish(id, outcome, message, message);
+    this.d.journal.finish(id, outcome, message, {
+      error: message,
+      reports: [this.outcomeRow(proto, false, message, { deploymentId: id, desired })],
+      ...(quarantine ? { quarantine } : {}),
+    });
+    this.d.reports.wake();
     tracker.finish(outcome, message, outcome === "SWITCH_LOCKED" ? "warn" : "error");
     this.d.metrics.deploys.inc({ outcome });
-    this.report(proto, false, message, { deploymentId: id, desired });
     return "failed";
   }
 
@@ -850,15 +905,22 @@ export class Deployer {
         ? " (switch-to-configuration exited 4: some units failed, but every health check passed)"
         : "";
     const message = `switched from ${dep.previous} to ${dep.desired}; ${snapshot.results.length} health check(s) passed${note}`;
-    journal.finish(dep.id, "DEPLOYED", message);
+    const desired = this.desiredOf(dep);
+    const health = this.healthOf(dep.desired, snapshot, true, dep.id);
+    // The outcome, its report and the post-apply health report commit together.
+    journal.finish(dep.id, "DEPLOYED", message, {
+      reports: [
+        this.outcomeRow(Outcome.DEPLOYED, true, message, { deploymentId: dep.id, desired }),
+        healthRow(health.init),
+      ],
+      health: health.record,
+    });
+    this.d.reports.wake();
     tracker.finish("DEPLOYED", message, "info");
     metrics.deploys.inc({ outcome: "DEPLOYED" });
     metrics.lastSuccessfulDeploy.set(this.now() / 1000);
     metrics.rollbackFailed.set(0);
     metrics.setGeneration(dep.desired);
-    const desired = this.desiredOf(dep);
-    this.report(Outcome.DEPLOYED, true, message, { deploymentId: dep.id, desired });
-    this.sendHealth(dep.desired, snapshot, true, dep.id);
     // The next cycle need not repeat "up to date" for this assignment.
     journal.recordReport(
       "steady",
@@ -879,21 +941,25 @@ export class Deployer {
       `current-system points at ${current ?? "nothing"}, neither the new generation ${dep.desired} nor the previous ${dep.previous}: ` +
       "another switch changed the host (e.g. a manual nixos-rebuild). The agent does not fight it: it leaves the host as is " +
       "and will not apply this assignment again; assign the generation again (a new revision) to retry";
-    journal.finish(dep.id, "FOREIGN_GENERATION", message, message);
-    journal.quarantine({
-      path: dep.desired,
-      revision: dep.desiredRevision,
-      deploymentId: dep.id,
-      outcome: "FOREIGN_GENERATION",
-      reason: `another switch took the host to ${current ?? "nothing"}`,
+    journal.finish(dep.id, "FOREIGN_GENERATION", message, {
+      error: message,
+      quarantine: {
+        path: dep.desired,
+        revision: dep.desiredRevision,
+        outcome: "FOREIGN_GENERATION",
+        reason: `another switch took the host to ${current ?? "nothing"}`,
+      },
+      reports: [
+        this.outcomeRow(Outcome.FOREIGN_GENERATION, false, message, {
+          deploymentId: dep.id,
+          desired: this.desiredOf(dep),
+        }),
+      ],
     });
+    this.d.reports.wake();
     tracker.finish("FOREIGN_GENERATION", message, "warn");
     metrics.deploys.inc({ outcome: "FOREIGN_GENERATION" });
     metrics.quarantined.set(journal.quarantineCount());
-    this.report(Outcome.FOREIGN_GENERATION, false, message, {
-      deploymentId: dep.id,
-      desired: this.desiredOf(dep),
-    });
     return "failed";
   }
 
@@ -1066,14 +1132,24 @@ export class Deployer {
     o: { message: string; error: string; reason: string; level: "warn" | "error" },
   ): void {
     const { journal, metrics } = this.d;
-    journal.finish(dep.id, outcome, o.message, o.error);
-    journal.quarantine({
-      path: dep.desired,
-      revision: dep.desiredRevision,
-      deploymentId: dep.id,
-      outcome,
-      reason: o.reason,
+    // Outcome, quarantine and report in one transaction: an agent killed in between would
+    // otherwise forget the quarantine and run the failed switch again at the same revision.
+    journal.finish(dep.id, outcome, o.message, {
+      error: o.error,
+      quarantine: { path: dep.desired, revision: dep.desiredRevision, outcome, reason: o.reason },
+      reports: [
+        this.outcomeRow(
+          outcome === "ROLLED_BACK" ? Outcome.ROLLED_BACK : Outcome.ROLLBACK_FAILED,
+          false,
+          o.message,
+          {
+            deploymentId: dep.id,
+            desired: this.desiredOf(dep),
+          },
+        ),
+      ],
     });
+    this.d.reports.wake();
     tracker.finish(outcome, o.message, o.level);
     metrics.deploys.inc({ outcome });
     metrics.quarantined.set(journal.quarantineCount());
@@ -1084,7 +1160,6 @@ export class Deployer {
     this.endInQuarantine(dep, tracker, "ROLLED_BACK", { message, error: reason, reason, level: "warn" });
     this.d.metrics.rollbacks.inc({ result: "succeeded" });
     this.d.metrics.setGeneration(this.d.host.readCurrent());
-    this.report(Outcome.ROLLED_BACK, false, message, { deploymentId: dep.id, desired: this.desiredOf(dep) });
     return "failed";
   }
 
@@ -1109,10 +1184,6 @@ export class Deployer {
     metrics.rollbacks.inc({ result: "failed" });
     metrics.rollbackFailed.set(1);
     metrics.setGeneration(current);
-    this.report(Outcome.ROLLBACK_FAILED, false, message, {
-      deploymentId: dep.id,
-      desired: this.desiredOf(dep),
-    });
     journal.recordReport(
       "steady",
       steadyReportKey({
@@ -1185,7 +1256,22 @@ export class Deployer {
       case "abandon": {
         if (action.restoreProfile && host.readProfile() === dep.desired)
           await this.restoreProfileQuietly(dep);
-        journal.finish(dep.id, "INTERRUPTED", `${action.reason}; the next cycle starts over`);
+        // Past the intent the control plane has seen APPLYING for this id: it gets an outcome for
+        // it too. FETCH_FAILED is the outcome the rollout gate reads as "nothing changed, the
+        // agent retries" (the retry is a new deployment id).
+        const message = `${action.reason}; nothing on the host changed and the next cycle starts over`;
+        journal.finish(dep.id, "INTERRUPTED", message, {
+          reports:
+            dep.phase === "applying"
+              ? [
+                  this.outcomeRow(Outcome.FETCH_FAILED, false, message, {
+                    deploymentId: dep.id,
+                    desired: this.desiredOf(dep),
+                  }),
+                ]
+              : [],
+        });
+        this.d.reports.wake();
         tracker.finish("INTERRUPTED", action.reason, "info");
         return "ok";
       }

@@ -60,14 +60,41 @@ export interface QuarantineEntry {
   createdAt: number;
 }
 
-export interface OutboxItem {
-  id: number;
+/**
+ * How an outbox row may be dropped before delivery:
+ * - outcome: a deployment's outcome (and its progress and post-apply health) — never evicted;
+ * - status: a steady-state report — the newest per coalesce key replaces older ones, bounded;
+ * - health: periodic health history — the newest per generation replaces older ones, bounded.
+ */
+export const OUTBOX_CLASSES = ["outcome", "status", "health"] as const;
+export type OutboxClass = (typeof OUTBOX_CLASSES)[number];
+
+/** A row to queue: what the reporter sends, encoded, with how it may be coalesced. */
+export interface OutboxRow {
   kind: "report" | "health";
   outcome: string;
   deploymentId: string;
   payload: Uint8Array;
+  class: OutboxClass;
+  /** status/health rows with the same key replace each other (newest wins). */
+  coalesceKey?: string;
+}
+
+export interface OutboxItem extends OutboxRow {
+  id: number;
   createdAt: number;
   attempts: number;
+}
+
+/** What settles a deployment, written in one transaction with its outcome. */
+export interface Settlement {
+  error?: string;
+  /** The failed path, remembered at this revision (recovery relies on it being there). */
+  quarantine?: { path: string; revision: bigint; outcome: string; reason: string };
+  /** The reports the control plane must receive about this outcome. */
+  reports?: readonly OutboxRow[];
+  /** Post-apply health results for the history. */
+  health?: HealthRecord;
 }
 
 export interface HealthRecord {
@@ -137,6 +164,7 @@ export const RETENTION = {
   deployments: 500,
   healthRows: 2000,
   healthAgeMs: 7 * 24 * 3600 * 1000,
+  /** Bounds status and periodic health rows only: outcomes are never evicted before delivery. */
   outboxItems: 200,
 };
 
@@ -165,9 +193,9 @@ export class Journal {
     desiredRevision: bigint;
     rolloutId: string;
     cacheUrl: string | null;
-  }): void {
+  }): Deployment {
     const at = this.now();
-    this.db.transaction(() => {
+    return this.db.transaction(() => {
       this.db
         .prepare(
           `INSERT INTO deployments (id, desired, desired_revision, rollout_id, cache_url, phase, created_at, updated_at)
@@ -175,13 +203,19 @@ export class Journal {
         )
         .run(d.id, d.desired, d.desiredRevision.toString(), d.rolloutId, d.cacheUrl, at, at);
       this.openPhase(d.id, "fetching", at);
+      return this.mustGet(d.id);
     })();
   }
 
   /** The intent to apply: written before anything on the host changes. */
-  beginApply(id: string, previous: string, previousProfileGeneration: number | null): void {
+  beginApply(
+    id: string,
+    previous: string,
+    previousProfileGeneration: number | null,
+    reports: readonly OutboxRow[] = [],
+  ): Deployment {
     const at = this.now();
-    this.db.transaction(() => {
+    return this.db.transaction(() => {
       this.db
         .prepare(
           "UPDATE deployments SET previous = ?, previous_profile_generation = ?, phase = 'applying', updated_at = ? WHERE id = ?",
@@ -189,12 +223,14 @@ export class Journal {
         .run(previous, previousProfileGeneration, at, id);
       this.closePhase(id, at);
       this.openPhase(id, "applying", at);
+      for (const r of reports) this.insertOutbox(r, at);
+      return this.mustGet(id);
     })();
   }
 
-  setPhase(id: string, phase: Exclude<Phase, "done">, update: PhaseUpdate = {}): void {
+  setPhase(id: string, phase: Exclude<Phase, "done">, update: PhaseUpdate = {}): Deployment {
     const at = this.now();
-    this.db.transaction(() => {
+    return this.db.transaction(() => {
       const sets = ["phase = ?", "updated_at = ?"];
       const values: unknown[] = [phase, at];
       if (update.activation !== undefined) {
@@ -220,28 +256,50 @@ export class Journal {
         this.closePhase(id, at, update.error);
         this.openPhase(id, phase, at);
       }
+      return this.mustGet(id);
     })();
   }
 
   /** Records the switch's handle within the current phase (after the spawn returned a pid). */
-  recordActivation(id: string, field: "activation" | "rollbackActivation", handle: ActivationHandle): void {
+  recordActivation(
+    id: string,
+    field: "activation" | "rollbackActivation",
+    handle: ActivationHandle,
+  ): Deployment {
     const column = field === "activation" ? "activation" : "rollback_activation";
     this.db
       .prepare(`UPDATE deployments SET ${column} = ?, updated_at = ? WHERE id = ?`)
       .run(JSON.stringify(handle), this.now(), id);
+    return this.mustGet(id);
   }
 
-  finish(id: string, outcome: FinalOutcome, message: string, error?: string): void {
+  /**
+   * Ends a deployment: the outcome, the quarantine entry, the reports about it and the health
+   * history commit together or not at all — an agent killed at any instant either finds the
+   * deployment unfinished (and settles it again) or finds all of its consequences.
+   */
+  finish(id: string, outcome: FinalOutcome, message: string, settle: Settlement = {}): Deployment {
     const at = this.now();
-    this.db.transaction(() => {
+    const done = this.db.transaction(() => {
       this.db
         .prepare(
           "UPDATE deployments SET phase = 'done', outcome = ?, message = ?, updated_at = ?, finished_at = ? WHERE id = ?",
         )
         .run(outcome, message, at, at, id);
-      this.closePhase(id, at, error);
+      this.closePhase(id, at, settle.error);
+      if (settle.quarantine) this.quarantine({ ...settle.quarantine, deploymentId: id });
+      if (settle.health) this.recordHealth(settle.health);
+      for (const r of settle.reports ?? []) this.insertOutbox(r, at);
+      return this.mustGet(id);
     })();
     this.pruneDeployments();
+    return done;
+  }
+
+  private mustGet(id: string): Deployment {
+    const d = this.get(id);
+    if (!d) throw new Error(`the journal has no deployment ${id}`);
+    return d;
   }
 
   private openPhase(id: string, phase: Phase, at: number): void {
@@ -446,24 +504,44 @@ export class Journal {
 
   // ------------------------------------------------------------------- outbox
 
-  enqueue(item: {
-    kind: "report" | "health";
-    outcome: string;
-    deploymentId: string;
-    payload: Uint8Array;
-  }): number {
-    return this.db.transaction(() => {
-      const info = this.db
-        .prepare(
-          "INSERT INTO outbox (kind, outcome, deployment_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .run(item.kind, item.outcome, item.deploymentId, Buffer.from(item.payload), this.now());
-      // Bounded: a control plane down for days must not grow the file without limit.
+  /** Queues one row on its own (steady reports, periodic health). Returns its id. */
+  enqueue(row: OutboxRow): number {
+    return this.db.transaction(() => this.insertOutbox(row, this.now()))();
+  }
+
+  /**
+   * Inserts a row (inside the caller's transaction). A status or health row replaces the queued
+   * ones with its coalesce key; only those classes are bounded, so a control plane down for days
+   * cannot grow the file without limit, while every outcome stays until it is delivered.
+   */
+  private insertOutbox(row: OutboxRow, at: number): number {
+    if (row.class !== "outcome" && row.coalesceKey !== undefined) {
       this.db
-        .prepare("DELETE FROM outbox WHERE id NOT IN (SELECT id FROM outbox ORDER BY id DESC LIMIT ?)")
+        .prepare("DELETE FROM outbox WHERE class = ? AND coalesce_key = ?")
+        .run(row.class, row.coalesceKey);
+    }
+    const info = this.db
+      .prepare(
+        "INSERT INTO outbox (kind, outcome, deployment_id, payload, created_at, class, coalesce_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+      )
+      .run(
+        row.kind,
+        row.outcome,
+        row.deploymentId,
+        Buffer.from(row.payload),
+        at,
+        row.class,
+        row.coalesceKey ?? null,
+      );
+    if (row.class !== "outcome") {
+      this.db
+        .prepare(
+          `DELETE FROM outbox WHERE class <> 'outcome' AND id NOT IN (
+             SELECT id FROM outbox WHERE class <> 'outcome' ORDER BY id DESC LIMIT ?)`,
+        )
         .run(RETENTION.outboxItems);
-      return Number(info.lastInsertRowid);
-    })();
+    }
+    return Number(info.lastInsertRowid);
   }
 
   outbox(): OutboxItem[] {
@@ -476,6 +554,8 @@ export class Journal {
         payload: Buffer;
         created_at: number;
         attempts: number;
+        class: OutboxClass;
+        coalesce_key: string | null;
       }>
     ).map((r) => ({
       id: r.id,
@@ -485,6 +565,8 @@ export class Journal {
       payload: new Uint8Array(r.payload),
       createdAt: r.created_at,
       attempts: r.attempts,
+      class: r.class,
+      ...(r.coalesce_key !== null ? { coalesceKey: r.coalesce_key } : {}),
     }));
   }
 
@@ -503,5 +585,16 @@ export class Journal {
 
   outboxCount(): number {
     return (this.db.prepare("SELECT COUNT(*) AS n FROM outbox").get() as { n: number }).n;
+  }
+
+  /** Queued rows per class (every class present, 0 when empty). */
+  outboxBacklog(): Record<OutboxClass, number> {
+    const backlog = { outcome: 0, status: 0, health: 0 } as Record<OutboxClass, number>;
+    for (const r of this.db.prepare("SELECT class, COUNT(*) AS n FROM outbox GROUP BY class").all() as Array<{
+      class: OutboxClass;
+      n: number;
+    }>)
+      backlog[r.class] = r.n;
+    return backlog;
   }
 }

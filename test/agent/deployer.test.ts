@@ -1,0 +1,163 @@
+/**
+ * The deploy cycle over fakes of its ports (harness/fake-host.ts), with crash injection: the
+ * journal is wrapped so the agent "dies" right after a chosen write; a new agent over the same
+ * journal file and the same World must settle the deployment truthfully, with every outcome
+ * queued for the control plane and no failed switch run again at the same revision.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { Deployer } from "../../src/agent/deployer.js";
+import { Journal } from "../../src/agent/journal/journal.js";
+import { AgentMetrics } from "../../src/agent/metrics.js";
+import { decodeRow, healthRow, reportRow } from "../../src/agent/transport/outbox-row.js";
+import { createLogger } from "../../src/common/logger.js";
+import { Outcome } from "../../src/gen/nixfleet/v1/types_pb.js";
+import { tempDir } from "../fixtures/tmp.js";
+import { GEN1, GEN2, testConfig, World } from "./harness/fake-host.js";
+
+class Crash extends Error {}
+
+/** The journal, failing (like a killed process) right after the `nth` call of `method` returns. */
+function crashing(journal: Journal, method: keyof Journal, nth = 1): Journal {
+  let calls = 0;
+  return new Proxy(journal, {
+    get(target, prop, receiver) {
+      const value = Reflect.get(target, prop, receiver);
+      if (typeof value !== "function") return value;
+      return (...args: unknown[]) => {
+        const result = value.apply(target, args);
+        if (prop === method && ++calls === nth) throw new Crash(`killed after ${String(method)}`);
+        return result;
+      };
+    },
+  });
+}
+
+function agent(world: World, journal: Journal) {
+  const dbPath = "unused";
+  return new Deployer({
+    config: testConfig(dbPath),
+    journal,
+    nix: world.nix(),
+    host: world.host(),
+    activator: world.activator(),
+    health: world.health(),
+    // The outbox is the truth about what the control plane will receive.
+    reports: {
+      report: (init, options) => journal.enqueue(reportRow(init, options)),
+      health: (init) => journal.enqueue(healthRow(init)),
+      wake: () => {},
+    },
+    metrics: new AgentMetrics(),
+    log: createLogger({ name: "test", level: "silent" }),
+    agentVersion: "test",
+    gcRootDir: "/gcroots",
+    now: () => world.clock,
+    switchPollMs: 1,
+  });
+}
+
+const desired = (path: string, revision = 1n) => ({ path, cacheUrl: "", revision, rolloutId: "" });
+
+/** What the control plane would receive for `deploymentId`: outcome names in order. */
+function reportsFor(journal: Journal, deploymentId: string): string[] {
+  return journal
+    .outbox()
+    .filter((i) => i.kind === "report" && i.deploymentId === deploymentId)
+    .map((i) => i.outcome);
+}
+
+describe("deploy cycle over fake ports", () => {
+  it("a DEPLOYED outcome journaled just before a crash still reaches the control plane, with its health", async (t) => {
+    const world = new World();
+    world.cache.add(GEN2);
+    world.healthy.add(GEN2);
+    const path = join(tempDir(t), "state.db");
+    const { journal } = Journal.open(path);
+    await assert.rejects(
+      agent(world, crashing(journal, "finish")).runCycle(desired(GEN2), new AbortController().signal),
+      Crash,
+    );
+    journal.close();
+
+    const again = Journal.open(path).journal;
+    t.after(() => again.close());
+    await agent(world, again).recover(new AbortController().signal);
+    const dep = again.recent(1)[0]!;
+    assert.equal(dep.outcome, "DEPLOYED");
+    assert.deepEqual(reportsFor(again, dep.id), ["APPLYING", "DEPLOYED"]);
+    const health = again.outbox().filter((i) => i.kind === "health" && i.deploymentId === dep.id);
+    assert.equal(health.length, 1, "the post-apply health report is queued with the outcome");
+  });
+
+  it("a crash between a rollback and its quarantine never runs the failed switch again at that revision", async (t) => {
+    const world = new World();
+    world.cache.add(GEN2);
+    world.behaviours.set(GEN2, { code: 1 });
+    const path = join(tempDir(t), "state.db");
+    const { journal } = Journal.open(path);
+    await assert.rejects(
+      agent(world, crashing(journal, "finish")).runCycle(desired(GEN2, 7n), new AbortController().signal),
+      Crash,
+    );
+    journal.close();
+    assert.equal(world.current, GEN1, "rolled back");
+
+    const again = Journal.open(path).journal;
+    t.after(() => again.close());
+    const a = agent(world, again);
+    await a.recover(new AbortController().signal);
+    await a.runCycle(desired(GEN2, 7n), new AbortController().signal);
+    assert.equal(world.switchesTo(GEN2).length, 1, "the failed switch ran once");
+    const dep = again.recent(1)[0]!;
+    assert.equal(dep.outcome, "ROLLED_BACK");
+    assert.deepEqual(reportsFor(again, dep.id), ["APPLYING", "ROLLED_BACK"]);
+    const last = again.outbox().at(-1)!;
+    assert.equal(last.outcome, "QUARANTINED");
+    assert.equal(again.quarantineEntry(GEN2)?.revision, 7n);
+  });
+
+  it("a stop while fetching ends the deployment INTERRUPTED; nothing is reported, nothing changed", async (t) => {
+    const world = new World();
+    world.cache.add(GEN2);
+    let release!: () => void;
+    world.fetchGate = new Promise((r) => (release = r));
+    const { journal } = Journal.open(join(tempDir(t), "state.db"));
+    t.after(() => journal.close());
+    const stop = new AbortController();
+    const cycle = agent(world, journal).runCycle(desired(GEN2), stop.signal);
+    stop.abort();
+    release();
+    await assert.rejects(cycle, { name: "Parked" });
+    const dep = journal.recent(1)[0]!;
+    assert.equal(dep.outcome, "INTERRUPTED");
+    assert.equal(journal.unfinished().length, 0);
+    assert.deepEqual(reportsFor(journal, dep.id), [], "no APPLYING was sent, so no outcome is owed");
+    assert.equal(world.current, GEN1);
+  });
+
+  it("an APPLYING is followed by an outcome for the same deployment even when it is abandoned before its switch", async (t) => {
+    const world = new World();
+    world.cache.add(GEN2);
+    const path = join(tempDir(t), "state.db");
+    const { journal } = Journal.open(path);
+    await assert.rejects(
+      agent(world, crashing(journal, "beginApply")).runCycle(desired(GEN2), new AbortController().signal),
+      Crash,
+    );
+    journal.close();
+    const again = Journal.open(path).journal;
+    t.after(() => again.close());
+    const first = again.unfinished()[0]!;
+    await agent(world, again).recover(new AbortController().signal);
+    const reports = again.outbox().filter((i) => i.deploymentId === first.id);
+    assert.deepEqual(
+      reports.map((i) => i.outcome),
+      ["APPLYING", "FETCH_FAILED"],
+    );
+    const outcome = decodeRow(reports[1]!);
+    assert.equal(outcome.$typeName === "nixfleet.v1.ReportRequest" && outcome.outcome, Outcome.FETCH_FAILED);
+    assert.equal(again.get(first.id)?.outcome, "INTERRUPTED");
+  });
+});
