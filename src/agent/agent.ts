@@ -33,6 +33,7 @@ import { Journal } from "./journal/journal.js";
 import { AgentMetrics, startMetricsServer } from "./metrics.js";
 import { Nix } from "./nix.js";
 import { jittered, nextCycleDelayMs, type Random } from "./schedule.js";
+import { KILL_AFTER_ENV, killAfterHook } from "./test-hooks.js";
 import { type AgentConnection, connectAgentService } from "./transport/client.js";
 import { PushChannel } from "./transport/push.js";
 import { Reporter } from "./transport/reporter.js";
@@ -165,6 +166,7 @@ export class Agent {
       log,
       agentVersion: AGENT_VERSION,
       gcRootDir: join(stateDir, "gcroots"),
+      ...withHook(killAfterHook((this.options.env ?? process.env)[KILL_AFTER_ENV], log)),
     });
 
     log.info(
@@ -438,4 +440,8 @@ export class Agent {
     this.journal?.close();
     this.log.info({ event: "stopped" }, "nixfleet-agent stopped");
   }
+}
+
+function withHook<T>(hook: T | undefined): { afterPersist?: T } {
+  return hook ? { afterPersist: hook } : {};
 }

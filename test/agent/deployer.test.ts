@@ -7,14 +7,11 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { Deployer } from "../../src/agent/deployer.js";
 import { Journal } from "../../src/agent/journal/journal.js";
-import { AgentMetrics } from "../../src/agent/metrics.js";
-import { decodeRow, healthRow, reportRow } from "../../src/agent/transport/outbox-row.js";
-import { createLogger } from "../../src/common/logger.js";
+import { decodeRow } from "../../src/agent/transport/outbox-row.js";
 import { Outcome } from "../../src/gen/nixfleet/v1/types_pb.js";
 import { tempDir } from "../fixtures/tmp.js";
-import { GEN1, GEN2, testConfig, World } from "./harness/fake-host.js";
+import { agentOver as agent, GEN1, GEN2, World } from "./harness/fake-host.js";
 
 class Crash extends Error {}
 
@@ -31,30 +28,6 @@ function crashing(journal: Journal, method: keyof Journal, nth = 1): Journal {
         return result;
       };
     },
-  });
-}
-
-function agent(world: World, journal: Journal) {
-  const dbPath = "unused";
-  return new Deployer({
-    config: testConfig(dbPath),
-    journal,
-    nix: world.nix(),
-    host: world.host(),
-    activator: world.activator(),
-    health: world.health(),
-    // The outbox is the truth about what the control plane will receive.
-    reports: {
-      report: (init, options) => journal.enqueue(reportRow(init, options)),
-      health: (init) => journal.enqueue(healthRow(init)),
-      wake: () => {},
-    },
-    metrics: new AgentMetrics(),
-    log: createLogger({ name: "test", level: "silent" }),
-    agentVersion: "test",
-    gcRootDir: "/gcroots",
-    now: () => world.clock,
-    switchPollMs: 1,
   });
 }
 

@@ -7,9 +7,15 @@
  */
 import type { ActivationHandle, ActivationStatus, Activator } from "../../../src/agent/activation.js";
 import type { AgentConfig } from "../../../src/agent/config.js";
+import type { State } from "../../../src/agent/cycle/types.js";
+import { Deployer } from "../../../src/agent/deployer.js";
 import type { HealthSnapshot } from "../../../src/agent/health/runner.js";
 import type { SwitchLockState } from "../../../src/agent/host.js";
+import type { Deployment, Journal } from "../../../src/agent/journal/journal.js";
+import { AgentMetrics } from "../../../src/agent/metrics.js";
 import { FetchError } from "../../../src/agent/nix.js";
+import { healthRow, reportRow } from "../../../src/agent/transport/outbox-row.js";
+import { createLogger } from "../../../src/common/logger.js";
 
 export const GEN1 = "/nix/store/0c8vxs2ja1k5f5v0r4zm0h4y3hs7a0fj-nixos-system-web-01-1";
 export const GEN2 = "/nix/store/1c8vxs2ja1k5f5v0r4zm0h4y3hs7a0fj-nixos-system-web-01-2";
@@ -192,4 +198,36 @@ export function testConfig(dbPath: string, overrides: Partial<AgentConfig> = {})
     paths: { currentSystem: "/run/current-system", systemProfile: "/profile", switchLock: "/lock" },
     ...overrides,
   };
+}
+
+/**
+ * A Deployer over the World's ports and `journal`. Reports go to the journal's outbox and stay
+ * there: the outbox is exactly what the control plane would receive.
+ */
+export function agentOver(
+  world: World,
+  journal: Journal,
+  options: { afterPersist?: (state: State, dep: Deployment) => void; config?: Partial<AgentConfig> } = {},
+): Deployer {
+  return new Deployer({
+    config: testConfig("unused", options.config),
+    journal,
+    nix: world.nix(),
+    host: world.host(),
+    activator: world.activator(),
+    health: world.health(),
+    reports: {
+      report: (init, o) => journal.enqueue(reportRow(init, o)),
+      health: (init) => journal.enqueue(healthRow(init)),
+      wake: () => {},
+    },
+    metrics: new AgentMetrics(),
+    log: createLogger({ name: "test", level: "silent" }),
+    agentVersion: "test",
+    gcRootDir: "/gcroots",
+    // Time moves on every look at the clock, so timeouts come without real waiting.
+    now: () => (world.clock += 100),
+    switchPollMs: 1,
+    ...(options.afterPersist ? { afterPersist: options.afterPersist } : {}),
+  });
 }
