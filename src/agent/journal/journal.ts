@@ -6,167 +6,25 @@
  */
 import type { ActivationHandle } from "../activation.js";
 import { type Db, openDatabase } from "./db.js";
+import { healthHistory, insertOutbox, outboxBacklog, readOutbox, recordHealth } from "./outbox.js";
+import {
+  type Deployment,
+  type DeploymentRow,
+  type FinalOutcome,
+  type HealthRecord,
+  type OutboxClass,
+  type OutboxItem,
+  type OutboxRow,
+  type Phase,
+  type PhaseRecord,
+  type PhaseUpdate,
+  type QuarantineEntry,
+  RETENTION,
+  type Settlement,
+  toDeployment,
+} from "./types.js";
 
-export const PHASES = ["fetching", "applying", "switching", "verifying", "rolling_back", "done"] as const;
-export type Phase = (typeof PHASES)[number];
-
-/** How a deployment ended. INTERRUPTED: the agent stopped before the host changed; retried. */
-export const FINAL_OUTCOMES = [
-  "DEPLOYED",
-  "ROLLED_BACK",
-  "ROLLBACK_FAILED",
-  "FETCH_FAILED",
-  "APPLY_FAILED",
-  "DRY_RUN",
-  "SWITCH_LOCKED",
-  "FOREIGN_GENERATION",
-  "INTERRUPTED",
-] as const;
-export type FinalOutcome = (typeof FINAL_OUTCOMES)[number];
-
-export interface Deployment {
-  id: string;
-  desired: string;
-  desiredRevision: bigint;
-  rolloutId: string;
-  cacheUrl: string | null;
-  previous: string | null;
-  previousProfileGeneration: number | null;
-  phase: Phase;
-  outcome: FinalOutcome | null;
-  message: string | null;
-  activation: ActivationHandle | null;
-  rollbackActivation: ActivationHandle | null;
-  rollbackReason: string | null;
-  rollbackAttempts: number;
-  createdAt: number;
-  updatedAt: number;
-  finishedAt: number | null;
-}
-
-export interface PhaseRecord {
-  phase: Phase;
-  startedAt: number;
-  endedAt: number | null;
-  error: string | null;
-}
-
-export interface QuarantineEntry {
-  path: string;
-  revision: bigint;
-  deploymentId: string | null;
-  outcome: string;
-  reason: string;
-  createdAt: number;
-}
-
-/**
- * How an outbox row may be dropped before delivery:
- * - outcome: a deployment's outcome (and its progress and post-apply health) — never evicted;
- * - status: a steady-state report — the newest per coalesce key replaces older ones, bounded;
- * - health: periodic health history — the newest per generation replaces older ones, bounded.
- */
-export const OUTBOX_CLASSES = ["outcome", "status", "health"] as const;
-export type OutboxClass = (typeof OUTBOX_CLASSES)[number];
-
-/** A row to queue: what the reporter sends, encoded, with how it may be coalesced. */
-export interface OutboxRow {
-  kind: "report" | "health";
-  outcome: string;
-  deploymentId: string;
-  payload: Uint8Array;
-  class: OutboxClass;
-  /** status/health rows with the same key replace each other (newest wins). */
-  coalesceKey?: string;
-}
-
-export interface OutboxItem extends OutboxRow {
-  id: number;
-  createdAt: number;
-  attempts: number;
-}
-
-/** What settles a deployment, written in one transaction with its outcome. */
-export interface Settlement {
-  error?: string;
-  /** The failed path, remembered at this revision (recovery relies on it being there). */
-  quarantine?: { path: string; revision: bigint; outcome: string; reason: string };
-  /** The reports the control plane must receive about this outcome. */
-  reports?: readonly OutboxRow[];
-  /** Post-apply health results for the history. */
-  health?: HealthRecord;
-}
-
-export interface HealthRecord {
-  generation: string;
-  allPassed: boolean;
-  postApply: boolean;
-  deploymentId: string;
-  results: unknown;
-  at: number;
-}
-
-interface DeploymentRow {
-  id: string;
-  desired: string;
-  desired_revision: string;
-  rollout_id: string;
-  cache_url: string | null;
-  previous: string | null;
-  previous_profile_generation: number | null;
-  phase: Phase;
-  outcome: FinalOutcome | null;
-  message: string | null;
-  activation: string | null;
-  rollback_activation: string | null;
-  rollback_reason: string | null;
-  rollback_attempts: number;
-  created_at: number;
-  updated_at: number;
-  finished_at: number | null;
-}
-
-function toDeployment(row: DeploymentRow): Deployment {
-  return {
-    id: row.id,
-    desired: row.desired,
-    desiredRevision: BigInt(row.desired_revision),
-    rolloutId: row.rollout_id,
-    cacheUrl: row.cache_url,
-    previous: row.previous,
-    previousProfileGeneration: row.previous_profile_generation,
-    phase: row.phase,
-    outcome: row.outcome,
-    message: row.message,
-    activation: row.activation ? (JSON.parse(row.activation) as ActivationHandle) : null,
-    rollbackActivation: row.rollback_activation
-      ? (JSON.parse(row.rollback_activation) as ActivationHandle)
-      : null,
-    rollbackReason: row.rollback_reason,
-    rollbackAttempts: row.rollback_attempts,
-    createdAt: row.created_at,
-    updatedAt: row.updated_at,
-    finishedAt: row.finished_at,
-  };
-}
-
-export interface PhaseUpdate {
-  activation?: ActivationHandle | null;
-  rollbackActivation?: ActivationHandle | null;
-  rollbackReason?: string;
-  rollbackAttempts?: number;
-  /** Recorded on the phase being closed. */
-  error?: string;
-}
-
-/** How much history to keep. Unfinished deployments and quarantine entries are never pruned. */
-export const RETENTION = {
-  deployments: 500,
-  healthRows: 2000,
-  healthAgeMs: 7 * 24 * 3600 * 1000,
-  /** Bounds status and periodic health rows only: outcomes are never evicted before delivery. */
-  outboxItems: 200,
-};
+export * from "./types.js";
 
 export class Journal {
   private constructor(
@@ -457,117 +315,26 @@ export class Journal {
   // ------------------------------------------------------------------- health history
 
   recordHealth(h: HealthRecord): void {
-    this.db.transaction(() => {
-      this.db
-        .prepare(
-          `INSERT INTO health_history (generation, all_passed, post_apply, deployment_id, results, created_at)
-           VALUES (?, ?, ?, ?, ?, ?)`,
-        )
-        .run(
-          h.generation,
-          h.allPassed ? 1 : 0,
-          h.postApply ? 1 : 0,
-          h.deploymentId,
-          JSON.stringify(h.results),
-          h.at,
-        );
-      this.db
-        .prepare("DELETE FROM health_history WHERE created_at < ?")
-        .run(this.now() - RETENTION.healthAgeMs);
-      this.db
-        .prepare(
-          "DELETE FROM health_history WHERE id NOT IN (SELECT id FROM health_history ORDER BY id DESC LIMIT ?)",
-        )
-        .run(RETENTION.healthRows);
-    })();
+    recordHealth(this.db, h, this.now());
   }
 
   healthHistory(limit = 20): HealthRecord[] {
-    return (
-      this.db.prepare("SELECT * FROM health_history ORDER BY id DESC LIMIT ?").all(limit) as Array<{
-        generation: string;
-        all_passed: number;
-        post_apply: number;
-        deployment_id: string;
-        results: string;
-        created_at: number;
-      }>
-    ).map((r) => ({
-      generation: r.generation,
-      allPassed: r.all_passed === 1,
-      postApply: r.post_apply === 1,
-      deploymentId: r.deployment_id,
-      results: JSON.parse(r.results) as unknown,
-      at: r.created_at,
-    }));
+    return healthHistory(this.db, limit);
   }
 
   // ------------------------------------------------------------------- outbox
 
   /** Queues one row on its own (steady reports, periodic health). Returns its id. */
   enqueue(row: OutboxRow): number {
-    return this.db.transaction(() => this.insertOutbox(row, this.now()))();
+    return this.db.transaction(() => insertOutbox(this.db, row, this.now()))();
   }
 
-  /**
-   * Inserts a row (inside the caller's transaction). A status or health row replaces the queued
-   * ones with its coalesce key; only those classes are bounded, so a control plane down for days
-   * cannot grow the file without limit, while every outcome stays until it is delivered.
-   */
   private insertOutbox(row: OutboxRow, at: number): number {
-    if (row.class !== "outcome" && row.coalesceKey !== undefined) {
-      this.db
-        .prepare("DELETE FROM outbox WHERE class = ? AND coalesce_key = ?")
-        .run(row.class, row.coalesceKey);
-    }
-    const info = this.db
-      .prepare(
-        "INSERT INTO outbox (kind, outcome, deployment_id, payload, created_at, class, coalesce_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
-      )
-      .run(
-        row.kind,
-        row.outcome,
-        row.deploymentId,
-        Buffer.from(row.payload),
-        at,
-        row.class,
-        row.coalesceKey ?? null,
-      );
-    if (row.class !== "outcome") {
-      this.db
-        .prepare(
-          `DELETE FROM outbox WHERE class <> 'outcome' AND id NOT IN (
-             SELECT id FROM outbox WHERE class <> 'outcome' ORDER BY id DESC LIMIT ?)`,
-        )
-        .run(RETENTION.outboxItems);
-    }
-    return Number(info.lastInsertRowid);
+    return insertOutbox(this.db, row, at);
   }
 
   outbox(): OutboxItem[] {
-    return (
-      this.db.prepare("SELECT * FROM outbox ORDER BY id").all() as Array<{
-        id: number;
-        kind: "report" | "health";
-        outcome: string;
-        deployment_id: string;
-        payload: Buffer;
-        created_at: number;
-        attempts: number;
-        class: OutboxClass;
-        coalesce_key: string | null;
-      }>
-    ).map((r) => ({
-      id: r.id,
-      kind: r.kind,
-      outcome: r.outcome,
-      deploymentId: r.deployment_id,
-      payload: new Uint8Array(r.payload),
-      createdAt: r.created_at,
-      attempts: r.attempts,
-      class: r.class,
-      ...(r.coalesce_key !== null ? { coalesceKey: r.coalesce_key } : {}),
-    }));
+    return readOutbox(this.db);
   }
 
   removeFromOutbox(ids: readonly number[]): void {
@@ -589,12 +356,6 @@ export class Journal {
 
   /** Queued rows per class (every class present, 0 when empty). */
   outboxBacklog(): Record<OutboxClass, number> {
-    const backlog = { outcome: 0, status: 0, health: 0 } as Record<OutboxClass, number>;
-    for (const r of this.db.prepare("SELECT class, COUNT(*) AS n FROM outbox GROUP BY class").all() as Array<{
-      class: OutboxClass;
-      n: number;
-    }>)
-      backlog[r.class] = r.n;
-    return backlog;
+    return outboxBacklog(this.db);
   }
 }
