@@ -133,4 +133,70 @@ describe("deploy cycle over fake ports", () => {
     assert.equal(outcome.$typeName === "nixfleet.v1.ReportRequest" && outcome.outcome, Outcome.FETCH_FAILED);
     assert.equal(again.get(first.id)?.outcome, "INTERRUPTED");
   });
+
+  it("a switch that cannot start and a profile that cannot be put back: APPLY_FAILED, the profile problem left as is and logged", async (t) => {
+    const world = new World();
+    world.cache.add(GEN2);
+    world.failing.add("startSwitch");
+    world.failing.add("switchProfileGeneration");
+    const { journal } = Journal.open(join(tempDir(t), "state.db"));
+    t.after(() => journal.close());
+    const verdict = await agent(world, journal).runCycle(desired(GEN2), new AbortController().signal);
+    assert.equal(verdict, "failed");
+    const dep = journal.recent(1)[0]!;
+    assert.equal(dep.outcome, "APPLY_FAILED");
+    assert.match(dep.message ?? "", /could not start switch-to-configuration/);
+    assert.equal(world.current, GEN1, "nothing switched");
+    assert.equal(world.profile(), GEN2, "the profile could not be restored (the next boot would pick it)");
+    assert.deepEqual(reportsFor(journal, dep.id), ["APPLYING", "APPLY_FAILED"]);
+  });
+
+  it("a restart after the profile moved but before the switch puts the profile back and owes an outcome", async (t) => {
+    const world = new World();
+    world.cache.add(GEN2);
+    const path = join(tempDir(t), "state.db");
+    const { journal } = Journal.open(path);
+    await assert.rejects(
+      agent(world, crashing(journal, "beginApply")).runCycle(desired(GEN2), new AbortController().signal),
+      Crash,
+    );
+    journal.close();
+    // What the dead agent did after the intent and before it died: the profile moved.
+    await world.nix().setProfile("/profile", GEN2);
+    const again = Journal.open(path).journal;
+    t.after(() => again.close());
+    const first = again.unfinished()[0]!;
+    await agent(world, again).recover(new AbortController().signal);
+    assert.equal(world.profile(), GEN1, "the profile is back on the previous generation");
+    assert.equal(world.profileAt, 1, "the very generation it was on");
+    assert.equal(again.get(first.id)?.outcome, "INTERRUPTED");
+    assert.deepEqual(reportsFor(again, first.id), ["APPLYING", "FETCH_FAILED"]);
+  });
+
+  it("a rollback switch still running at restart is waited for, then the deployment is ROLLED_BACK", async (t) => {
+    const world = new World();
+    world.cache.add(GEN2);
+    world.behaviours.set(GEN2, { code: 1 });
+    world.behaviours.set(GEN1, { hang: true, endsAfterPolls: 3 });
+    const path = join(tempDir(t), "state.db");
+    const { journal } = Journal.open(path);
+    // Dies right after journaling the started rollback switch (the 2nd recordActivation).
+    await assert.rejects(
+      agent(world, crashing(journal, "recordActivation", 2)).runCycle(
+        desired(GEN2),
+        new AbortController().signal,
+      ),
+      Crash,
+    );
+    journal.close();
+    const again = Journal.open(path).journal;
+    t.after(() => again.close());
+    const dep = again.unfinished()[0]!;
+    assert.equal(dep.phase, "rolling_back");
+    await agent(world, again).recover(new AbortController().signal);
+    assert.equal(again.get(dep.id)?.outcome, "ROLLED_BACK");
+    assert.equal(world.switchesTo(GEN1).length, 1, "waited for, not started again");
+    assert.equal(world.current, GEN1);
+    assert.deepEqual(reportsFor(again, dep.id), ["APPLYING", "ROLLED_BACK"]);
+  });
 });

@@ -25,8 +25,10 @@ export const GEN3 = "/nix/store/2c8vxs2ja1k5f5v0r4zm0h4y3hs7a0fj-nixos-system-we
 export interface SwitchBehaviour {
   /** Exit code (0 and 4 switch current-system to the path; anything else leaves it). */
   code?: number;
-  /** Never ends on its own (stopped only by `stop`). */
+  /** Never ends on its own (stopped only by `stop`)… */
   hang?: boolean;
+  /** …unless it ends (exit 0) after being looked at this many times. */
+  endsAfterPolls?: number;
   /** Switches current-system somewhere else (a foreign generation). */
   lands?: string;
 }
@@ -36,6 +38,7 @@ export interface SwitchRecord {
   role: string;
   deploymentId: string;
   status: ActivationStatus;
+  polls: number;
 }
 
 export class World {
@@ -132,12 +135,26 @@ export class World {
           role: planned.role,
           deploymentId: planned.statusFile,
           status: { state: "running" },
+          polls: 0,
         };
         this.switches.push(rec);
         this.finishSwitch(rec);
         return { ...planned, pid: this.switches.length, startedAt: this.clock };
       },
-      status: async (h) => find(h)?.status ?? { state: "vanished" },
+      status: async (h) => {
+        const rec = find(h);
+        if (!rec) return { state: "vanished" };
+        const b = this.behaviours.get(rec.path) ?? {};
+        if (
+          rec.status.state === "running" &&
+          b.endsAfterPolls !== undefined &&
+          ++rec.polls >= b.endsAfterPolls
+        ) {
+          this.current = rec.path;
+          rec.status = { state: "exited", code: 0 };
+        }
+        return rec.status;
+      },
       stop: async (h) => {
         const rec = find(h);
         if (rec && rec.status.state === "running") rec.status = { state: "exited", code: 143 };
