@@ -271,6 +271,9 @@ describe("transport (real mTLS, scripted control plane)", () => {
       "nothing that matters is lost while the control plane is unavailable",
     );
     assert.equal((await metrics.reportsPending.get()).values[0]?.value, 2);
+    const backlog = (await metrics.reportsBacklog.get()).values;
+    assert.equal(backlog.find((v) => v.labels["kind"] === "outcome")?.value, 2, "the backlog per kind");
+    assert.equal(backlog.find((v) => v.labels["kind"] === "status")?.value, 0);
 
     cp.failWith = undefined;
     await waitFor("delivery after recovery", () => journal.outboxCount() === 0, 30_000);
