@@ -16,28 +16,21 @@ import type { Logger } from "../common/logger.js";
 import type { TlsMaterial } from "../common/tls.js";
 import type { DesiredGenerationChanged } from "../gen/nixfleet/v1/agent_pb.js";
 import type { DesiredGeneration } from "../gen/nixfleet/v1/types_pb.js";
-import { createActivator, pruneActivationFiles } from "./activation.js";
+import { pruneActivationFiles } from "./activation.js";
 import type { AgentConfig } from "./config.js";
 import type { Desired } from "./decide.js";
-import { Deployer, type HostOps, reportableGeneration } from "./deployer.js";
-import { type CheckEnvironment, checksFromConfig } from "./health/checks.js";
-import { HealthRunner } from "./health/runner.js";
-import {
-  checkSwitchLock,
-  profileGeneration,
-  profileGenerationPath,
-  readSystemLink,
-  switchScriptProblem,
-} from "./host.js";
+import { type Deployer, reportableGeneration } from "./deployer.js";
+import type { CheckEnvironment } from "./health/checks.js";
+import { readSystemLink } from "./host.js";
 import { Journal } from "./journal/journal.js";
 import { AgentMetrics, startMetricsServer } from "./metrics.js";
-import { Nix } from "./nix.js";
 import { jittered, nextCycleDelayMs, type Random } from "./schedule.js";
 import { type AgentConnection, connectAgentService } from "./transport/client.js";
 import { PushChannel } from "./transport/push.js";
 import { Reporter } from "./transport/reporter.js";
 import { AGENT_VERSION } from "./version.js";
 import { Parked } from "./wait.js";
+import { createDeployer } from "./wiring.js";
 
 export interface AgentOptions {
   config: AgentConfig;
@@ -88,18 +81,6 @@ export class Agent {
     this.random = options.random ?? Math.random;
   }
 
-  private host(): HostOps {
-    const { paths } = this.config;
-    return {
-      readCurrent: () => readSystemLink(paths.currentSystem),
-      readProfile: () => readSystemLink(paths.systemProfile),
-      profileGeneration: () => profileGeneration(paths.systemProfile),
-      profileGenerationPath: (n) => profileGenerationPath(paths.systemProfile, n),
-      switchScriptProblem,
-      checkSwitchLock: () => checkSwitchLock(paths.switchLock),
-    };
-  }
-
   async start(): Promise<void> {
     const { config, log, metrics } = this;
     const stateDir = dirname(config.dbPath);
@@ -142,30 +123,17 @@ export class Agent {
       backoff: { baseMs: 500, maxMs: config.retryInterval * 1000 },
     });
     const activationDir = join(stateDir, "activations");
-    const activator = createActivator(config.activation, activationDir, this.options.env);
-    const health = new HealthRunner(
-      checksFromConfig(
-        config,
-        this.options.checkEnvironment ?? {
-          systemctl: "systemctl",
-          ...(this.options.env ? { env: this.options.env } : {}),
-        },
-      ),
-      metrics,
-    );
-    this.deployer = new Deployer({
+    const { deployer, health } = createDeployer({
       config,
       journal: this.journal,
-      nix: new Nix(this.options.env),
-      host: this.host(),
-      activator,
-      health,
       reports: this.reporter,
       metrics,
       log,
-      agentVersion: AGENT_VERSION,
-      gcRootDir: join(stateDir, "gcroots"),
+      stateDir,
+      env: this.options.env,
+      checkEnvironment: this.options.checkEnvironment,
     });
+    this.deployer = deployer;
 
     log.info(
       {

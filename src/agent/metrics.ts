@@ -109,6 +109,12 @@ export class AgentMetrics {
     help: "Reports and health reports waiting to be delivered to the control plane",
     registers: [this.registry],
   });
+  readonly reportsBacklog = new Gauge({
+    name: "nixfleet_agent_reports_backlog",
+    help: "Queued reports by kind: outcome (never evicted), status (coalesced), health (periodic, coalesced)",
+    labelNames: ["kind"],
+    registers: [this.registry],
+  });
   readonly cycles = new Counter({
     name: "nixfleet_agent_cycles_total",
     help: "Deploy cycles by result (ok, failed)",
@@ -129,6 +135,7 @@ export class AgentMetrics {
     this.rollbackFailed.set(0);
     this.quarantined.set(0);
     this.reportsPending.set(0);
+    for (const kind of ["outcome", "status", "health"]) this.reportsBacklog.set({ kind }, 0);
   }
 
   /** One-hot: the old state goes to 0 and the new one to 1 together. */

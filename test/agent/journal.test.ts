@@ -145,6 +145,8 @@ describe("journal (real SQLite file)", () => {
         outcome: "UP_TO_DATE",
         deploymentId: "",
         payload: new Uint8Array([i % 256]),
+        class: "status",
+        coalesceKey: `UP_TO_DATE|${i}`,
       });
     }
     const items = journal.outbox();
@@ -159,6 +161,66 @@ describe("journal (real SQLite file)", () => {
     journal.recordReport("steady", "k1", "UP_TO_DATE", 5);
     journal.recordReport("steady", "k2", "QUARANTINED", 6);
     assert.deepEqual(journal.lastReport("steady"), { key: "k2", outcome: "QUARANTINED", sentAt: 6 });
+    journal.close();
+  });
+
+  it("never evicts an outcome before delivery: status reports coalesce and only they are bounded", (t) => {
+    const { journal } = Journal.open(join(tempDir(t), "s.db"));
+    const row = (outcome: string, cls: "outcome" | "status", key?: string) => ({
+      kind: "report" as const,
+      outcome,
+      deploymentId: cls === "outcome" ? "d1" : "",
+      payload: new Uint8Array([1]),
+      class: cls,
+      ...(key !== undefined ? { coalesceKey: key } : {}),
+    });
+    journal.enqueue(row("ROLLED_BACK", "outcome"));
+    // A long control-plane outage: the same alarm over and over, and many distinct statuses.
+    for (let i = 0; i < 3 * RETENTION.outboxItems; i++) {
+      journal.enqueue(row("ROLLBACK_FAILED", "status", `ROLLBACK_FAILED|${B}`));
+      journal.enqueue(row("UP_TO_DATE", "status", `UP_TO_DATE|${i}`));
+    }
+    const items = journal.outbox();
+    assert.equal(items[0]!.outcome, "ROLLED_BACK", "the outcome is still first in line");
+    assert.equal(
+      items.filter((i) => i.outcome === "ROLLBACK_FAILED").length,
+      1,
+      "repeated status reports replace each other",
+    );
+    assert.equal(items.length, RETENTION.outboxItems + 1, "the bound counts status rows only");
+    assert.deepEqual(journal.outboxBacklog(), { outcome: 1, status: RETENTION.outboxItems, health: 0 });
+    journal.close();
+  });
+
+  it("commits an outcome with its quarantine entry and reports, or none of them", (t) => {
+    const { journal } = Journal.open(join(tempDir(t), "s.db"));
+    journal.createDeployment({ id: "d1", desired: B, desiredRevision: 3n, rolloutId: "", cacheUrl: null });
+    const applying = journal.beginApply("d1", A, 1);
+    assert.equal(applying.phase, "applying", "journal writes return the updated row");
+    assert.equal(applying.previous, A);
+    const bad = {
+      kind: "report" as const,
+      outcome: "ROLLED_BACK",
+      deploymentId: "d1",
+      payload: new Uint8Array(),
+      class: "nonsense" as "outcome",
+    };
+    // A row the database refuses (class is NOT NULL) aborts the whole settlement.
+    assert.throws(() =>
+      journal.finish("d1", "ROLLED_BACK", "m", {
+        quarantine: { path: B, revision: 3n, outcome: "ROLLED_BACK", reason: "r" },
+        reports: [{ ...bad, class: null as unknown as "outcome" }],
+      }),
+    );
+    assert.equal(journal.get("d1")?.phase, "applying", "no outcome without its report");
+    assert.equal(journal.quarantineEntry(B), undefined, "no quarantine without its outcome");
+    const done = journal.finish("d1", "ROLLED_BACK", "m", {
+      quarantine: { path: B, revision: 3n, outcome: "ROLLED_BACK", reason: "r" },
+      reports: [{ ...bad, class: "outcome" }],
+    });
+    assert.equal(done.outcome, "ROLLED_BACK");
+    assert.equal(journal.quarantineEntry(B)?.deploymentId, "d1");
+    assert.equal(journal.outbox().length, 1);
     journal.close();
   });
 

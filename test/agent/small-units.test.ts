@@ -112,24 +112,31 @@ describe("activation argv and files", () => {
 });
 
 describe("outbox supersede rule", () => {
-  const item = (id: number, kind: "report" | "health", outcome: string): OutboxItem => ({
+  const item = (
+    id: number,
+    kind: "report" | "health",
+    outcome: string,
+    cls: OutboxItem["class"],
+    deploymentId = "",
+  ): OutboxItem => ({
     id,
     kind,
     outcome,
-    deploymentId: "",
+    deploymentId,
     payload: new Uint8Array(),
     createdAt: id,
     attempts: 0,
+    class: cls,
   });
   it("drops steady reports and periodic health that newer items make obsolete, keeps outcomes", () => {
     const items = [
-      item(1, "report", "UP_TO_DATE"),
-      item(2, "health", "periodic"),
-      item(3, "report", "APPLYING"),
-      item(4, "report", "ROLLED_BACK"),
-      item(5, "health", "post_apply"),
-      item(6, "health", "periodic"),
-      item(7, "report", "QUARANTINED"),
+      item(1, "report", "UP_TO_DATE", "status"),
+      item(2, "health", "periodic", "health"),
+      item(3, "report", "APPLYING", "outcome", "d1"),
+      item(4, "report", "ROLLED_BACK", "outcome", "d1"),
+      item(5, "health", "post_apply", "outcome", "d1"),
+      item(6, "health", "periodic", "health"),
+      item(7, "report", "QUARANTINED", "status"),
     ];
     const { send, drop } = selectDeliverable(items);
     assert.deepEqual(
@@ -142,8 +149,21 @@ describe("outbox supersede rule", () => {
     );
   });
   it("keeps the last of everything", () => {
-    const { send } = selectDeliverable([item(1, "report", "UP_TO_DATE")]);
+    const { send } = selectDeliverable([item(1, "report", "UP_TO_DATE", "status")]);
     assert.equal(send.length, 1);
+  });
+  it("never drops a deployment's outcome, whatever is queued behind it", () => {
+    const items = [
+      item(1, "report", "FETCH_FAILED", "outcome", "d1"),
+      item(2, "report", "SWITCH_LOCKED", "outcome", "d2"),
+      item(3, "report", "APPLYING", "outcome", "d3"),
+      item(4, "report", "UP_TO_DATE", "status"),
+    ];
+    assert.deepEqual(
+      selectDeliverable(items).send.map((i) => i.id),
+      [1, 2, 3, 4],
+      "an APPLYING stays until its own deployment's outcome is queued",
+    );
   });
 });
 

@@ -271,6 +271,9 @@ describe("transport (real mTLS, scripted control plane)", () => {
       "nothing that matters is lost while the control plane is unavailable",
     );
     assert.equal((await metrics.reportsPending.get()).values[0]?.value, 2);
+    const backlog = (await metrics.reportsBacklog.get()).values;
+    assert.equal(backlog.find((v) => v.labels["kind"] === "outcome")?.value, 2, "the backlog per kind");
+    assert.equal(backlog.find((v) => v.labels["kind"] === "status")?.value, 0);
 
     cp.failWith = undefined;
     await waitFor("delivery after recovery", () => journal.outboxCount() === 0, 30_000);
@@ -295,12 +298,34 @@ describe("transport (real mTLS, scripted control plane)", () => {
     await again.flush();
     assert.equal(cp.reports.at(-1)?.message.message, "after-restart");
 
-    // A report the control plane rejects as invalid is dropped, not retried forever.
+    // INVALID_ARGUMENT for a report valid by the agent's own rules (an older control plane that
+    // does not know an enum value this agent sends): kept, logged loudly, retried — and the
+    // reports behind it are not held up.
     cp.failWith = Code.InvalidArgument;
-    again.report({ ...base, outcome: Outcome.DEPLOYED, message: "bad" });
+    again.report({ ...base, outcome: 42 as Outcome, message: "from a newer agent" });
+    await waitFor("the refusal", () => lines.some((l) => l["event"] === "report_refused"));
+    assert.equal(journal.outboxCount(), 1, "a valid report is never dropped on INVALID_ARGUMENT");
+    const refused = lines.find((l) => l["event"] === "report_refused")!;
+    assert.equal(refused["level"], "error", "logged as an error");
+    assert.equal(refused["outcome"], "UNKNOWN(42)");
+    cp.failWith = undefined;
+    again.report({ ...base, outcome: Outcome.DEPLOYED, message: "behind it" });
+    await waitFor("the upgraded control plane takes both", () => journal.outboxCount() === 0, 30_000);
+    assert.deepEqual(
+      cp.reports
+        .slice(-2)
+        .map((r) => r.message.message)
+        .sort(),
+      ["behind it", "from a newer agent"],
+    );
+
+    // A report malformed by the agent's own rules is dropped, not retried forever.
+    cp.failWith = Code.InvalidArgument;
+    again.report({ ...base, machineId: "not a machine id!", outcome: Outcome.DEPLOYED, message: "bad" });
     await again.flush();
     cp.failWith = undefined;
     assert.equal(journal.outboxCount(), 0);
-    assert.ok(lines.some((l) => l["event"] === "report_rejected" && l["code"] === "InvalidArgument"));
+    const rejected = lines.find((l) => l["event"] === "report_rejected" && l["code"] === "InvalidArgument");
+    assert.match(String(rejected?.["problem"]), /^machine_id: /);
   });
 });

@@ -85,6 +85,12 @@ export const MIGRATIONS: readonly string[] = [
     last_error TEXT
   ) STRICT;
   `,
+  // 2: outbox classes. Rows queued by an older agent are kept as outcomes (never evicted).
+  `
+  ALTER TABLE outbox ADD COLUMN class TEXT NOT NULL DEFAULT 'outcome';
+  ALTER TABLE outbox ADD COLUMN coalesce_key TEXT;
+  CREATE INDEX outbox_coalesce ON outbox (class, coalesce_key);
+  `,
 ];
 
 export interface OpenResult {

@@ -6,139 +6,25 @@
  */
 import type { ActivationHandle } from "../activation.js";
 import { type Db, openDatabase } from "./db.js";
+import { healthHistory, insertOutbox, outboxBacklog, readOutbox, recordHealth } from "./outbox.js";
+import {
+  type Deployment,
+  type DeploymentRow,
+  type FinalOutcome,
+  type HealthRecord,
+  type OutboxClass,
+  type OutboxItem,
+  type OutboxRow,
+  type Phase,
+  type PhaseRecord,
+  type PhaseUpdate,
+  type QuarantineEntry,
+  RETENTION,
+  type Settlement,
+  toDeployment,
+} from "./types.js";
 
-export const PHASES = ["fetching", "applying", "switching", "verifying", "rolling_back", "done"] as const;
-export type Phase = (typeof PHASES)[number];
-
-/** How a deployment ended. INTERRUPTED: the agent stopped before the host changed; retried. */
-export const FINAL_OUTCOMES = [
-  "DEPLOYED",
-  "ROLLED_BACK",
-  "ROLLBACK_FAILED",
-  "FETCH_FAILED",
-  "APPLY_FAILED",
-  "DRY_RUN",
-  "SWITCH_LOCKED",
-  "FOREIGN_GENERATION",
-  "INTERRUPTED",
-] as const;
-export type FinalOutcome = (typeof FINAL_OUTCOMES)[number];
-
-export interface Deployment {
-  id: string;
-  desired: string;
-  desiredRevision: bigint;
-  rolloutId: string;
-  cacheUrl: string | null;
-  previous: string | null;
-  previousProfileGeneration: number | null;
-  phase: Phase;
-  outcome: FinalOutcome | null;
-  message: string | null;
-  activation: ActivationHandle | null;
-  rollbackActivation: ActivationHandle | null;
-  rollbackReason: string | null;
-  rollbackAttempts: number;
-  createdAt: number;
-  updatedAt: number;
-  finishedAt: number | null;
-}
-
-export interface PhaseRecord {
-  phase: Phase;
-  startedAt: number;
-  endedAt: number | null;
-  error: string | null;
-}
-
-export interface QuarantineEntry {
-  path: string;
-  revision: bigint;
-  deploymentId: string | null;
-  outcome: string;
-  reason: string;
-  createdAt: number;
-}
-
-export interface OutboxItem {
-  id: number;
-  kind: "report" | "health";
-  outcome: string;
-  deploymentId: string;
-  payload: Uint8Array;
-  createdAt: number;
-  attempts: number;
-}
-
-export interface HealthRecord {
-  generation: string;
-  allPassed: boolean;
-  postApply: boolean;
-  deploymentId: string;
-  results: unknown;
-  at: number;
-}
-
-interface DeploymentRow {
-  id: string;
-  desired: string;
-  desired_revision: string;
-  rollout_id: string;
-  cache_url: string | null;
-  previous: string | null;
-  previous_profile_generation: number | null;
-  phase: Phase;
-  outcome: FinalOutcome | null;
-  message: string | null;
-  activation: string | null;
-  rollback_activation: string | null;
-  rollback_reason: string | null;
-  rollback_attempts: number;
-  created_at: number;
-  updated_at: number;
-  finished_at: number | null;
-}
-
-function toDeployment(row: DeploymentRow): Deployment {
-  return {
-    id: row.id,
-    desired: row.desired,
-    desiredRevision: BigInt(row.desired_revision),
-    rolloutId: row.rollout_id,
-    cacheUrl: row.cache_url,
-    previous: row.previous,
-    previousProfileGeneration: row.previous_profile_generation,
-    phase: row.phase,
-    outcome: row.outcome,
-    message: row.message,
-    activation: row.activation ? (JSON.parse(row.activation) as ActivationHandle) : null,
-    rollbackActivation: row.rollback_activation
-      ? (JSON.parse(row.rollback_activation) as ActivationHandle)
-      : null,
-    rollbackReason: row.rollback_reason,
-    rollbackAttempts: row.rollback_attempts,
-    createdAt: row.created_at,
-    updatedAt: row.updated_at,
-    finishedAt: row.finished_at,
-  };
-}
-
-export interface PhaseUpdate {
-  activation?: ActivationHandle | null;
-  rollbackActivation?: ActivationHandle | null;
-  rollbackReason?: string;
-  rollbackAttempts?: number;
-  /** Recorded on the phase being closed. */
-  error?: string;
-}
-
-/** How much history to keep. Unfinished deployments and quarantine entries are never pruned. */
-export const RETENTION = {
-  deployments: 500,
-  healthRows: 2000,
-  healthAgeMs: 7 * 24 * 3600 * 1000,
-  outboxItems: 200,
-};
+export * from "./types.js";
 
 export class Journal {
   private constructor(
@@ -165,9 +51,9 @@ export class Journal {
     desiredRevision: bigint;
     rolloutId: string;
     cacheUrl: string | null;
-  }): void {
+  }): Deployment {
     const at = this.now();
-    this.db.transaction(() => {
+    return this.db.transaction(() => {
       this.db
         .prepare(
           `INSERT INTO deployments (id, desired, desired_revision, rollout_id, cache_url, phase, created_at, updated_at)
@@ -175,13 +61,19 @@ export class Journal {
         )
         .run(d.id, d.desired, d.desiredRevision.toString(), d.rolloutId, d.cacheUrl, at, at);
       this.openPhase(d.id, "fetching", at);
+      return this.mustGet(d.id);
     })();
   }
 
   /** The intent to apply: written before anything on the host changes. */
-  beginApply(id: string, previous: string, previousProfileGeneration: number | null): void {
+  beginApply(
+    id: string,
+    previous: string,
+    previousProfileGeneration: number | null,
+    reports: readonly OutboxRow[] = [],
+  ): Deployment {
     const at = this.now();
-    this.db.transaction(() => {
+    return this.db.transaction(() => {
       this.db
         .prepare(
           "UPDATE deployments SET previous = ?, previous_profile_generation = ?, phase = 'applying', updated_at = ? WHERE id = ?",
@@ -189,12 +81,14 @@ export class Journal {
         .run(previous, previousProfileGeneration, at, id);
       this.closePhase(id, at);
       this.openPhase(id, "applying", at);
+      for (const r of reports) this.insertOutbox(r, at);
+      return this.mustGet(id);
     })();
   }
 
-  setPhase(id: string, phase: Exclude<Phase, "done">, update: PhaseUpdate = {}): void {
+  setPhase(id: string, phase: Exclude<Phase, "done">, update: PhaseUpdate = {}): Deployment {
     const at = this.now();
-    this.db.transaction(() => {
+    return this.db.transaction(() => {
       const sets = ["phase = ?", "updated_at = ?"];
       const values: unknown[] = [phase, at];
       if (update.activation !== undefined) {
@@ -220,28 +114,50 @@ export class Journal {
         this.closePhase(id, at, update.error);
         this.openPhase(id, phase, at);
       }
+      return this.mustGet(id);
     })();
   }
 
   /** Records the switch's handle within the current phase (after the spawn returned a pid). */
-  recordActivation(id: string, field: "activation" | "rollbackActivation", handle: ActivationHandle): void {
+  recordActivation(
+    id: string,
+    field: "activation" | "rollbackActivation",
+    handle: ActivationHandle,
+  ): Deployment {
     const column = field === "activation" ? "activation" : "rollback_activation";
     this.db
       .prepare(`UPDATE deployments SET ${column} = ?, updated_at = ? WHERE id = ?`)
       .run(JSON.stringify(handle), this.now(), id);
+    return this.mustGet(id);
   }
 
-  finish(id: string, outcome: FinalOutcome, message: string, error?: string): void {
+  /**
+   * Ends a deployment: the outcome, the quarantine entry, the reports about it and the health
+   * history commit together or not at all — an agent killed at any instant either finds the
+   * deployment unfinished (and settles it again) or finds all of its consequences.
+   */
+  finish(id: string, outcome: FinalOutcome, message: string, settle: Settlement = {}): Deployment {
     const at = this.now();
-    this.db.transaction(() => {
+    const done = this.db.transaction(() => {
       this.db
         .prepare(
           "UPDATE deployments SET phase = 'done', outcome = ?, message = ?, updated_at = ?, finished_at = ? WHERE id = ?",
         )
         .run(outcome, message, at, at, id);
-      this.closePhase(id, at, error);
+      this.closePhase(id, at, settle.error);
+      if (settle.quarantine) this.quarantine({ ...settle.quarantine, deploymentId: id });
+      if (settle.health) this.recordHealth(settle.health);
+      for (const r of settle.reports ?? []) this.insertOutbox(r, at);
+      return this.mustGet(id);
     })();
     this.pruneDeployments();
+    return done;
+  }
+
+  private mustGet(id: string): Deployment {
+    const d = this.get(id);
+    if (!d) throw new Error(`the journal has no deployment ${id}`);
+    return d;
   }
 
   private openPhase(id: string, phase: Phase, at: number): void {
@@ -399,93 +315,26 @@ export class Journal {
   // ------------------------------------------------------------------- health history
 
   recordHealth(h: HealthRecord): void {
-    this.db.transaction(() => {
-      this.db
-        .prepare(
-          `INSERT INTO health_history (generation, all_passed, post_apply, deployment_id, results, created_at)
-           VALUES (?, ?, ?, ?, ?, ?)`,
-        )
-        .run(
-          h.generation,
-          h.allPassed ? 1 : 0,
-          h.postApply ? 1 : 0,
-          h.deploymentId,
-          JSON.stringify(h.results),
-          h.at,
-        );
-      this.db
-        .prepare("DELETE FROM health_history WHERE created_at < ?")
-        .run(this.now() - RETENTION.healthAgeMs);
-      this.db
-        .prepare(
-          "DELETE FROM health_history WHERE id NOT IN (SELECT id FROM health_history ORDER BY id DESC LIMIT ?)",
-        )
-        .run(RETENTION.healthRows);
-    })();
+    recordHealth(this.db, h, this.now());
   }
 
   healthHistory(limit = 20): HealthRecord[] {
-    return (
-      this.db.prepare("SELECT * FROM health_history ORDER BY id DESC LIMIT ?").all(limit) as Array<{
-        generation: string;
-        all_passed: number;
-        post_apply: number;
-        deployment_id: string;
-        results: string;
-        created_at: number;
-      }>
-    ).map((r) => ({
-      generation: r.generation,
-      allPassed: r.all_passed === 1,
-      postApply: r.post_apply === 1,
-      deploymentId: r.deployment_id,
-      results: JSON.parse(r.results) as unknown,
-      at: r.created_at,
-    }));
+    return healthHistory(this.db, limit);
   }
 
   // ------------------------------------------------------------------- outbox
 
-  enqueue(item: {
-    kind: "report" | "health";
-    outcome: string;
-    deploymentId: string;
-    payload: Uint8Array;
-  }): number {
-    return this.db.transaction(() => {
-      const info = this.db
-        .prepare(
-          "INSERT INTO outbox (kind, outcome, deployment_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .run(item.kind, item.outcome, item.deploymentId, Buffer.from(item.payload), this.now());
-      // Bounded: a control plane down for days must not grow the file without limit.
-      this.db
-        .prepare("DELETE FROM outbox WHERE id NOT IN (SELECT id FROM outbox ORDER BY id DESC LIMIT ?)")
-        .run(RETENTION.outboxItems);
-      return Number(info.lastInsertRowid);
-    })();
+  /** Queues one row on its own (steady reports, periodic health). Returns its id. */
+  enqueue(row: OutboxRow): number {
+    return this.db.transaction(() => insertOutbox(this.db, row, this.now()))();
+  }
+
+  private insertOutbox(row: OutboxRow, at: number): number {
+    return insertOutbox(this.db, row, at);
   }
 
   outbox(): OutboxItem[] {
-    return (
-      this.db.prepare("SELECT * FROM outbox ORDER BY id").all() as Array<{
-        id: number;
-        kind: "report" | "health";
-        outcome: string;
-        deployment_id: string;
-        payload: Buffer;
-        created_at: number;
-        attempts: number;
-      }>
-    ).map((r) => ({
-      id: r.id,
-      kind: r.kind,
-      outcome: r.outcome,
-      deploymentId: r.deployment_id,
-      payload: new Uint8Array(r.payload),
-      createdAt: r.created_at,
-      attempts: r.attempts,
-    }));
+    return readOutbox(this.db);
   }
 
   removeFromOutbox(ids: readonly number[]): void {
@@ -503,5 +352,10 @@ export class Journal {
 
   outboxCount(): number {
     return (this.db.prepare("SELECT COUNT(*) AS n FROM outbox").get() as { n: number }).n;
+  }
+
+  /** Queued rows per class (every class present, 0 when empty). */
+  outboxBacklog(): Record<OutboxClass, number> {
+    return outboxBacklog(this.db);
   }
 }

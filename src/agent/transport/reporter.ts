@@ -5,11 +5,15 @@
  * is retried with back-off, across agent restarts, so ROLLED_BACK or ROLLBACK_FAILED is never
  * lost (v0.1 sent nothing when a rollback failed).
  *
- * Stale steady-state items are dropped when newer ones are queued behind them (an old
- * UP_TO_DATE or periodic health report says nothing a newer one doesn't); final outcomes and
- * post-apply health reports are always delivered.
+ * Steady-state items are dropped when newer reports are queued behind them (an old UP_TO_DATE
+ * or periodic health report says nothing a newer one doesn't); a deployment's outcome and its
+ * post-apply health report are always delivered (journal.ts: outbox classes).
+ *
+ * INVALID_ARGUMENT is permanent only when the agent's own rules find the row malformed. A row the
+ * agent considers valid — typically an enum value an older control plane does not know yet — is
+ * retried with back-off and logged as an error on every refusal, never dropped.
  */
-import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Logger } from "../../common/logger.js";
 import {
@@ -18,42 +22,36 @@ import {
   type ReportRequest,
   ReportRequestSchema,
 } from "../../gen/nixfleet/v1/agent_pb.js";
-import { Outcome } from "../../gen/nixfleet/v1/types_pb.js";
 import type { Journal, OutboxItem } from "../journal/journal.js";
 import type { AgentMetrics } from "../metrics.js";
 import { type BackoffOptions, reconnectDelayMs } from "../schedule.js";
 import type { AgentClient } from "./client.js";
-
-/** Outcomes a later report makes obsolete. */
-const SUPERSEDABLE = new Set<string>([
-  Outcome[Outcome.UP_TO_DATE],
-  Outcome[Outcome.QUARANTINED],
-  Outcome[Outcome.SWITCH_LOCKED],
-  Outcome[Outcome.APPLYING],
-  Outcome[Outcome.DRY_RUN],
-  Outcome[Outcome.FETCH_FAILED],
-  Outcome[Outcome.UNSPECIFIED],
-]);
+import { decodeRow, healthRow, reportRow, rowProblem } from "./outbox-row.js";
 
 /** Errors that no retry will fix: the item is dropped (and logged) so it cannot block the queue. */
 const PERMANENT = new Set<Code>([
-  Code.InvalidArgument,
   Code.FailedPrecondition,
   Code.NotFound,
   Code.OutOfRange,
   Code.Unimplemented,
 ]);
 
-/** Which queued items are worth sending: drops superseded steady-state ones. */
+/**
+ * Which queued items are worth sending: a status or periodic health item is dropped once a
+ * later report of its kind is queued; an APPLYING once its deployment's outcome is queued.
+ * Outcomes themselves are never dropped.
+ */
 export function selectDeliverable(items: readonly OutboxItem[]): { send: OutboxItem[]; drop: OutboxItem[] } {
   const send: OutboxItem[] = [];
   const drop: OutboxItem[] = [];
   items.forEach((item, i) => {
     const later = items.slice(i + 1);
-    const superseded =
-      item.kind === "report"
-        ? SUPERSEDABLE.has(item.outcome) && later.some((l) => l.kind === "report")
-        : item.outcome === "periodic" && later.some((l) => l.kind === "health" && l.outcome === "periodic");
+    let superseded = false;
+    if (item.class === "status") superseded = later.some((l) => l.kind === "report");
+    else if (item.class === "health")
+      superseded = later.some((l) => l.kind === "health" && l.class === "health");
+    else if (item.kind === "report" && item.outcome === "APPLYING")
+      superseded = later.some((l) => l.kind === "report" && l.deploymentId === item.deploymentId);
     (superseded ? drop : send).push(item);
   });
   return { send, drop };
@@ -75,37 +73,41 @@ export class Reporter {
   private failures = 0;
   private stopped = false;
 
+  /** Rows the control plane refused although they are valid here: not before this time again. */
+  private readonly refusedUntil = new Map<number, number>();
+
   constructor(private readonly options: ReporterOptions) {
-    options.metrics.reportsPending.set(options.journal.outboxCount());
+    this.updateMetrics();
   }
 
-  report(init: MessageInitShape<typeof ReportRequestSchema>): ReportRequest {
-    const message = create(ReportRequestSchema, init);
-    this.options.journal.enqueue({
-      kind: "report",
-      outcome: Outcome[message.outcome] ?? String(message.outcome),
-      deploymentId: message.deploymentId,
-      payload: toBinary(ReportRequestSchema, message),
-    });
-    this.afterEnqueue();
-    return message;
+  /** Queues a report on its own (see reportRow for `status`) and sends it. */
+  report(
+    init: MessageInitShape<typeof ReportRequestSchema>,
+    options: { status?: boolean } = {},
+  ): ReportRequest {
+    const row = reportRow(init, options);
+    this.options.journal.enqueue(row);
+    this.wake();
+    return decodeRow(row) as ReportRequest;
   }
 
   health(init: MessageInitShape<typeof ReportHealthRequestSchema>): ReportHealthRequest {
-    const message = create(ReportHealthRequestSchema, init);
-    this.options.journal.enqueue({
-      kind: "health",
-      outcome: message.postApply ? "post_apply" : "periodic",
-      deploymentId: message.deploymentId,
-      payload: toBinary(ReportHealthRequestSchema, message),
-    });
-    this.afterEnqueue();
-    return message;
+    const row = healthRow(init);
+    this.options.journal.enqueue(row);
+    this.wake();
+    return decodeRow(row) as ReportHealthRequest;
   }
 
-  private afterEnqueue(): void {
-    this.options.metrics.reportsPending.set(this.options.journal.outboxCount());
+  /** Something was queued (possibly by a journal transaction): send it. */
+  wake(): void {
+    this.updateMetrics();
     void this.flush();
+  }
+
+  private updateMetrics(): void {
+    const { journal, metrics } = this.options;
+    metrics.reportsPending.set(journal.outboxCount());
+    for (const [kind, n] of Object.entries(journal.outboxBacklog())) metrics.reportsBacklog.set({ kind }, n);
   }
 
   pending(): number {
@@ -150,7 +152,7 @@ export class Reporter {
   }
 
   private async flushOnce(): Promise<void> {
-    const { journal, client, log, metrics, requestTimeoutMs } = this.options;
+    const { journal, client, log, requestTimeoutMs } = this.options;
     if (this.retryTimer) {
       clearTimeout(this.retryTimer);
       this.retryTimer = undefined;
@@ -158,10 +160,16 @@ export class Reporter {
     const { send, drop } = selectDeliverable(journal.outbox());
     if (drop.length) {
       journal.removeFromOutbox(drop.map((d) => d.id));
-      metrics.reportsPending.set(journal.outboxCount());
+      this.updateMetrics();
     }
+    let refusedRetryAt: number | undefined;
     for (const item of send) {
       if (this.stopped) return;
+      const notBefore = this.refusedUntil.get(item.id);
+      if (notBefore !== undefined && Date.now() < notBefore) {
+        refusedRetryAt = Math.min(refusedRetryAt ?? notBefore, notBefore);
+        continue;
+      }
       try {
         if (item.kind === "report") {
           await client.report(fromBinary(ReportRequestSchema, item.payload), { timeoutMs: requestTimeoutMs });
@@ -171,6 +179,7 @@ export class Reporter {
           });
         }
         journal.removeFromOutbox([item.id]);
+        this.refusedUntil.delete(item.id);
         this.failures = 0;
         log.debug(
           {
@@ -183,6 +192,45 @@ export class Reporter {
         );
       } catch (err) {
         const e = ConnectError.from(err);
+        if (e.code === Code.InvalidArgument) {
+          const problem = rowProblem(item);
+          if (problem === undefined) {
+            // Valid by our rules: most likely an older control plane that does not know a value
+            // this agent sends. Keep it, let the rows behind it through, and retry with back-off.
+            journal.markOutboxAttempt(item.id, e.message);
+            const wait = reconnectDelayMs(item.attempts, this.options.backoff);
+            this.refusedUntil.set(item.id, Date.now() + wait);
+            refusedRetryAt = Math.min(refusedRetryAt ?? Date.now() + wait, Date.now() + wait);
+            log.error(
+              {
+                event: "report_refused",
+                kind: item.kind,
+                outcome: item.outcome,
+                deploymentId: item.deploymentId,
+                code: Code[e.code],
+                error: e.rawMessage,
+                attempts: item.attempts + 1,
+                retryInMs: wait,
+              },
+              "the control plane refused a report this agent considers valid (an older control plane that does not know a value it sends?); keeping it and retrying — upgrade the control plane",
+            );
+            continue;
+          }
+          journal.removeFromOutbox([item.id]);
+          this.refusedUntil.delete(item.id);
+          log.error(
+            {
+              event: "report_rejected",
+              kind: item.kind,
+              outcome: item.outcome,
+              code: Code[e.code],
+              error: e.rawMessage,
+              problem,
+            },
+            "the control plane rejected a report the agent itself finds malformed; dropping it (a bug in the agent: report it)",
+          );
+          continue;
+        }
         if (PERMANENT.has(e.code)) {
           journal.removeFromOutbox([item.id]);
           log.error(
@@ -217,10 +265,20 @@ export class Reporter {
           }, delay);
           this.retryTimer.unref();
         }
-        break;
+        return;
       } finally {
-        metrics.reportsPending.set(journal.outboxCount());
+        this.updateMetrics();
       }
+    }
+    if (refusedRetryAt !== undefined && !this.stopped) {
+      this.retryTimer = setTimeout(
+        () => {
+          this.retryTimer = undefined;
+          void this.flush();
+        },
+        Math.max(1, refusedRetryAt - Date.now()),
+      );
+      this.retryTimer.unref();
     }
   }
 
