@@ -122,6 +122,36 @@ describe("gate: per-machine classification", () => {
       "unhealthy",
     ],
     [
+      "an outcome unknown to this control plane (a newer agent's) about the target is not healthy",
+      { currentGeneration: TARGET, latestOutcome: outcome(77 as Outcome, START + S, TARGET, "verifying") },
+      START + 2 * S,
+      "unhealthy",
+      /^UNKNOWN\(77\): outcome unknown to this control plane, counted as not healthy; upgrade the control plane \(verifying\)$/,
+    ],
+    [
+      "an unknown outcome is not healthy even with passing health checks on the target",
+      {
+        currentGeneration: TARGET,
+        latestOutcome: outcome(77 as Outcome, START + S, ""),
+        latestHealth: pass(START + 2 * S),
+      },
+      START + 3 * S,
+      "unhealthy",
+      /^UNKNOWN\(77\)/,
+    ],
+    [
+      "an unknown outcome from before the start does not count",
+      { latestOutcome: outcome(77 as Outcome, START - S) },
+      START + 2 * S,
+      "pending",
+    ],
+    [
+      "an unknown outcome about another generation does not count",
+      { latestOutcome: outcome(77 as Outcome, START + S, OTHER) },
+      START + 2 * S,
+      "pending",
+    ],
+    [
       "APPLYING is never success",
       { currentGeneration: OLD, latestOutcome: outcome(Outcome.APPLYING, START + S) },
       START + 2 * S,

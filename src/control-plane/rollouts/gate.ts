@@ -12,6 +12,9 @@
  * - otherwise PENDING, until health_timeout after the start makes it UNHEALTHY ("no decision in
  *   time"). A machine whose passing streak began before the timeout may finish its soak.
  *
+ * An outcome this control plane does not know (a newer agent's, shown as UNKNOWN(n)) about the
+ * target counts as UNHEALTHY: it may be a failure, and it must not leave the gate to time out.
+ *
  * FETCH_FAILED is not definitive: nothing changed on the host and the agent retries every
  * retryInterval (a cache hiccup, a closure pushed a moment late). It keeps the machine pending,
  * with the fetch error as the reason, until it fetches or the health timeout runs out.
@@ -21,7 +24,8 @@
  * reports from before a pause cannot fail a resumed batch, and a health report from the old
  * generation can never pass one. APPLYING is never success; it only says the switch is under way.
  */
-import { Outcome } from "../../gen/nixfleet/v1/types_pb.js";
+import { Outcome, OutcomeSchema } from "../../gen/nixfleet/v1/types_pb.js";
+import { isKnownEnumValue, outcomeName } from "../enum-names.js";
 import type { GateState } from "../store/records.js";
 import { allowedUnhealthy, type FailureThreshold } from "./threshold.js";
 
@@ -69,10 +73,6 @@ export interface MachineGate {
   reason: string;
 }
 
-function outcomeName(outcome: Outcome): string {
-  return Outcome[outcome] ?? `outcome ${outcome}`;
-}
-
 function seconds(ms: number): string {
   return `${Math.floor(ms / 1000)}s`;
 }
@@ -90,6 +90,19 @@ export function classifyMachine(input: MachineGateInput, now: number): MachineGa
   ) {
     const detail = outcome.message ? `: ${outcome.message}` : "";
     return gate("unhealthy", `${outcomeName(outcome.outcome)}${detail}`);
+  }
+  if (
+    outcome &&
+    outcome.receivedAt > startedAt &&
+    !isKnownEnumValue(OutcomeSchema, outcome.outcome) &&
+    (outcome.desiredGeneration === target || outcome.desiredGeneration === "")
+  ) {
+    // A newer agent's outcome: it might be a failure, so it is never taken as success.
+    const detail = outcome.message ? ` (${outcome.message})` : "";
+    return gate(
+      "unhealthy",
+      `${outcomeName(outcome.outcome)}: outcome unknown to this control plane, counted as not healthy; upgrade the control plane${detail}`,
+    );
   }
 
   const health = input.latestHealth && input.latestHealth.receivedAt > startedAt ? input.latestHealth : null;
