@@ -15,7 +15,7 @@ import { AgentService } from "../gen/nixfleet/v1/agent_pb.js";
 import { FleetService } from "../gen/nixfleet/v1/fleet_pb.js";
 import { authInterceptor, availabilityInterceptor, type Phase } from "./auth/interceptors.js";
 import { peerIdentityOf, peerKey } from "./auth/peer-identity.js";
-import { type Clock, strictlyIncreasingClock } from "./clock.js";
+import { type Clock, wallClock } from "./clock.js";
 import {
   type Listener,
   listenInsecure,
@@ -91,7 +91,7 @@ export class ControlPlane {
   private readonly log: Logger;
 
   constructor(readonly options: ControlPlaneOptions) {
-    this.clock = options.clock ?? strictlyIncreasingClock();
+    this.clock = options.clock ?? wallClock;
     this.log = options.logger;
     this.hub = new PushHub({
       clock: this.clock,

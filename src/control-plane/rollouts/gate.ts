@@ -19,10 +19,11 @@
  * retryInterval (a cache hiccup, a closure pushed a moment late). It keeps the machine pending,
  * with the fetch error as the reason, until it fetches or the health timeout runs out.
  *
- * "After the start" is strict (received_at > started_at) and the control plane's clock never
- * hands out the same millisecond twice, so a report from before a (re)start never counts:
- * reports from before a pause cannot fail a resumed batch, and a health report from the old
- * generation can never pass one. APPLYING is never success; it only says the switch is under way.
+ * "After the start" is by the store's evidence sequence, not by time (seq > started_seq): the
+ * sequence follows commit order, so a report stored before a (re)start never counts, even in the
+ * same millisecond or after the wall clock stepped back — reports from before a pause cannot fail
+ * a resumed batch, and a health report from the old generation can never pass one. Times (wall
+ * clock) only measure durations: the health timeout and the soak. APPLYING is never success; it only says the switch is under way.
  */
 import { Outcome, OutcomeSchema } from "../../gen/nixfleet/v1/types_pb.js";
 import { isKnownEnumValue, outcomeName } from "../enum-names.js";
@@ -44,19 +45,25 @@ export interface OutcomeEvidence {
   /** The generation the outcome is about; empty from agents that don't say (v0.1 REST). */
   desiredGeneration: string;
   receivedAt: number;
+  /** Position in the store's evidence sequence (orders reports against batch starts). */
+  seq: number;
 }
 
 /** The latest health report on the target generation since the batch start. */
 export interface HealthEvidence {
   allPassed: boolean;
   receivedAt: number;
+  seq: number;
   failing: string[];
 }
 
 export interface MachineGateInput {
   machineId: string;
   target: string;
+  /** Wall-clock time of the batch start: the health timeout and the soak count from it. */
   startedAt: number;
+  /** The batch start's position in the evidence sequence: only later evidence counts. */
+  startedSeq: number;
   healthTimeoutMs: number;
   soakMs: number;
   /** What the machine's latest report (or Hello) says it runs. */
@@ -78,13 +85,12 @@ function seconds(ms: number): string {
 }
 
 export function classifyMachine(input: MachineGateInput, now: number): MachineGate {
-  const { machineId, target, startedAt } = input;
+  const { machineId, target, startedAt, startedSeq } = input;
   const gate = (state: GateState, reason: string): MachineGate => ({ machineId, state, reason });
 
-  const outcome = input.latestOutcome;
+  const outcome = input.latestOutcome && input.latestOutcome.seq > startedSeq ? input.latestOutcome : null;
   if (
     outcome &&
-    outcome.receivedAt > startedAt &&
     FAILURE_OUTCOMES.has(outcome.outcome) &&
     (outcome.desiredGeneration === target || outcome.desiredGeneration === "")
   ) {
@@ -93,7 +99,6 @@ export function classifyMachine(input: MachineGateInput, now: number): MachineGa
   }
   if (
     outcome &&
-    outcome.receivedAt > startedAt &&
     !isKnownEnumValue(OutcomeSchema, outcome.outcome) &&
     (outcome.desiredGeneration === target || outcome.desiredGeneration === "")
   ) {
@@ -105,7 +110,7 @@ export function classifyMachine(input: MachineGateInput, now: number): MachineGa
     );
   }
 
-  const health = input.latestHealth && input.latestHealth.receivedAt > startedAt ? input.latestHealth : null;
+  const health = input.latestHealth && input.latestHealth.seq > startedSeq ? input.latestHealth : null;
   if (health && !health.allPassed) {
     const names = health.failing.length ? health.failing.join(", ") : "unnamed checks";
     return gate("unhealthy", `health checks failing on the target generation: ${names}`);
@@ -129,14 +134,12 @@ export function classifyMachine(input: MachineGateInput, now: number): MachineGa
     waiting = "on the target generation, waiting for a passing health report";
   } else if (
     outcome &&
-    outcome.receivedAt > startedAt &&
     outcome.outcome === Outcome.FETCH_FAILED &&
     (outcome.desiredGeneration === target || outcome.desiredGeneration === "")
   ) {
     waiting = `fetching the target generation failed; the agent retries${outcome.message ? `: ${outcome.message}` : ""}`;
   } else {
-    const last =
-      outcome && outcome.receivedAt > startedAt ? `; last outcome ${outcomeName(outcome.outcome)}` : "";
+    const last = outcome ? `; last outcome ${outcomeName(outcome.outcome)}` : "";
     const current = input.currentGeneration ? ` (running ${input.currentGeneration})` : "";
     waiting = `waiting for the switch to the target generation${current}${last}`;
   }
