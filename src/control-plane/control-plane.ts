@@ -16,6 +16,7 @@ import { FleetService } from "../gen/nixfleet/v1/fleet_pb.js";
 import { authInterceptor, availabilityInterceptor, type Phase } from "./auth/interceptors.js";
 import { peerIdentityOf, peerKey } from "./auth/peer-identity.js";
 import { type Clock, wallClock } from "./clock.js";
+import { mapUnaryDecodeErrors, streamDecodeErrorInterceptor } from "./http/library-errors.js";
 import {
   type Listener,
   listenInsecure,
@@ -181,8 +182,11 @@ export class ControlPlane {
           }),
         );
         registerReflection(router, [AgentService, FleetService]);
+        // Undecodable requests are the caller's fault: INVALID_ARGUMENT, not INTERNAL.
+        router.handlers.splice(0, router.handlers.length, ...router.handlers.map(mapUnaryDecodeErrors));
       },
       interceptors: [
+        streamDecodeErrorInterceptor(),
         this.metrics.interceptor(),
         availabilityInterceptor(() => this.phaseValue),
         authInterceptor({ store: () => this.store, clock: this.clock, allowInsecure: o.allowInsecure }),

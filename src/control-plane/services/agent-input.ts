@@ -36,10 +36,21 @@ function safeNumber(value: bigint): number {
   return value > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(value);
 }
 
+// google.protobuf.Timestamp's documented range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+const MIN_TIMESTAMP_SECONDS = -62_135_596_800n;
+const MAX_TIMESTAMP_SECONDS = 253_402_300_799n;
+
+/** The agent's clock reading, in whole milliseconds; outside Timestamp's range is bad input. */
 function agentTime(ts: Timestamp | undefined): number | null {
   if (!ts) return null;
-  const ms = timestampMs(ts);
-  return Number.isFinite(ms) ? ms : null;
+  if (ts.seconds < MIN_TIMESTAMP_SECONDS || ts.seconds > MAX_TIMESTAMP_SECONDS)
+    throw new ValidationError(
+      "timestamp",
+      `seconds ${ts.seconds} is outside google.protobuf.Timestamp's range (years 1 to 9999)`,
+    );
+  if (ts.nanos < 0 || ts.nanos > 999_999_999)
+    throw new ValidationError("timestamp", `nanos ${ts.nanos} must be from 0 to 999999999`);
+  return Math.floor(timestampMs(ts));
 }
 
 export function checkMachineId(value: string): void {
