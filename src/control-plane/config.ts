@@ -3,8 +3,10 @@
  * variable), validated into one typed config. Pure, so every rule is table-tested; a bad value is
  * a UsageError naming the flag, which main turns into exit code 2.
  */
+import { DURATION_HINT, parseDuration } from "../common/duration.js";
 import { isLogLevel, LOG_LEVELS } from "../common/logger.js";
 import type { HostPort } from "./control-plane.js";
+import { type ConnectionTimeouts, DEFAULT_CONNECTION_TIMEOUTS } from "./http/connection-timeouts.js";
 
 export class UsageError extends Error {
   constructor(
@@ -32,6 +34,9 @@ export interface ServeFlags {
   heartbeatInterval?: string | undefined;
   reportRetention?: string | undefined;
   logLevel?: string | undefined;
+  idleTimeout?: string | undefined;
+  headerTimeout?: string | undefined;
+  handshakeTimeout?: string | undefined;
 }
 
 export interface ServeConfig {
@@ -47,6 +52,7 @@ export interface ServeConfig {
   heartbeatIntervalSeconds: number;
   reportRetentionHours: number;
   logLevel: string;
+  connectionTimeouts: ConnectionTimeouts;
 }
 
 export const DEFAULTS = {
@@ -58,6 +64,9 @@ export const DEFAULTS = {
   heartbeatInterval: 15,
   reportRetention: 168,
   logLevel: "info",
+  idleTimeout: DEFAULT_CONNECTION_TIMEOUTS.idleMs / 1000,
+  headerTimeout: DEFAULT_CONNECTION_TIMEOUTS.headerMs / 1000,
+  handshakeTimeout: DEFAULT_CONNECTION_TIMEOUTS.handshakeMs / 1000,
 } as const;
 
 /** The environment variable for each flag. */
@@ -76,6 +85,9 @@ export const ENV: Record<keyof ServeFlags, string> = {
   heartbeatInterval: "NIXFLEET_CP_HEARTBEAT_INTERVAL",
   reportRetention: "NIXFLEET_CP_REPORT_RETENTION",
   logLevel: "NIXFLEET_CP_LOG_LEVEL",
+  idleTimeout: "NIXFLEET_CP_IDLE_TIMEOUT",
+  headerTimeout: "NIXFLEET_CP_HEADER_TIMEOUT",
+  handshakeTimeout: "NIXFLEET_CP_HANDSHAKE_TIMEOUT",
 };
 
 const FLAG: Record<keyof ServeFlags, string> = {
@@ -93,6 +105,9 @@ const FLAG: Record<keyof ServeFlags, string> = {
   heartbeatInterval: "--heartbeat-interval",
   reportRetention: "--report-retention",
   logLevel: "--log-level",
+  idleTimeout: "--idle-timeout",
+  headerTimeout: "--header-timeout",
+  handshakeTimeout: "--handshake-timeout",
 };
 
 /** Parses "host:port", "[v6]:port" or ":port" (all interfaces); port 0 asks for a free one. */
@@ -123,6 +138,15 @@ function seconds(
   if (n < options.min || n > options.max)
     throw new UsageError(flag, `must be between ${options.min} and ${options.max}, got ${n}`);
   return n;
+}
+
+/** A connection timeout in milliseconds: a duration from 1 s to 1 day. */
+function timeoutMs(flag: string, value: string): number {
+  const s = parseDuration(value);
+  if (s === undefined) throw new UsageError(flag, `expected ${DURATION_HINT}, got ${JSON.stringify(value)}`);
+  if (s < 1 || s > 86400)
+    throw new UsageError(flag, `must be between 1s and 1d, got ${JSON.stringify(value)}`);
+  return Math.round(s * 1000);
 }
 
 function bool(flag: string, envName: string, value: string): boolean {
@@ -188,6 +212,26 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
   const dbPath = str("dbPath") ?? DEFAULTS.dbPath;
   if (dbPath.trim() === "") throw new UsageError("--db-path", "must not be empty");
   const metricsListen = str("metricsListen");
+  const timeout = (key: "idleTimeout" | "headerTimeout" | "handshakeTimeout", fallback: number) => {
+    const v = str(key);
+    return v === undefined ? fallback * 1000 : timeoutMs(FLAG[key], v);
+  };
+  const heartbeatIntervalSeconds = num("heartbeatInterval", DEFAULTS.heartbeatInterval, {
+    min: 1,
+    max: 3600,
+    integer: true,
+  });
+  const connectionTimeouts: ConnectionTimeouts = {
+    idleMs: timeout("idleTimeout", DEFAULTS.idleTimeout),
+    headerMs: timeout("headerTimeout", DEFAULTS.headerTimeout),
+    handshakeMs: timeout("handshakeTimeout", DEFAULTS.handshakeTimeout),
+  };
+  // Agent streams carry the control plane's heartbeats; they must never look idle.
+  if (connectionTimeouts.idleMs <= 2 * heartbeatIntervalSeconds * 1000)
+    throw new UsageError(
+      "--idle-timeout",
+      `must be longer than twice --heartbeat-interval (${heartbeatIntervalSeconds}s), or agent streams would be cut`,
+    );
 
   return {
     listen: parseHostPort("--listen", str("listen") ?? DEFAULTS.listen),
@@ -201,16 +245,13 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
     executorTickMs: Math.round(
       1000 * num("executorTick", DEFAULTS.executorTick, { min: 0.05, max: 600, integer: false }),
     ),
-    heartbeatIntervalSeconds: num("heartbeatInterval", DEFAULTS.heartbeatInterval, {
-      min: 1,
-      max: 3600,
-      integer: true,
-    }),
+    heartbeatIntervalSeconds,
     reportRetentionHours: num("reportRetention", DEFAULTS.reportRetention, {
       min: 1,
       max: 24 * 3650,
       integer: true,
     }),
     logLevel,
+    connectionTimeouts,
   };
 }

@@ -16,6 +16,7 @@ import { FleetService } from "../gen/nixfleet/v1/fleet_pb.js";
 import { authInterceptor, availabilityInterceptor, type Phase } from "./auth/interceptors.js";
 import { peerIdentityOf, peerKey } from "./auth/peer-identity.js";
 import { type Clock, wallClock } from "./clock.js";
+import { type ConnectionTimeouts, DEFAULT_CONNECTION_TIMEOUTS } from "./http/connection-timeouts.js";
 import { mapUnaryDecodeErrors, streamDecodeErrorInterceptor } from "./http/library-errors.js";
 import {
   type Listener,
@@ -70,6 +71,8 @@ export interface ControlPlaneOptions {
   pruneIntervalMs?: number;
   /** How long start-up waits for a database locked by another process. */
   dbLockWaitMs?: number;
+  /** Handshake, header and idle timeouts of every listener (default DEFAULT_CONNECTION_TIMEOUTS). */
+  connectionTimeouts?: ConnectionTimeouts;
 }
 
 export const DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
@@ -232,17 +235,19 @@ export class ControlPlane {
   async listen(): Promise<void> {
     const o = this.options;
     const handlers = this.requestHandler();
+    const timeouts = o.connectionTimeouts ?? DEFAULT_CONNECTION_TIMEOUTS;
     if (o.allowInsecure) {
-      this.listener = await listenInsecure(o.listen.host, o.listen.port, handlers.main);
+      this.listener = await listenInsecure(o.listen.host, o.listen.port, handlers.main, timeouts);
     } else {
       if (!o.tls) throw new Error("TLS material is required unless allowInsecure is set");
-      this.listener = await listenTls(o.listen.host, o.listen.port, o.tls, handlers.main);
+      this.listener = await listenTls(o.listen.host, o.listen.port, o.tls, handlers.main, timeouts);
     }
     if (o.metricsListen) {
       this.metricsListener = await listenPlainHttp(
         o.metricsListen.host,
         o.metricsListen.port,
         handlers.metricsOnly,
+        timeouts,
       );
     }
     this.log.info({ url: this.listener.url }, "bound; opening the database");
