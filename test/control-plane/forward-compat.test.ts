@@ -10,6 +10,7 @@ import { readFileSync } from "node:fs";
 import https from "node:https";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { enumWord } from "../../src/cli/output.js";
 import {
   BatchStatus,
   MachineGateState,
@@ -17,7 +18,7 @@ import {
   RolloutStatus,
   RolloutStrategy,
 } from "../../src/gen/nixfleet/v1/fleet_pb.js";
-import { type HealthCheckKind, Outcome } from "../../src/gen/nixfleet/v1/types_pb.js";
+import { type HealthCheckKind, Outcome, OutcomeSchema } from "../../src/gen/nixfleet/v1/types_pb.js";
 import { createPki, type Pki } from "../fixtures/pki.js";
 import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
 import { Harness } from "./harness.js";
@@ -101,6 +102,7 @@ describe("forward compatibility: enum values from a newer agent", () => {
 
     const { machine } = await h.fleet("readonly").getMachine({ machineId: a.id });
     assert.equal(machine!.lastOutcome, NEW_OUTCOME, "stored as its number");
+    assert.equal(enumWord(OutcomeSchema, machine!.lastOutcome), "UNKNOWN(42)", "as the CLI shows it");
     assert.equal(machine!.lastMessage, "something only a newer agent knows");
 
     const paused = await waitFor("the rollout paused", async () => {
