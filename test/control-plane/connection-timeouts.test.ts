@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import tls from "node:tls";
 import type { AgentMessage } from "../../src/gen/nixfleet/v1/agent_pb.js";
+import { RolloutStatus, RolloutStrategy } from "../../src/gen/nixfleet/v1/fleet_pb.js";
 import { createPki, type Pki } from "../fixtures/pki.js";
 import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
 import { Harness } from "./harness.js";
@@ -82,6 +83,19 @@ describe("connection timeouts", () => {
         "the Session is up",
         async () => (await h.fleet("readonly").getMachine({ machineId: "live-01" })).machine?.connected,
       );
+      // An operator watching a rollout that has nothing to say for a while.
+      const { release } = await h.fleet("deploy").createRelease({
+        entries: [{ hostname: "live-01", storePath: storePath("sys-live-01", 2) }],
+        cacheUrl: "https://cache.example.org",
+      });
+      const { rollout } = await h.fleet("deploy").createRollout({
+        releaseId: release!.id,
+        target: { hosts: ["live-01"] },
+        strategy: RolloutStrategy.ALL_AT_ONCE,
+        healthTimeoutSeconds: 3600,
+      });
+      const watch = new Inbox(h.fleet("readonly").watchRollout({ rolloutId: rollout!.id }));
+      await watch.next("the initial snapshot", () => true);
 
       // An HTTP/2 connection that never sends a request: GOAWAY, then closed.
       const cert = pki.client("idle-01");
@@ -136,11 +150,11 @@ describe("connection timeouts", () => {
       // The Session outlived all of it: the idle timeout has passed, but it was never idle.
       assert.equal(inbox.done, false, "the Session is still open");
       assert.equal((await h.fleet("readonly").getMachine({ machineId: "live-01" })).machine?.connected, true);
-      // A fresh request on a new connection works.
-      assert.equal(
-        (await h.fleet("readonly").getMachine({ machineId: "live-01" })).machine?.machineId,
-        "live-01",
-      );
+      // The silent watch was told to go away with its connection, but keeps streaming.
+      const n = watch.messages.length;
+      await h.fleet("deploy").pauseRollout({ rolloutId: rollout!.id, reason: "checking the watch" });
+      await watch.next("the pause, on the same watch", (m) => m.rollout?.status === RolloutStatus.PAUSED, n);
+      assert.equal(watch.done, false);
     } finally {
       clearInterval(beat);
       feed.end();

@@ -30,9 +30,6 @@ export const DEFAULT_CONNECTION_TIMEOUTS: ConnectionTimeouts = {
   idleMs: 300_000,
 };
 
-/** How long an HTTP/2 peer told to go away (idle) may take before its connection is destroyed. */
-const GOAWAY_GRACE_MS = 5_000;
-
 interface Http1State {
   inflight: number;
   /** Open requests whose body has not fully arrived. */
@@ -78,14 +75,14 @@ export class TimeoutGuard {
     state.headerTimer.unref();
   }
 
-  /** An HTTP/2 session: closed with GOAWAY after the idle timeout, destroyed if it lingers. */
+  /**
+   * An HTTP/2 session: GOAWAY after the idle timeout. The session ends at once when no stream is
+   * open; a silent but legitimate stream (a rollout watch) may finish first, while a half-open
+   * one is reset by its own timer (see request()).
+   */
   h2Session(session: Http2Session): void {
     session.setTimeout(this.timeouts.idleMs, () => {
-      if (session.closed || session.destroyed) return;
-      session.close();
-      const timer = setTimeout(() => session.destroy(), GOAWAY_GRACE_MS);
-      timer.unref();
-      session.once("close", () => clearTimeout(timer));
+      if (!session.closed && !session.destroyed) session.close();
     });
   }
 
