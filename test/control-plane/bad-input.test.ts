@@ -112,6 +112,30 @@ describe("bad input is INVALID_ARGUMENT on every protocol, never INTERNAL", () =
         /nixfleet\.v1\.GetMachineRequest: premature EOF/,
       );
     });
+    it("Connect GET: a truncated message, and a message that is not base64", async () => {
+      const get = (query: string) =>
+        new Promise<Answer>((resolve, reject) => {
+          const stream = session.request({
+            ":method": "GET",
+            ":path": `/nixfleet.v1.FleetService/GetMachine?${query}`,
+            authorization: `Bearer ${h.keys.readonly}`,
+          });
+          const chunks: Buffer[] = [];
+          let status = 0;
+          stream.on("response", (hd) => (status = Number(hd[":status"])));
+          stream.on("data", (d: Buffer) => chunks.push(d));
+          stream.on("error", reject);
+          stream.on("end", () => resolve({ status, headers: {}, trailers: {}, body: Buffer.concat(chunks) }));
+          stream.end();
+        });
+      const truncated = await get(`encoding=proto&base64=1&message=${TRUNCATED.toString("base64url")}`);
+      assert.equal(truncated.status, 400);
+      assert.match(JSON.parse(truncated.body.toString()).message, /GetMachineRequest: premature EOF/);
+      const notBase64 = await get("encoding=proto&base64=1&message=!!!!");
+      assert.equal(notBase64.status, 400);
+      assert.deepEqual(JSON.parse(notBase64.body.toString()).code, "invalid_argument");
+      assert.match(JSON.parse(notBase64.body.toString()).message, /^message: not valid base64/);
+    });
     it("gRPC-web unary", async () => {
       const a = await post(REPORT, { "content-type": "application/grpc-web+proto" }, envelope(TRUNCATED));
       assert.equal(a.body[0], 0x80, "a trailer frame");

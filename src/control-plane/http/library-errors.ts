@@ -13,9 +13,11 @@
  *   gRPC-web trailer frame).
  *
  * Only errors the library raises while decoding the request match (`badInputMessage`); a real
- * internal error keeps its code.
+ * internal error keeps its code. A Connect GET's base64 `message` is checked before the handler
+ * runs, because the library answers undecodable base64 with a bare "internal error".
  */
 import type { DescMessage } from "@bufbuild/protobuf";
+import { base64Decode } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { UniversalHandler, UniversalServerResponse } from "@connectrpc/connect/protocol";
 import { codeToHttpStatus, errorFromJsonBytes, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
@@ -122,11 +124,39 @@ async function rewriteGrpcWeb(res: UniversalServerResponse, input: DescMessage) 
   return { ...res, body: once(frame) };
 }
 
+/**
+ * A Connect GET whose `message` is not base64 (with `base64=1`): the library's decoder throws a
+ * plain Error there, which it answers as "internal error"; decoding it first with the same
+ * function tells bad input apart.
+ */
+function connectGetProblem(req: Parameters<UniversalHandler>[0]): UniversalServerResponse | null {
+  if (req.method !== "GET") return null;
+  const query = new URL(req.url).searchParams;
+  if (query.get("base64") !== "1") return null;
+  try {
+    base64Decode(query.get("message") ?? "");
+    return null;
+  } catch (err) {
+    const error = new ConnectError(
+      `message: not valid base64 (${err instanceof Error ? err.message : String(err)})`,
+      Code.InvalidArgument,
+    );
+    const body = errorToJsonBytes(error, undefined);
+    return {
+      status: codeToHttpStatus(Code.InvalidArgument),
+      header: new Headers({ "content-type": "application/json", "content-length": String(body.byteLength) }),
+      body: once(body),
+    };
+  }
+}
+
 /** Wraps a unary method's handler so decoding errors in its response become INVALID_ARGUMENT. */
 export function mapUnaryDecodeErrors(handler: UniversalHandler): UniversalHandler {
   if (handler.method.methodKind !== "unary") return handler;
   const input = handler.method.input;
   const wrapped = async (req: Parameters<UniversalHandler>[0]): Promise<UniversalServerResponse> => {
+    const refused = connectGetProblem(req);
+    if (refused) return refused;
     const res = await handler(req);
     const type = res.header?.get("content-type") ?? "";
     if (type.startsWith("application/grpc-web")) return rewriteGrpcWeb(res, input);
