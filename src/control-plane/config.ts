@@ -221,12 +221,13 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
     max: 3600,
     integer: true,
   });
+  // Agent streams carry the control plane's heartbeats; they must never look idle. The default
+  // grows with a long heartbeat interval; a value given explicitly must leave room for two.
   const connectionTimeouts: ConnectionTimeouts = {
-    idleMs: timeout("idleTimeout", DEFAULTS.idleTimeout),
+    idleMs: timeout("idleTimeout", Math.max(DEFAULTS.idleTimeout, 4 * heartbeatIntervalSeconds)),
     headerMs: timeout("headerTimeout", DEFAULTS.headerTimeout),
     handshakeMs: timeout("handshakeTimeout", DEFAULTS.handshakeTimeout),
   };
-  // Agent streams carry the control plane's heartbeats; they must never look idle.
   if (connectionTimeouts.idleMs <= 2 * heartbeatIntervalSeconds * 1000)
     throw new UsageError(
       "--idle-timeout",

@@ -102,6 +102,11 @@ describe("serve configuration", () => {
       /^--idle-timeout: expected a number of seconds or a duration/,
     );
     assert.match(usage({ ...tls, headerTimeout: "200ms" }), /^--header-timeout: must be between 1s and 1d/);
+    assert.equal(
+      resolveServeConfig({ ...tls, heartbeatInterval: "600" }, {}).connectionTimeouts.idleMs,
+      2400_000,
+      "the default idle timeout leaves room for a long heartbeat interval",
+    );
     assert.match(
       usage({ ...tls, idleTimeout: "40s", heartbeatInterval: "30" }),
       /^--idle-timeout: must be longer than twice --heartbeat-interval \(30s\)/,
