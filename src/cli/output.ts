@@ -57,7 +57,9 @@ export function table(head: string[], rows: string[][]): string {
 /** "MACHINE_LIFECYCLE_ACTIVE" → "active"; "ROLLOUT_STRATEGY_ALL_AT_ONCE" → "all-at-once". */
 export function enumWord(schema: DescEnum, value: number): string {
   const v = schema.values.find((x) => x.number === value);
-  if (!v || v.number === 0) return "-";
+  // Protobuf enums are open: a newer control plane or agent may send a value this CLI lacks.
+  if (!v) return `UNKNOWN(${value})`;
+  if (v.number === 0) return "-";
   return v.localName.toLowerCase().replace(/_/g, "-");
 }
 

@@ -1,21 +1,14 @@
 /**
- * The control plane's notion of "now" for everything it stores. It never returns the same
- * millisecond twice (nor goes backwards within a process), so "received after the batch
- * started" is exact: a report handled before a batch start always has a smaller timestamp than
- * the start, even when both fall in the same wall-clock millisecond.
+ * The control plane's notion of "now" for everything it stores: the wall clock, nothing else.
+ * Time only measures durations (health timeouts, soaks, staleness, retention). Ordering — "was
+ * this report received after the batch started?" — comes from the store's evidence sequence
+ * (`evidence_sequence`), never from time: a clock that handed out `last + 1 ms` to stay strictly
+ * increasing let traffic drive it ahead of wall time (150,000 heartbeats moved it minutes
+ * ahead and timed out other machines' health gates early).
  */
 
 export interface Clock {
   now(): number;
 }
 
-export function strictlyIncreasingClock(source: () => number = Date.now): Clock {
-  let last = 0;
-  return {
-    now() {
-      const t = source();
-      last = t > last ? t : last + 1;
-      return last;
-    },
-  };
-}
+export const wallClock: Clock = { now: () => Date.now() };

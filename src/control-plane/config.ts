@@ -6,6 +6,7 @@
 import { parseDuration } from "../common/duration.js";
 import { isLogLevel, LOG_LEVELS } from "../common/logger.js";
 import type { HostPort } from "./control-plane.js";
+import { type ConnectionTimeouts, DEFAULT_CONNECTION_TIMEOUTS } from "./http/connection-timeouts.js";
 
 export class UsageError extends Error {
   constructor(
@@ -34,6 +35,9 @@ export interface ServeFlags {
   heartbeatInterval?: string | undefined;
   reportRetention?: string | undefined;
   logLevel?: string | undefined;
+  idleTimeout?: string | undefined;
+  headerTimeout?: string | undefined;
+  handshakeTimeout?: string | undefined;
 }
 
 export interface ServeConfig {
@@ -50,6 +54,7 @@ export interface ServeConfig {
   heartbeatIntervalSeconds: number;
   reportRetentionHours: number;
   logLevel: string;
+  connectionTimeouts: ConnectionTimeouts;
 }
 
 export const DEFAULTS = {
@@ -61,6 +66,9 @@ export const DEFAULTS = {
   heartbeatInterval: 15,
   reportRetention: 168,
   logLevel: "info",
+  idleTimeout: DEFAULT_CONNECTION_TIMEOUTS.idleMs / 1000,
+  headerTimeout: DEFAULT_CONNECTION_TIMEOUTS.headerMs / 1000,
+  handshakeTimeout: DEFAULT_CONNECTION_TIMEOUTS.handshakeMs / 1000,
 } as const;
 
 /** The environment variable for each flag. */
@@ -80,6 +88,9 @@ export const ENV: Record<keyof ServeFlags, string> = {
   heartbeatInterval: "NIXFLEET_CP_HEARTBEAT_INTERVAL",
   reportRetention: "NIXFLEET_CP_REPORT_RETENTION",
   logLevel: "NIXFLEET_CP_LOG_LEVEL",
+  idleTimeout: "NIXFLEET_CP_IDLE_TIMEOUT",
+  headerTimeout: "NIXFLEET_CP_HEADER_TIMEOUT",
+  handshakeTimeout: "NIXFLEET_CP_HANDSHAKE_TIMEOUT",
 };
 
 const FLAG: Record<keyof ServeFlags, string> = {
@@ -98,6 +109,9 @@ const FLAG: Record<keyof ServeFlags, string> = {
   heartbeatInterval: "--heartbeat-interval",
   reportRetention: "--report-retention",
   logLevel: "--log-level",
+  idleTimeout: "--idle-timeout",
+  headerTimeout: "--header-timeout",
+  handshakeTimeout: "--handshake-timeout",
 };
 
 /** Parses "host:port", "[v6]:port" or ":port" (all interfaces); port 0 asks for a free one. */
@@ -137,6 +151,11 @@ function duration(
   if (n < options.min || n > options.max)
     throw new UsageError(flag, `must be between ${options.min} and ${options.max} ${unitName}, got ${n}`);
   return n;
+}
+
+/** A connection timeout in milliseconds: a duration from 1 s to 1 day. */
+function timeoutMs(flag: string, value: string): number {
+  return Math.round(duration(flag, value, { min: 1, max: 86400, integer: false }) * 1000);
 }
 
 function bool(flag: string, envName: string, value: string): boolean {
@@ -203,6 +222,27 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
   if (dbPath.trim() === "") throw new UsageError("--db-path", "must not be empty");
   const metricsListen = str("metricsListen");
   const dashboardListen = str("dashboardListen");
+  const timeout = (key: "idleTimeout" | "headerTimeout" | "handshakeTimeout", fallback: number) => {
+    const v = str(key);
+    return v === undefined ? fallback * 1000 : timeoutMs(FLAG[key], v);
+  };
+  const heartbeatIntervalSeconds = num("heartbeatInterval", DEFAULTS.heartbeatInterval, {
+    min: 1,
+    max: 3600,
+    integer: true,
+  });
+  // Agent streams carry the control plane's heartbeats; they must never look idle. The default
+  // grows with a long heartbeat interval; a value given explicitly must leave room for two.
+  const connectionTimeouts: ConnectionTimeouts = {
+    idleMs: timeout("idleTimeout", Math.max(DEFAULTS.idleTimeout, 4 * heartbeatIntervalSeconds)),
+    headerMs: timeout("headerTimeout", DEFAULTS.headerTimeout),
+    handshakeMs: timeout("handshakeTimeout", DEFAULTS.handshakeTimeout),
+  };
+  if (connectionTimeouts.idleMs <= 2 * heartbeatIntervalSeconds * 1000)
+    throw new UsageError(
+      "--idle-timeout",
+      `must be longer than twice --heartbeat-interval (${heartbeatIntervalSeconds}s), or agent streams would be cut`,
+    );
 
   return {
     listen: parseHostPort("--listen", str("listen") ?? DEFAULTS.listen),
@@ -217,11 +257,7 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
     executorTickMs: Math.round(
       1000 * num("executorTick", DEFAULTS.executorTick, { min: 0.05, max: 600, integer: false }),
     ),
-    heartbeatIntervalSeconds: num("heartbeatInterval", DEFAULTS.heartbeatInterval, {
-      min: 1,
-      max: 3600,
-      integer: true,
-    }),
+    heartbeatIntervalSeconds,
     reportRetentionHours: num("reportRetention", DEFAULTS.reportRetention, {
       min: 1,
       max: 24 * 3650,
@@ -229,5 +265,6 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
       unitSeconds: 3600,
     }),
     logLevel,
+    connectionTimeouts,
   };
 }

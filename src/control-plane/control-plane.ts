@@ -15,13 +15,15 @@ import { AgentService } from "../gen/nixfleet/v1/agent_pb.js";
 import { FleetService } from "../gen/nixfleet/v1/fleet_pb.js";
 import { authInterceptor, availabilityInterceptor, type Phase } from "./auth/interceptors.js";
 import { peerIdentityOf, peerKey } from "./auth/peer-identity.js";
-import { type Clock, strictlyIncreasingClock } from "./clock.js";
+import { type Clock, wallClock } from "./clock.js";
+import { type ConnectionTimeouts, DEFAULT_CONNECTION_TIMEOUTS } from "./http/connection-timeouts.js";
 import {
   dashboardHandler,
   dashboardListenerHandler,
   dashboardPointer,
   defaultDashboardDir,
 } from "./http/dashboard.js";
+import { mapUnaryDecodeErrors, streamDecodeErrorInterceptor } from "./http/library-errors.js";
 import {
   type Listener,
   listenInsecure,
@@ -79,6 +81,8 @@ export interface ControlPlaneOptions {
   pruneIntervalMs?: number;
   /** How long start-up waits for a database locked by another process. */
   dbLockWaitMs?: number;
+  /** Handshake, header and idle timeouts of every listener (default DEFAULT_CONNECTION_TIMEOUTS). */
+  connectionTimeouts?: ConnectionTimeouts;
 }
 
 export const DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
@@ -102,7 +106,7 @@ export class ControlPlane {
   private readonly log: Logger;
 
   constructor(readonly options: ControlPlaneOptions) {
-    this.clock = options.clock ?? strictlyIncreasingClock();
+    this.clock = options.clock ?? wallClock;
     this.log = options.logger;
     this.hub = new PushHub({
       clock: this.clock,
@@ -196,8 +200,11 @@ export class ControlPlane {
           }),
         );
         registerReflection(router, [AgentService, FleetService]);
+        // Undecodable requests are the caller's fault: INVALID_ARGUMENT, not INTERNAL.
+        router.handlers.splice(0, router.handlers.length, ...router.handlers.map(mapUnaryDecodeErrors));
       },
       interceptors: [
+        streamDecodeErrorInterceptor(),
         this.metrics.interceptor(),
         availabilityInterceptor(() => this.phaseValue),
         authInterceptor({ store: () => this.store, clock: this.clock, allowInsecure: o.allowInsecure }),
@@ -251,17 +258,19 @@ export class ControlPlane {
   async listen(): Promise<void> {
     const o = this.options;
     const handlers = this.requestHandler();
+    const timeouts = o.connectionTimeouts ?? DEFAULT_CONNECTION_TIMEOUTS;
     if (o.allowInsecure) {
-      this.listener = await listenInsecure(o.listen.host, o.listen.port, handlers.main);
+      this.listener = await listenInsecure(o.listen.host, o.listen.port, handlers.main, timeouts);
     } else {
       if (!o.tls) throw new Error("TLS material is required unless allowInsecure is set");
-      this.listener = await listenTls(o.listen.host, o.listen.port, o.tls, handlers.main);
+      this.listener = await listenTls(o.listen.host, o.listen.port, o.tls, handlers.main, timeouts);
     }
     if (o.metricsListen) {
       this.metricsListener = await listenPlainHttp(
         o.metricsListen.host,
         o.metricsListen.port,
         handlers.metricsOnly,
+        timeouts,
       );
     }
     if (o.dashboardListen) {

@@ -85,6 +85,7 @@ async function serve(flags: ServeFlags): Promise<void> {
     executorTickMs: config.executorTickMs,
     heartbeatIntervalSeconds: config.heartbeatIntervalSeconds,
     reportRetentionHours: config.reportRetentionHours,
+    connectionTimeouts: config.connectionTimeouts,
     logger,
   });
 
@@ -189,6 +190,24 @@ function program(): Command {
     "reportRetention",
     "keep reports and health reports this long",
     DEFAULTS.reportRetention,
+  );
+  opt(
+    "--idle-timeout <duration>",
+    "idleTimeout",
+    "close connections (and half-open requests) with no traffic for this long",
+    `${DEFAULTS.idleTimeout}s`,
+  );
+  opt(
+    "--header-timeout <duration>",
+    "headerTimeout",
+    "an HTTP/1.1 connection must send a complete request head within this",
+    `${DEFAULTS.headerTimeout}s`,
+  );
+  opt(
+    "--handshake-timeout <duration>",
+    "handshakeTimeout",
+    "a new connection must finish its TLS handshake within this",
+    `${DEFAULTS.handshakeTimeout}s`,
   );
   opt(
     "--log-level <level>",

@@ -206,7 +206,6 @@ describe("AgentService over mTLS", () => {
       ],
       ["a path with ..", { desiredGeneration: "/nix/store/../etc" }, /^desired_generation:/],
       ["an oversized message", { message: "x".repeat(5000) }, /^message: is 5000 bytes long; at most 4096/],
-      ["an unknown outcome", { outcome: 99 }, /^outcome: unknown outcome 99/],
       ["a bad tag", { tags: ["ok", "not ok"] }, /^tags\[1\]:/],
       ["a multi-line agent version", { agentVersion: "1\n2" }, /^agent_version:/],
       ["a bad deployment id", { deploymentId: "a b" }, /^deployment_id:/],

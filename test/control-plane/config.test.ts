@@ -115,6 +115,33 @@ describe("serve configuration", () => {
   for (const [name, flags, message] of bad)
     it(`refuses ${name}, naming the flag`, () => assert.match(usage(flags), message));
 
+  it("connection timeouts: durations from flags or NIXFLEET_CP_*_TIMEOUT, with defaults", () => {
+    assert.deepEqual(resolveServeConfig(tls, {}).connectionTimeouts, {
+      idleMs: 300_000,
+      headerMs: 30_000,
+      handshakeMs: 10_000,
+    });
+    const c = resolveServeConfig(
+      { ...tls, idleTimeout: "2m", handshakeTimeout: "1500ms" },
+      { NIXFLEET_CP_HEADER_TIMEOUT: "20", NIXFLEET_CP_IDLE_TIMEOUT: "1h" },
+    );
+    assert.deepEqual(c.connectionTimeouts, { idleMs: 120_000, headerMs: 20_000, handshakeMs: 1500 });
+    assert.match(
+      usage({ ...tls, idleTimeout: "soon" }),
+      /^--idle-timeout: expected a number of seconds or a duration/,
+    );
+    assert.match(usage({ ...tls, headerTimeout: "200ms" }), /^--header-timeout: must be between 1s and 1d/);
+    assert.equal(
+      resolveServeConfig({ ...tls, heartbeatInterval: "600" }, {}).connectionTimeouts.idleMs,
+      2400_000,
+      "the default idle timeout leaves room for a long heartbeat interval",
+    );
+    assert.match(
+      usage({ ...tls, idleTimeout: "40s", heartbeatInterval: "30" }),
+      /^--idle-timeout: must be longer than twice --heartbeat-interval \(30s\)/,
+    );
+  });
+
   it("parses host:port forms, including IPv6 and port 0", () => {
     assert.deepEqual(parseHostPort("--listen", "127.0.0.1:0"), { host: "127.0.0.1", port: 0 });
     assert.deepEqual(parseHostPort("--listen", "[::1]:8443"), { host: "::1", port: 8443 });

@@ -21,6 +21,7 @@ function input(over: Partial<MachineGateInput>): MachineGateInput {
     machineId: "web-01",
     target: TARGET,
     startedAt: START,
+    startedSeq: START,
     healthTimeoutMs: 300 * S,
     soakMs: 0,
     currentGeneration: OLD,
@@ -31,13 +32,16 @@ function input(over: Partial<MachineGateInput>): MachineGateInput {
   };
 }
 
-const pass = (at: number) => ({ allPassed: true, receivedAt: at, failing: [] });
-const fail = (at: number, ...failing: string[]) => ({ allPassed: false, receivedAt: at, failing });
-const outcome = (o: Outcome, at: number, desired = TARGET, message = "") => ({
+// Evidence is stamped with a wall time and a sequence position; here the sequence follows the time
+// (seq = at, the batch start at START in both) except in the rows that pull them apart.
+const pass = (at: number, seq = at) => ({ allPassed: true, receivedAt: at, seq, failing: [] });
+const fail = (at: number, ...failing: string[]) => ({ allPassed: false, receivedAt: at, seq: at, failing });
+const outcome = (o: Outcome, at: number, desired = TARGET, message = "", seq = at) => ({
   outcome: o,
   message,
   desiredGeneration: desired,
   receivedAt: at,
+  seq,
 });
 
 describe("gate: per-machine classification", () => {
@@ -63,10 +67,28 @@ describe("gate: per-machine classification", () => {
       "pending",
     ],
     [
-      "a health report exactly at the start does not count (strictly after)",
+      "a health report at the start's sequence position does not count (strictly after)",
       { currentGeneration: TARGET, latestHealth: pass(START) },
       START + 3 * S,
       "pending",
+    ],
+    [
+      "a health report stored after the start counts even within the start's millisecond",
+      { currentGeneration: TARGET, latestHealth: pass(START, START + 1) },
+      START + 3 * S,
+      "healthy",
+    ],
+    [
+      "a report stored before the start never counts, whatever its time (the wall clock stepped back)",
+      { latestOutcome: outcome(Outcome.ROLLED_BACK, START + 5 * S, TARGET, "", START - 1) },
+      START + 6 * S,
+      "pending",
+    ],
+    [
+      "a failure stored after the start counts even when its time is before the start's",
+      { latestOutcome: outcome(Outcome.ROLLED_BACK, START - 5 * S, TARGET, "", START + 1) },
+      START + S,
+      "unhealthy",
     ],
     [
       "ROLLED_BACK for the target after the start",
@@ -120,6 +142,36 @@ describe("gate: per-machine classification", () => {
       { latestOutcome: outcome(Outcome.ROLLED_BACK, START + S, "") },
       START + 2 * S,
       "unhealthy",
+    ],
+    [
+      "an outcome unknown to this control plane (a newer agent's) about the target is not healthy",
+      { currentGeneration: TARGET, latestOutcome: outcome(77 as Outcome, START + S, TARGET, "verifying") },
+      START + 2 * S,
+      "unhealthy",
+      /^UNKNOWN\(77\): outcome unknown to this control plane, counted as not healthy; upgrade the control plane \(verifying\)$/,
+    ],
+    [
+      "an unknown outcome is not healthy even with passing health checks on the target",
+      {
+        currentGeneration: TARGET,
+        latestOutcome: outcome(77 as Outcome, START + S, ""),
+        latestHealth: pass(START + 2 * S),
+      },
+      START + 3 * S,
+      "unhealthy",
+      /^UNKNOWN\(77\)/,
+    ],
+    [
+      "an unknown outcome from before the start does not count",
+      { latestOutcome: outcome(77 as Outcome, START - S) },
+      START + 2 * S,
+      "pending",
+    ],
+    [
+      "an unknown outcome about another generation does not count",
+      { latestOutcome: outcome(77 as Outcome, START + S, OTHER) },
+      START + 2 * S,
+      "pending",
     ],
     [
       "APPLYING is never success",

@@ -16,7 +16,6 @@ import {
   PLAIN_PEER,
 } from "../../src/control-plane/auth/peer-identity.js";
 import { FLEET_METHOD_ROLES, requiredRole } from "../../src/control-plane/auth/roles.js";
-import { strictlyIncreasingClock } from "../../src/control-plane/clock.js";
 import { legacyOutcome, legacyReport } from "../../src/control-plane/http/legacy-report.js";
 import { cacheUrlProblem } from "../../src/control-plane/input-rules.js";
 import {
@@ -252,16 +251,5 @@ describe("small rules", () => {
       assert.equal(cacheUrlProblem(ok), undefined, ok);
     for (const bad of ["cache.example.org", "https://a b", "https://x\n", "", `https://${"a".repeat(1100)}`])
       assert.ok(cacheUrlProblem(bad), JSON.stringify(bad));
-  });
-  it("the clock never repeats a millisecond or goes backwards", () => {
-    let t = 1000;
-    const clock = strictlyIncreasingClock(() => t);
-    const a = clock.now();
-    const b = clock.now();
-    t = 500;
-    const c = clock.now();
-    t = 5000;
-    const d = clock.now();
-    assert.deepEqual([a, b, c, d], [1000, 1001, 1002, 5000]);
   });
 });

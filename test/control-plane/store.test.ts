@@ -129,6 +129,38 @@ describe("database file and migrations", () => {
     );
   });
 
+  it("upgrading from schema 1: the old strictly increasing times seed the evidence sequence", async (t) => {
+    const file = join(tempDir(t), "state.db");
+    const target = storePath("a", 2);
+    const v1 = new Database(file);
+    applyMigrations(v1, MIGRATIONS.slice(0, 1));
+    v1.exec(`
+      INSERT INTO machines (id, lifecycle, registered_at) VALUES ('a', 'active', 1);
+      INSERT INTO releases VALUES ('rel-1', '', '', '', 1, 1, 'x');
+      INSERT INTO rollouts (id, release_id, status, target_tags, target_hosts, strategy, batch_sizes,
+        failure_threshold, on_failure, health_timeout_seconds, soak_seconds, cache_url, created_at, updated_at, created_by)
+        VALUES ('r-1', 'rel-1', 'running', '[]', '["a"]', 'all_at_once', '["100%"]', '0', 'pause', 300, 0, '', 1, 1, 'x');
+      INSERT INTO rollout_batches VALUES ('r-1', 0, 'deploying', 550, NULL);
+      INSERT INTO rollout_machines (rollout_id, machine_id, batch_index, position, target_generation, active)
+        VALUES ('r-1', 'a', 0, 0, '${target}', 1);
+      INSERT INTO reports (machine_id, received_at, current_generation, desired_generation, desired_revision,
+        outcome, success, message, deployment_id) VALUES ('a', 500, '', '${target}', 0, ${Outcome.ROLLED_BACK}, 0, 'before', '');
+      INSERT INTO health_reports (machine_id, received_at, generation, all_passed, results, post_apply, deployment_id)
+        VALUES ('a', 600, '${target}', 1, '[]', 1, '');
+    `);
+    v1.close();
+    const { store } = await open(t, file);
+    const [before] = await store.gateEvidence("r-1", 0);
+    assert.equal(before!.latestOutcome, null, "the report from before the start still does not count");
+    assert.deepEqual(before!.latestHealth, { allPassed: true, receivedAt: 600, seq: 600, failing: [] });
+    // New evidence is ordered after everything old, whatever its time (here: a clock stepped back).
+    await store.recordReport(report("a", { desiredGeneration: target, outcome: Outcome.ROLLED_BACK }), 100);
+    const [later] = await store.gateEvidence("r-1", 0);
+    assert.equal(later!.latestOutcome?.outcome, Outcome.ROLLED_BACK);
+    assert.equal(later!.latestOutcome?.receivedAt, 100);
+    assert.ok(later!.latestOutcome!.seq > 600);
+  });
+
   it("a failing migration is rolled back and the database stays at the last good version", async (t) => {
     const file = join(tempDir(t), "state.db");
     const broken = [
@@ -478,14 +510,20 @@ describe("releases, rollouts and keys", () => {
     );
     await assert.rejects(store.clearDesired("a", "x", 7), /in active rollout r-1/);
     assert.ok(
-      await store.finishBatch("r-1", 0, 5, { passed: true, message: "ok", last: false, pause: false }, 8),
+      await store.finishBatch(
+        "r-1",
+        0,
+        start0.rollout.batches[0]!.startedSeq!,
+        { passed: true, message: "ok", last: false, pause: false },
+        8,
+      ),
     );
-    await store.startBatch("r-1", 1, 9);
+    const start1 = (await store.startBatch("r-1", 1, 9))!;
     // Batch 2 fails and pauses; resume re-deploys it and must keep the recorded previous.
     await store.finishBatch(
       "r-1",
       1,
-      9,
+      start1.rollout.batches[1]!.startedSeq!,
       { passed: false, message: "b failed", last: false, pause: true },
       10,
     );

@@ -38,6 +38,34 @@ function rfc3339(name: string, value: unknown): number | null {
   return ms;
 }
 
+// With the u flag a well-formed surrogate pair is one code point; only a lone half matches.
+const LONE_SURROGATE = /\p{Cs}/u;
+
+/**
+ * The path of the first string (or key) in `value` holding a lone UTF-16 surrogate ("\ud800"):
+ * JSON allows the escape, but it is not Unicode text, cannot be stored as UTF-8, and the Connect
+ * routes refuse it, so this route refuses it too.
+ */
+export function loneSurrogatePath(value: unknown, path = "body"): string | null {
+  if (typeof value === "string") return LONE_SURROGATE.test(value) ? path : null;
+  if (Array.isArray(value)) {
+    for (const [i, v] of value.entries()) {
+      const bad = loneSurrogatePath(v, `${path}[${i}]`);
+      if (bad) return bad;
+    }
+    return null;
+  }
+  if (typeof value === "object" && value !== null) {
+    for (const [k, v] of Object.entries(value)) {
+      const name = path === "body" ? k : `${path}.${k}`;
+      if (LONE_SURROGATE.test(k)) return name;
+      const bad = loneSurrogatePath(v, name);
+      if (bad) return bad;
+    }
+  }
+  return null;
+}
+
 /**
  * Maps a parsed v0.1 JSON body to a report and an optional health report for machine `id`
  * (the path wins over the body's machine_id, as in v0.1). Unknown fields are ignored.
@@ -45,6 +73,9 @@ function rfc3339(name: string, value: unknown): number | null {
 export function legacyReport(id: string, body: unknown): { report: ReportInput; health: HealthInput | null } {
   if (typeof body !== "object" || body === null || Array.isArray(body))
     throw new ValidationError("body", "must be a JSON object");
+  const invalid = loneSurrogatePath(body);
+  if (invalid)
+    throw new ValidationError(invalid, "is not valid Unicode text (it contains a lone UTF-16 surrogate)");
   const b = body as Record<string, unknown>;
   const currentGeneration = field(b, "current_generation", "string", "");
   const success = field(b, "success", "boolean", false);

@@ -9,12 +9,14 @@
  *   plain server, so the first bytes of each connection decide: the HTTP/2 preface goes to an
  *   h2c server, anything else to an HTTP/1.1 server.
  *
- * Both track their connections so shutdown can let in-flight requests finish, then close.
+ * Both track their connections so shutdown can let in-flight requests finish, then close, and
+ * apply the handshake, header and idle timeouts of connection-timeouts.ts.
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import http2, { type Http2ServerRequest, type Http2ServerResponse, type Http2Session } from "node:http2";
 import net, { type AddressInfo, type Socket } from "node:net";
 import { Duplex } from "node:stream";
+import { type ConnectionTimeouts, DEFAULT_CONNECTION_TIMEOUTS, TimeoutGuard } from "./connection-timeouts.js";
 
 export type RequestHandler = (
   req: IncomingMessage | Http2ServerRequest,
@@ -68,12 +70,15 @@ class ConnectionTracker {
   inflight = 0;
   private idle: (() => void) | null = null;
 
+  constructor(readonly guard: TimeoutGuard) {}
+
   socket(socket: Socket | Duplex): void {
     this.sockets.add(socket);
     socket.once("close", () => this.sockets.delete(socket));
   }
 
   session(session: Http2Session): void {
+    this.guard.h2Session(session);
     this.sessions.add(session);
     session.once("close", () => this.sessions.delete(session));
   }
@@ -90,6 +95,7 @@ class ConnectionTracker {
       };
       res.once("close", finish);
       res.once("finish", finish);
+      this.guard.request(req, res);
       if ("stream" in req && req.stream) {
         const stream = req.stream;
         // For HTTP/2 the compat response reports "finish" only when the whole stream closes, which
@@ -169,8 +175,9 @@ export async function listenTls(
   port: number,
   tls: TlsOptions,
   handler: RequestHandler,
+  timeouts: ConnectionTimeouts = DEFAULT_CONNECTION_TIMEOUTS,
 ): Promise<Listener> {
-  const tracker = new ConnectionTracker();
+  const tracker = new ConnectionTracker(new TimeoutGuard(timeouts));
   const server = http2.createSecureServer(
     {
       cert: tls.cert,
@@ -182,10 +189,14 @@ export async function listenTls(
       maxSessionMemory: 32,
       settings: { maxHeaderListSize: MAX_HEADER_BYTES },
       maxHeaderSize: MAX_HEADER_BYTES,
+      handshakeTimeout: timeouts.handshakeMs,
     } as http2.SecureServerOptions,
     tracker.wrap(handler),
   );
-  server.on("secureConnection", (socket) => tracker.socket(socket));
+  server.on("secureConnection", (socket) => {
+    tracker.socket(socket);
+    if (socket.alpnProtocol !== "h2") tracker.guard.http1Socket(socket);
+  });
   server.on("session", (session) => tracker.session(session));
   // A peer that fails the handshake (no TLS, garbage) or breaks HTTP/2 framing only loses its
   // own connection; none of it may take the server down.
@@ -253,8 +264,13 @@ function replaying(socket: Socket, head: Buffer): Duplex {
   return duplex;
 }
 
-export async function listenInsecure(host: string, port: number, handler: RequestHandler): Promise<Listener> {
-  const tracker = new ConnectionTracker();
+export async function listenInsecure(
+  host: string,
+  port: number,
+  handler: RequestHandler,
+  timeouts: ConnectionTimeouts = DEFAULT_CONNECTION_TIMEOUTS,
+): Promise<Listener> {
+  const tracker = new ConnectionTracker(new TimeoutGuard(timeouts));
   const wrapped = tracker.wrap(handler);
   const h2c = http2.createServer(
     { settings: { maxHeaderListSize: MAX_HEADER_BYTES } } as http2.ServerOptions,
@@ -265,6 +281,7 @@ export async function listenInsecure(host: string, port: number, handler: Reques
   h2c.on("sessionError", () => {});
   const server = net.createServer((socket) => {
     tracker.socket(socket);
+    const identified = tracker.guard.handshake(socket);
     let head = Buffer.alloc(0);
     const onData = (chunk: Buffer) => {
       head = Buffer.concat([head, chunk]);
@@ -272,12 +289,14 @@ export async function listenInsecure(host: string, port: number, handler: Reques
       const isH2 = head.subarray(0, n).equals(PREFACE.subarray(0, n));
       if (isH2 && head.length < PREFACE.length) return;
       socket.off("data", onData);
+      identified();
       if (isH2) {
         tracker.h2Sockets.add(socket);
         h2c.emit("connection", replaying(socket, head));
       } else {
         socket.pause();
         socket.unshift(head);
+        tracker.guard.http1Socket(socket);
         h1.emit("connection", socket);
         socket.resume();
       }
@@ -294,10 +313,14 @@ export async function listenPlainHttp(
   host: string,
   port: number,
   handler: RequestHandler,
+  timeouts: ConnectionTimeouts = DEFAULT_CONNECTION_TIMEOUTS,
 ): Promise<Listener> {
-  const tracker = new ConnectionTracker();
+  const tracker = new ConnectionTracker(new TimeoutGuard(timeouts));
   const server = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES }, tracker.wrap(handler));
-  server.on("connection", (socket) => tracker.socket(socket));
+  server.on("connection", (socket) => {
+    tracker.socket(socket);
+    tracker.guard.http1Socket(socket);
+  });
   const bound = await listenOn(server, host, port);
   return listener(`http://${hostForUrl(host)}:${bound}`, bound, server, tracker, server);
 }

@@ -101,14 +101,16 @@ export class RolloutExecutor {
       }
       let gates: MachineGate[] | undefined;
       const now = clock.now();
-      if (batch?.status === "deploying" && batch.startedAt !== null) {
+      if (batch?.status === "deploying" && batch.startedAt !== null && batch.startedSeq !== null) {
+        const { startedAt, startedSeq } = batch;
         const evidence = await store.gateEvidence(rolloutId, batch.index);
         gates = evidence.map((e) =>
           classifyMachine(
             {
               machineId: e.machineId,
               target: e.targetGeneration,
-              startedAt: batch.startedAt!,
+              startedAt,
+              startedSeq,
               healthTimeoutMs: rollout.healthTimeoutSeconds * 1000,
               soakMs: rollout.soakSeconds * 1000,
               currentGeneration: e.currentGeneration,
@@ -132,20 +134,20 @@ export class RolloutExecutor {
           continue;
         }
         case "wait": {
-          const events = await store.recordGate(rolloutId, decision.index, batch!.startedAt!, gates!, now);
+          const events = await store.recordGate(rolloutId, decision.index, batch!.startedSeq!, gates!, now);
           this.o.notifier.applied({ rollout, events, changes: [] });
           return;
         }
         case "batch-passed":
         case "batch-failed": {
-          const startedAt = batch!.startedAt!;
-          const events = await store.recordGate(rolloutId, decision.index, startedAt, gates!, now);
+          const startedSeq = batch!.startedSeq!;
+          const events = await store.recordGate(rolloutId, decision.index, startedSeq, gates!, now);
           this.o.notifier.applied({ rollout, events, changes: [] });
           const passed = decision.kind === "batch-passed";
           const change = await store.finishBatch(
             rolloutId,
             decision.index,
-            startedAt,
+            startedSeq,
             {
               passed,
               message: verdictMessage(decision.verdict, gates!),

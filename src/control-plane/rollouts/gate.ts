@@ -12,16 +12,21 @@
  * - otherwise PENDING, until health_timeout after the start makes it UNHEALTHY ("no decision in
  *   time"). A machine whose passing streak began before the timeout may finish its soak.
  *
+ * An outcome this control plane does not know (a newer agent's, shown as UNKNOWN(n)) about the
+ * target counts as UNHEALTHY: it may be a failure, and it must not leave the gate to time out.
+ *
  * FETCH_FAILED is not definitive: nothing changed on the host and the agent retries every
  * retryInterval (a cache hiccup, a closure pushed a moment late). It keeps the machine pending,
  * with the fetch error as the reason, until it fetches or the health timeout runs out.
  *
- * "After the start" is strict (received_at > started_at) and the control plane's clock never
- * hands out the same millisecond twice, so a report from before a (re)start never counts:
- * reports from before a pause cannot fail a resumed batch, and a health report from the old
- * generation can never pass one. APPLYING is never success; it only says the switch is under way.
+ * "After the start" is by the store's evidence sequence, not by time (seq > started_seq): the
+ * sequence follows commit order, so a report stored before a (re)start never counts, even in the
+ * same millisecond or after the wall clock stepped back — reports from before a pause cannot fail
+ * a resumed batch, and a health report from the old generation can never pass one. Times (wall
+ * clock) only measure durations: the health timeout and the soak. APPLYING is never success; it only says the switch is under way.
  */
-import { Outcome } from "../../gen/nixfleet/v1/types_pb.js";
+import { Outcome, OutcomeSchema } from "../../gen/nixfleet/v1/types_pb.js";
+import { isKnownEnumValue, outcomeName } from "../enum-names.js";
 import type { GateState } from "../store/records.js";
 import { allowedUnhealthy, type FailureThreshold } from "./threshold.js";
 
@@ -40,19 +45,25 @@ export interface OutcomeEvidence {
   /** The generation the outcome is about; empty from agents that don't say (v0.1 REST). */
   desiredGeneration: string;
   receivedAt: number;
+  /** Position in the store's evidence sequence (orders reports against batch starts). */
+  seq: number;
 }
 
 /** The latest health report on the target generation since the batch start. */
 export interface HealthEvidence {
   allPassed: boolean;
   receivedAt: number;
+  seq: number;
   failing: string[];
 }
 
 export interface MachineGateInput {
   machineId: string;
   target: string;
+  /** Wall-clock time of the batch start: the health timeout and the soak count from it. */
   startedAt: number;
+  /** The batch start's position in the evidence sequence: only later evidence counts. */
+  startedSeq: number;
   healthTimeoutMs: number;
   soakMs: number;
   /** What the machine's latest report (or Hello) says it runs. */
@@ -69,30 +80,37 @@ export interface MachineGate {
   reason: string;
 }
 
-function outcomeName(outcome: Outcome): string {
-  return Outcome[outcome] ?? `outcome ${outcome}`;
-}
-
 function seconds(ms: number): string {
   return `${Math.floor(ms / 1000)}s`;
 }
 
 export function classifyMachine(input: MachineGateInput, now: number): MachineGate {
-  const { machineId, target, startedAt } = input;
+  const { machineId, target, startedAt, startedSeq } = input;
   const gate = (state: GateState, reason: string): MachineGate => ({ machineId, state, reason });
 
-  const outcome = input.latestOutcome;
+  const outcome = input.latestOutcome && input.latestOutcome.seq > startedSeq ? input.latestOutcome : null;
   if (
     outcome &&
-    outcome.receivedAt > startedAt &&
     FAILURE_OUTCOMES.has(outcome.outcome) &&
     (outcome.desiredGeneration === target || outcome.desiredGeneration === "")
   ) {
     const detail = outcome.message ? `: ${outcome.message}` : "";
     return gate("unhealthy", `${outcomeName(outcome.outcome)}${detail}`);
   }
+  if (
+    outcome &&
+    !isKnownEnumValue(OutcomeSchema, outcome.outcome) &&
+    (outcome.desiredGeneration === target || outcome.desiredGeneration === "")
+  ) {
+    // A newer agent's outcome: it might be a failure, so it is never taken as success.
+    const detail = outcome.message ? ` (${outcome.message})` : "";
+    return gate(
+      "unhealthy",
+      `${outcomeName(outcome.outcome)}: outcome unknown to this control plane, counted as not healthy; upgrade the control plane${detail}`,
+    );
+  }
 
-  const health = input.latestHealth && input.latestHealth.receivedAt > startedAt ? input.latestHealth : null;
+  const health = input.latestHealth && input.latestHealth.seq > startedSeq ? input.latestHealth : null;
   if (health && !health.allPassed) {
     const names = health.failing.length ? health.failing.join(", ") : "unnamed checks";
     return gate("unhealthy", `health checks failing on the target generation: ${names}`);
@@ -116,14 +134,12 @@ export function classifyMachine(input: MachineGateInput, now: number): MachineGa
     waiting = "on the target generation, waiting for a passing health report";
   } else if (
     outcome &&
-    outcome.receivedAt > startedAt &&
     outcome.outcome === Outcome.FETCH_FAILED &&
     (outcome.desiredGeneration === target || outcome.desiredGeneration === "")
   ) {
     waiting = `fetching the target generation failed; the agent retries${outcome.message ? `: ${outcome.message}` : ""}`;
   } else {
-    const last =
-      outcome && outcome.receivedAt > startedAt ? `; last outcome ${outcomeName(outcome.outcome)}` : "";
+    const last = outcome ? `; last outcome ${outcomeName(outcome.outcome)}` : "";
     const current = input.currentGeneration ? ` (running ${input.currentGeneration})` : "";
     waiting = `waiting for the switch to the target generation${current}${last}`;
   }

@@ -12,7 +12,6 @@ import type {
   ReportRequest,
   WatchRequest,
 } from "../../gen/nixfleet/v1/agent_pb.js";
-import { HealthCheckKind, Outcome } from "../../gen/nixfleet/v1/types_pb.js";
 import {
   deploymentIdProblem,
   lineProblem,
@@ -37,10 +36,21 @@ function safeNumber(value: bigint): number {
   return value > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(value);
 }
 
+// google.protobuf.Timestamp's documented range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+const MIN_TIMESTAMP_SECONDS = -62_135_596_800n;
+const MAX_TIMESTAMP_SECONDS = 253_402_300_799n;
+
+/** The agent's clock reading, in whole milliseconds; outside Timestamp's range is bad input. */
 function agentTime(ts: Timestamp | undefined): number | null {
   if (!ts) return null;
-  const ms = timestampMs(ts);
-  return Number.isFinite(ms) ? ms : null;
+  if (ts.seconds < MIN_TIMESTAMP_SECONDS || ts.seconds > MAX_TIMESTAMP_SECONDS)
+    throw new ValidationError(
+      "timestamp",
+      `seconds ${ts.seconds} is outside google.protobuf.Timestamp's range (years 1 to 9999)`,
+    );
+  if (ts.nanos < 0 || ts.nanos > 999_999_999)
+    throw new ValidationError("timestamp", `nanos ${ts.nanos} must be from 0 to 999999999`);
+  return Math.floor(timestampMs(ts));
 }
 
 export function checkMachineId(value: string): void {
@@ -53,8 +63,8 @@ export function checkReport(input: ReportInput): ReportInput {
   optionalStorePath("current_generation", input.currentGeneration);
   optionalStorePath("desired_generation", input.desiredGeneration);
   check("message", textProblem(input.message, MAX_MESSAGE_BYTES));
-  if (Outcome[input.outcome] === undefined)
-    throw new ValidationError("outcome", `unknown outcome ${input.outcome}`);
+  // An outcome this control plane does not know (a newer agent) is stored as its number; the
+  // gate counts it as not healthy. See enum-names.ts.
   check("deployment_id", deploymentIdProblem(input.deploymentId));
   if (input.tags) tags("tags", input.tags);
   check("agent_version", lineProblem(input.agentVersion, MAX_AGENT_VERSION_LENGTH));
@@ -94,9 +104,9 @@ export function checkHealth(input: HealthInput): HealthInput {
   for (const [i, r] of input.results.entries()) {
     if (r.name === "") throw new ValidationError(`results[${i}].name`, "must not be empty");
     check(`results[${i}].name`, lineProblem(r.name, MAX_CHECK_NAME_LENGTH));
-    if (HealthCheckKind[r.kind] === undefined)
-      throw new ValidationError(`results[${i}].kind`, `unknown kind ${r.kind}`);
     check(`results[${i}].message`, textProblem(r.message, MAX_MESSAGE_BYTES));
+    // A kind this control plane does not know (a newer agent's check) is stored as its number
+    // and counts by its pass/fail like any other.
   }
   check("deployment_id", deploymentIdProblem(input.deploymentId));
   return input;

@@ -4,7 +4,9 @@
  * new, and let the executor look at the machine's rollout at once.
  */
 import type { Logger } from "../../common/logger.js";
+import { HealthCheckKindSchema, OutcomeSchema } from "../../gen/nixfleet/v1/types_pb.js";
 import type { Clock } from "../clock.js";
+import { healthCheckKindName, isKnownEnumValue, outcomeName } from "../enum-names.js";
 import type { RolloutExecutor } from "../rollouts/executor.js";
 import type {
   AgentContactResult,
@@ -32,6 +34,9 @@ export interface DesiredAnswer {
 }
 
 export class AgentIntake {
+  /** Unknown enum values already warned about, so a fleet of newer agents logs each once. */
+  private readonly warnedUnknown = new Set<string>();
+
   constructor(private readonly o: AgentIntakeOptions) {}
 
   async desired(machineId: string): Promise<DesiredAnswer> {
@@ -47,12 +52,17 @@ export class AgentIntake {
   }
 
   async report(input: ReportInput): Promise<AgentContactResult> {
+    if (!isKnownEnumValue(OutcomeSchema, input.outcome))
+      this.warnUnknown(input.machineId, `outcome ${outcomeName(input.outcome)}`);
     const result = await this.o.store().recordReport(input, this.o.clock.now());
     this.after(result, "report");
     return result;
   }
 
   async health(input: HealthInput): Promise<AgentContactResult> {
+    for (const r of input.results)
+      if (!isKnownEnumValue(HealthCheckKindSchema, r.kind))
+        this.warnUnknown(input.machineId, `health check kind ${healthCheckKindName(r.kind)}`);
     const result = await this.o.store().recordHealth(input, this.o.clock.now());
     this.after(result, "health report");
     return result;
@@ -60,6 +70,15 @@ export class AgentIntake {
 
   heard(machineId: string): void {
     this.o.presence.touch(machineId, this.o.clock.now());
+  }
+
+  private warnUnknown(machineId: string, what: string): void {
+    if (this.warnedUnknown.has(what)) return;
+    this.warnedUnknown.add(what);
+    this.o.logger.warn(
+      { machineId },
+      `stored ${what} from ${machineId}, which this control plane does not know: the agent is newer; upgrade the control plane (an unknown outcome counts as not healthy in rollout gates)`,
+    );
   }
 
   private after(result: AgentContactResult, what: string): void {

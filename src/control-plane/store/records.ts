@@ -143,6 +143,11 @@ export interface BatchRecord {
   index: number;
   status: BatchStatus;
   startedAt: number | null;
+  /**
+   * The latest start's position in the evidence sequence (reports stored after it count for the
+   * gate); also identifies that start, so a decision about an older start is refused.
+   */
+  startedSeq: number | null;
   completedAt: number | null;
   machines: RolloutMachineRecord[];
 }

@@ -186,15 +186,19 @@ export interface FleetStore {
   gateEvidence(rolloutId: string, batchIndex: number): Promise<GateEvidence[]>;
   /**
    * Starts (or re-starts) a batch of a running rollout: records each machine's previous desired
-   * generation the first time, assigns the target with a fresh revision, stamps started_at.
+   * generation the first time, assigns the target with a fresh revision, stamps started_at (wall
+   * time) and started_seq (its place in the evidence sequence).
    * Returns null when the rollout is no longer running or the batch is not startable.
    */
   startBatch(rolloutId: string, index: number, now: number): Promise<RolloutChange | null>;
-  /** Stores the gate's per-machine states; returns MACHINE_HEALTHY/UNHEALTHY events for changes. */
+  /**
+   * Stores the gate's per-machine states; returns MACHINE_HEALTHY/UNHEALTHY events for changes.
+   * Refused (nothing stored) unless the batch is still deploying from the start `startedSeq`.
+   */
   recordGate(
     rolloutId: string,
     index: number,
-    startedAt: number,
+    startedSeq: number,
     gates: readonly MachineGateUpdate[],
     now: number,
   ): Promise<RolloutEventRecord[]>;
@@ -205,7 +209,7 @@ export interface FleetStore {
   finishBatch(
     rolloutId: string,
     index: number,
-    startedAt: number,
+    startedSeq: number,
     result: { passed: boolean; message: string; last: boolean; pause: boolean },
     now: number,
   ): Promise<RolloutChange | null>;

@@ -202,6 +202,33 @@ CREATE INDEX audit_by_time ON audit_events (timestamp);
 CREATE INDEX audit_by_target ON audit_events (target, id);
 `,
   },
+  {
+    version: 2,
+    name: "a sequence orders reports and batch starts, apart from time",
+    // "Received after the batch started" used to compare received_at with started_at, exact only
+    // because the clock handed out strictly increasing milliseconds — a clock that traffic could
+    // drive ahead of wall time. Time now comes from the wall clock; order comes from this
+    // counter, bumped inside the writing transaction. Before this migration the stored times were
+    // strictly increasing, so they seed the sequence and the old order is kept exactly.
+    sql: `
+CREATE TABLE evidence_sequence (
+  id    INTEGER PRIMARY KEY CHECK (id = 1),
+  value INTEGER NOT NULL
+) STRICT;
+ALTER TABLE reports ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE health_reports ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rollout_batches ADD COLUMN started_seq INTEGER;
+UPDATE reports SET seq = received_at;
+UPDATE health_reports SET seq = received_at;
+UPDATE rollout_batches SET started_seq = started_at;
+INSERT INTO evidence_sequence (id, value) VALUES (1, max(
+  (SELECT coalesce(max(received_at), 0) FROM reports),
+  (SELECT coalesce(max(received_at), 0) FROM health_reports),
+  (SELECT coalesce(max(started_at), 0) FROM rollout_batches)));
+CREATE INDEX reports_by_machine_seq ON reports (machine_id, seq);
+CREATE INDEX health_by_machine_generation_seq ON health_reports (machine_id, generation, seq);
+`,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -63,6 +63,17 @@ export class Sql {
   }
 }
 
+/**
+ * The next position in the order of agent evidence (reports, health reports) and batch starts.
+ * Callers hold the write transaction, so positions follow commit order — what "received after
+ * the batch started" means — whatever the wall clock does.
+ */
+export function nextSeq(sql: Sql): number {
+  return sql.get<{ value: number }>(
+    "UPDATE evidence_sequence SET value = value + 1 WHERE id = 1 RETURNING value",
+  )!.value;
+}
+
 /** JSON array parameter for `IN (SELECT value FROM json_each(?))`. */
 export function jsonList(values: readonly string[]): string {
   return JSON.stringify(values);

@@ -15,7 +15,7 @@ import type {
   RolloutStatus,
 } from "./records.js";
 import type { MachineFilter } from "./repository.js";
-import { jsonList, type Sql } from "./sql.js";
+import { jsonList, nextSeq, type Sql } from "./sql.js";
 
 interface MachineRow {
   id: string;
@@ -219,11 +219,12 @@ export function recordReport(sql: Sql, input: ReportInput, now: number): AgentCo
     const registered = ensureAgentMachine(sql, input.machineId, now);
     syncAgentTags(sql, input.machineId, input.tags, now);
     sql.run(
-      `INSERT INTO reports (machine_id, received_at, current_generation, desired_generation, desired_revision,
+      `INSERT INTO reports (machine_id, received_at, seq, current_generation, desired_generation, desired_revision,
          outcome, success, message, deployment_id, agent_time)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       input.machineId,
       now,
+      nextSeq(sql),
       input.currentGeneration,
       input.desiredGeneration,
       input.desiredRevision,
@@ -265,10 +266,11 @@ export function recordHealth(sql: Sql, input: HealthInput, now: number): AgentCo
     // A report claiming all_passed with a failing result in it is not trusted as passing.
     const allPassed = input.allPassed && failing.length === 0;
     sql.run(
-      `INSERT INTO health_reports (machine_id, received_at, generation, all_passed, results, post_apply, deployment_id, agent_time)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO health_reports (machine_id, received_at, seq, generation, all_passed, results, post_apply, deployment_id, agent_time)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       input.machineId,
       now,
+      nextSeq(sql),
       input.generation,
       allPassed ? 1 : 0,
       JSON.stringify(input.results),

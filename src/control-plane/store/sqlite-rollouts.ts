@@ -26,7 +26,7 @@ import type {
   RolloutChange,
   RolloutFilter,
 } from "./repository.js";
-import { jsonList, type Sql } from "./sql.js";
+import { jsonList, nextSeq, type Sql } from "./sql.js";
 import { writeDesired } from "./sqlite-machines.js";
 
 interface RolloutRow {
@@ -53,6 +53,7 @@ interface BatchRow {
   batch_index: number;
   status: BatchStatus;
   started_at: number | null;
+  started_seq: number | null;
   completed_at: number | null;
 }
 
@@ -117,6 +118,7 @@ function toRollout(sql: Sql, row: RolloutRow): RolloutRecord {
       index: b.batch_index,
       status: b.status,
       startedAt: b.started_at,
+      startedSeq: b.started_seq,
       completedAt: b.completed_at,
       machines: byBatch.get(b.batch_index) ?? [],
     }));
@@ -303,8 +305,8 @@ export function gateEvidence(sql: Sql, rolloutId: string, batchIndex: number): G
     rolloutId,
     batchIndex,
   );
-  if (!batch || batch.started_at === null) return [];
-  const startedAt = batch.started_at;
+  if (!batch || batch.started_seq === null) return [];
+  const startedSeq = batch.started_seq;
   const machines = sql.all<{ machine_id: string; target_generation: string; current_generation: string }>(
     `SELECT rm.machine_id, rm.target_generation, m.current_generation FROM rollout_machines rm
      JOIN machines m ON m.id = rm.machine_id
@@ -321,43 +323,46 @@ export function gateEvidence(sql: Sql, rolloutId: string, batchIndex: number): G
         "SELECT revision FROM desired_generations WHERE machine_id = ?",
         m.machine_id,
       )?.revision ?? 0;
+    // "After the start" is by sequence (commit order), never by time: see gate.ts.
     const outcome = sql.get<{
       outcome: number;
       message: string;
       desired_generation: string;
       received_at: number;
+      seq: number;
     }>(
-      `SELECT outcome, message, desired_generation, received_at FROM reports
-       WHERE machine_id = ? AND received_at > ? AND outcome != 0 AND (desired_revision = 0 OR desired_revision >= ?)
-       ORDER BY received_at DESC, id DESC LIMIT 1`,
+      `SELECT outcome, message, desired_generation, received_at, seq FROM reports
+       WHERE machine_id = ? AND seq > ? AND outcome != 0 AND (desired_revision = 0 OR desired_revision >= ?)
+       ORDER BY seq DESC LIMIT 1`,
       m.machine_id,
-      startedAt,
+      startedSeq,
       assigned,
     );
-    const health = sql.get<{ all_passed: number; received_at: number; results: string }>(
-      `SELECT all_passed, received_at, results FROM health_reports
-       WHERE machine_id = ? AND generation = ? AND received_at > ? ORDER BY received_at DESC, id DESC LIMIT 1`,
+    const health = sql.get<{ all_passed: number; received_at: number; seq: number; results: string }>(
+      `SELECT all_passed, received_at, seq, results FROM health_reports
+       WHERE machine_id = ? AND generation = ? AND seq > ? ORDER BY seq DESC LIMIT 1`,
       m.machine_id,
       m.target_generation,
-      startedAt,
+      startedSeq,
     );
     let passingSince: number | null = null;
     if (health && health.all_passed === 1) {
-      const lastFail = sql.get<{ t: number | null }>(
-        `SELECT max(received_at) AS t FROM health_reports
-         WHERE machine_id = ? AND generation = ? AND received_at > ? AND all_passed = 0`,
+      const lastFail = sql.get<{ s: number | null }>(
+        `SELECT max(seq) AS s FROM health_reports
+         WHERE machine_id = ? AND generation = ? AND seq > ? AND all_passed = 0`,
         m.machine_id,
         m.target_generation,
-        startedAt,
-      )!.t;
+        startedSeq,
+      )!.s;
+      // The streak's first report is the first passing one after the last failure (or the start).
       passingSince =
         sql.get<{ t: number | null }>(
-          `SELECT min(received_at) AS t FROM health_reports
-           WHERE machine_id = ? AND generation = ? AND received_at > ? AND all_passed = 1`,
+          `SELECT received_at AS t FROM health_reports
+           WHERE machine_id = ? AND generation = ? AND seq > ? AND all_passed = 1 ORDER BY seq LIMIT 1`,
           m.machine_id,
           m.target_generation,
-          Math.max(lastFail ?? startedAt, startedAt),
-        )!.t ?? null;
+          Math.max(lastFail ?? startedSeq, startedSeq),
+        )?.t ?? null;
     }
     const failing = health
       ? (JSON.parse(health.results) as { name: string; passed: boolean }[])
@@ -374,10 +379,11 @@ export function gateEvidence(sql: Sql, rolloutId: string, batchIndex: number): G
             message: outcome.message,
             desiredGeneration: outcome.desired_generation,
             receivedAt: outcome.received_at,
+            seq: outcome.seq,
           }
         : null,
       latestHealth: health
-        ? { allPassed: health.all_passed === 1, receivedAt: health.received_at, failing }
+        ? { allPassed: health.all_passed === 1, receivedAt: health.received_at, seq: health.seq, failing }
         : null,
       passingSince,
     };
@@ -433,8 +439,9 @@ export function startBatch(sql: Sql, rolloutId: string, index: number, now: numb
       index,
     );
     sql.run(
-      "UPDATE rollout_batches SET status = 'deploying', started_at = ?, completed_at = NULL WHERE rollout_id = ? AND batch_index = ?",
+      "UPDATE rollout_batches SET status = 'deploying', started_at = ?, started_seq = ?, completed_at = NULL WHERE rollout_id = ? AND batch_index = ?",
       now,
+      nextSeq(sql),
       rolloutId,
       index,
     );
@@ -460,7 +467,7 @@ export function recordGate(
   sql: Sql,
   rolloutId: string,
   index: number,
-  startedAt: number,
+  startedSeq: number,
   gates: readonly MachineGateUpdate[],
   now: number,
 ): RolloutEventRecord[] {
@@ -470,7 +477,7 @@ export function recordGate(
       rolloutId,
       index,
     );
-    if (batch?.status !== "deploying" || batch.started_at !== startedAt) return [];
+    if (batch?.status !== "deploying" || batch.started_seq !== startedSeq) return [];
     const events: RolloutEventRecord[] = [];
     for (const g of gates) {
       const row = sql.get<{ gate_state: GateState; gate_reason: string }>(
@@ -576,7 +583,7 @@ export function finishBatch(
   sql: Sql,
   rolloutId: string,
   index: number,
-  startedAt: number,
+  startedSeq: number,
   result: { passed: boolean; message: string; last: boolean; pause: boolean },
   now: number,
 ): RolloutChange | null {
@@ -588,7 +595,7 @@ export function finishBatch(
       rolloutId,
       index,
     );
-    if (batch?.status !== "deploying" || batch.started_at !== startedAt) return null;
+    if (batch?.status !== "deploying" || batch.started_seq !== startedSeq) return null;
     const status: BatchStatus = result.passed ? "succeeded" : "failed";
     sql.run(
       "UPDATE rollout_batches SET status = ?, completed_at = ? WHERE rollout_id = ? AND batch_index = ?",
@@ -719,8 +726,9 @@ export function activeRolloutCount(sql: Sql): number {
 }
 
 /** The oldest start of a deploying batch: reports after it are gate evidence and must be kept. */
-export function oldestDeployingStart(sql: Sql): number | null {
-  return sql.get<{ t: number | null }>(
-    "SELECT min(started_at) AS t FROM rollout_batches WHERE status = 'deploying'",
-  )!.t;
+export function oldestDeployingStart(sql: Sql): { at: number; seq: number } | null {
+  const row = sql.get<{ at: number | null; seq: number | null }>(
+    "SELECT min(started_at) AS at, min(started_seq) AS seq FROM rollout_batches WHERE status = 'deploying'",
+  )!;
+  return row.at === null || row.seq === null ? null : { at: row.at, seq: row.seq };
 }

@@ -141,20 +141,20 @@ export class SqliteFleetStore implements FleetStore {
   async recordGate(
     rolloutId: string,
     index: number,
-    startedAt: number,
+    startedSeq: number,
     gates: readonly MachineGateUpdate[],
     now: number,
   ) {
-    return rollouts.recordGate(this.sql, rolloutId, index, startedAt, gates, now);
+    return rollouts.recordGate(this.sql, rolloutId, index, startedSeq, gates, now);
   }
   async finishBatch(
     rolloutId: string,
     index: number,
-    startedAt: number,
+    startedSeq: number,
     result: { passed: boolean; message: string; last: boolean; pause: boolean },
     now: number,
   ) {
-    return rollouts.finishBatch(this.sql, rolloutId, index, startedAt, result, now);
+    return rollouts.finishBatch(this.sql, rolloutId, index, startedSeq, result, now);
   }
   async pauseRollout(id: string, reason: string, actor: string, now: number) {
     return rollouts.pauseRollout(this.sql, id, reason, actor, now);
@@ -209,16 +209,20 @@ export class SqliteFleetStore implements FleetStore {
   }
 
   async prune(cutoff: number): Promise<{ reports: number; healthReports: number }> {
+    // Evidence a deploying batch may still count is kept: stored after its start (by sequence)
+    // or, should the wall clock have stepped back, received after its start time.
     const keepFrom = rollouts.oldestDeployingStart(this.sql);
-    const effective = keepFrom === null ? cutoff : Math.min(cutoff, keepFrom);
+    const effective = keepFrom === null ? cutoff : Math.min(cutoff, keepFrom.at);
+    const keepSeq = keepFrom === null ? Number.MAX_SAFE_INTEGER : keepFrom.seq;
     const chunked = (table: string) => {
       let deleted = 0;
       for (;;) {
         const n = this.sql.tx(
           () =>
             this.sql.run(
-              `DELETE FROM ${table} WHERE id IN (SELECT id FROM ${table} WHERE received_at < ? ORDER BY id LIMIT ${PRUNE_CHUNK})`,
+              `DELETE FROM ${table} WHERE id IN (SELECT id FROM ${table} WHERE received_at < ? AND seq <= ? ORDER BY id LIMIT ${PRUNE_CHUNK})`,
               effective,
+              keepSeq,
             ).changes,
         );
         deleted += n;
