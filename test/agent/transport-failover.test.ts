@@ -1,0 +1,231 @@
+/**
+ * Several control-plane URLs: the option accepts one URL or a list (and a comma-separated flag or
+ * variable), and the transport moves to the next URL when one is unreachable — unary calls at
+ * once within the call, the push stream after its reconnect back-off — and stays on the one that
+ * answered. Against real control-plane processes (sharing nothing: failover needs no shared
+ * store) and, for the push stream, the real agent process.
+ */
+import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import { after, before, describe, it } from "node:test";
+import { ConfigError } from "../../src/agent/config/errors.js";
+import { loadAgentConfig, parseAgentConfig } from "../../src/agent/config.js";
+import { Journal } from "../../src/agent/journal/journal.js";
+import { AgentMetrics } from "../../src/agent/metrics.js";
+import { type AgentConnection, connectAgentService } from "../../src/agent/transport/client.js";
+import { Reporter } from "../../src/agent/transport/reporter.js";
+import { createLogger } from "../../src/common/logger.js";
+import { loadTlsMaterial } from "../../src/common/tls.js";
+import { Outcome } from "../../src/gen/nixfleet/v1/types_pb.js";
+import { type CpProcess, startCp, tlsArgs } from "../control-plane/process.js";
+import { createHost, waitFor } from "../fixtures/host.js";
+import { createPki, type Pki } from "../fixtures/pki.js";
+import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
+
+const GEN1 = "/nix/store/0c8vxs2ja1k5f5v0r4zm0h4y3hs7a0fj-nixos-system-web-01-1";
+
+describe("agent config: controlPlaneUrl is one URL or a list", () => {
+  const SRC = "/etc/nixfleet/agent.json";
+
+  it("takes a single string (as before lists) or a list, normalised, in order", () => {
+    assert.deepEqual(parseAgentConfig({ controlPlaneUrl: "https://cp:8443/" }, SRC).controlPlaneUrl, [
+      "https://cp:8443",
+    ]);
+    assert.deepEqual(
+      parseAgentConfig({ controlPlaneUrl: ["https://b.example/", "https://a.example:8443"] }, SRC)
+        .controlPlaneUrl,
+      ["https://b.example", "https://a.example:8443"],
+    );
+  });
+
+  it("takes a comma-separated list from a flag or variable", () => {
+    const dir = makeTempDir("nixfleet-urls-");
+    try {
+      const file = join(dir, "agent.json");
+      writeFileSync(file, "{}");
+      const fromEnv = loadAgentConfig({
+        configPath: file,
+        env: { NIXFLEET_CONTROL_PLANE_URL: "https://a:1, https://b:2" },
+        flags: {},
+      });
+      assert.deepEqual(fromEnv.config.controlPlaneUrl, ["https://a:1", "https://b:2"]);
+      const fromFlag = loadAgentConfig({
+        configPath: file,
+        env: {},
+        flags: { controlPlaneUrl: "https://c:3" },
+      });
+      assert.deepEqual(fromFlag.config.controlPlaneUrl, ["https://c:3"]);
+    } finally {
+      removeTempDir(dir);
+    }
+  });
+
+  const bad: Array<[string, unknown, string, RegExp]> = [
+    ["an empty list", [], "controlPlaneUrl", /at least one URL/],
+    ["a number", 8443, "controlPlaneUrl", /a URL or a JSON array of URLs/],
+    ["a bad entry", ["https://a", "ftp://b"], "controlPlaneUrl[1]", /https:\/\//],
+    ["a non-string entry", ["https://a", 7], "controlPlaneUrl[1]", /must be a string/],
+    ["the same URL twice", ["https://a/", "https://a"], "controlPlaneUrl[1]", /twice/],
+    ["credentials in an entry", ["https://u:p@a"], "controlPlaneUrl[0]", /credentials/],
+    ["too many", Array.from({ length: 17 }, (_, i) => `https://cp${i}`), "controlPlaneUrl", /at most 16/],
+  ];
+  for (const [what, value, key, reason] of bad) {
+    it(`refuses ${what}, naming ${key}`, () => {
+      assert.throws(
+        () => parseAgentConfig({ controlPlaneUrl: value }, SRC),
+        (e: unknown) => {
+          assert.ok(e instanceof ConfigError, String(e));
+          assert.equal(e.key, key);
+          assert.match(e.reason, reason);
+          return true;
+        },
+      );
+    });
+  }
+
+  it("refuses an http:// entry without allowInsecure, even after an https:// one", () => {
+    assert.throws(
+      () => parseAgentConfig({ controlPlaneUrl: ["https://a", "http://b"] }, SRC),
+      (e: unknown) => e instanceof ConfigError && /allowInsecure/.test(e.reason),
+    );
+  });
+});
+
+/** A port nothing listens on: connections to it are refused. */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as { port: number }).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+describe("failover between control-plane URLs (real control-plane processes)", () => {
+  const dir = makeTempDir("nixfleet-failover-");
+  let pki: Pki;
+  const running: CpProcess[] = [];
+  const connections: AgentConnection[] = [];
+
+  async function controlPlane(name: string): Promise<CpProcess> {
+    const cp = await startCp([
+      "--listen",
+      "127.0.0.1:0",
+      "--db-path",
+      join(dir, name, "state.db"),
+      ...tlsArgs(pki),
+      "--heartbeat-interval",
+      "1",
+      "--poll-hint",
+      "1",
+    ]);
+    running.push(cp);
+    return cp;
+  }
+
+  before(() => {
+    pki = createPki(join(dir, "pki"));
+  });
+  after(async () => {
+    for (const c of connections) c.close();
+    for (const p of running) await p.stop("SIGKILL");
+    removeTempDir(dir);
+  });
+
+  it("unary reports skip an unreachable URL within the call and stay on the one that answered", async () => {
+    const cp = await controlPlane("unary");
+    const dead = `https://127.0.0.1:${await closedPort()}`;
+    const lines: Array<Record<string, unknown>> = [];
+    const log = createLogger({
+      name: "test",
+      level: "debug",
+      destination: new Writable({
+        write(chunk, _e, cb) {
+          for (const l of chunk.toString().split("\n").filter(Boolean)) lines.push(JSON.parse(l));
+          cb();
+        },
+      }),
+    });
+    const client = pki.client("web-01");
+    const connection = connectAgentService({
+      baseUrls: [dead, cp.url],
+      protocol: "grpc",
+      tls: loadTlsMaterial({ ca: pki.ca, cert: client.cert, key: client.key }),
+      pingIntervalMs: 5000,
+      log,
+    });
+    connections.push(connection);
+    const journal = Journal.open(join(dir, "unary-journal.db")).journal;
+    const reporter = new Reporter({
+      journal,
+      client: connection.client,
+      log,
+      metrics: new AgentMetrics(),
+      requestTimeoutMs: 10_000,
+      // A retry would hide a failover that did not happen within the call: make it far away.
+      backoff: { baseMs: 600_000, maxMs: 600_000 },
+    });
+    try {
+      for (let i = 0; i < 2; i++) {
+        reporter.report({
+          machineId: "web-01",
+          currentGeneration: GEN1,
+          outcome: Outcome.UP_TO_DATE,
+          message: `report ${i}`,
+        });
+        await reporter.flush();
+        assert.equal(reporter.pending(), 0, `report ${i} delivered`);
+      }
+      assert.equal(connection.currentUrl(), cp.url);
+      const failovers = lines.filter((l) => l["event"] === "control_plane_failover");
+      assert.equal(failovers.length, 1, "the second report went straight to the URL that answered");
+      assert.equal(failovers[0]!["from"], dead);
+      assert.equal(failovers[0]!["to"], cp.url);
+      assert.equal(lines.filter((l) => l["event"] === "report_failed").length, 0);
+    } finally {
+      reporter.stop();
+      journal.close();
+    }
+  });
+
+  it("the agent's push stream moves to the second control plane when the first is killed", async () => {
+    const first = await controlPlane("first");
+    const second = await controlPlane("second");
+    const host = createHost(join(dir, "host"), "web-01");
+    host.setCurrent(GEN1);
+    const cert = pki.client("web-01");
+    host.writeConfig({
+      controlPlaneUrl: [first.url, second.url],
+      dryRun: true,
+      pollInterval: 1,
+      retryInterval: 1,
+      heartbeatInterval: 1,
+      logLevel: "debug",
+      tls: { caCert: pki.ca, clientCert: cert.cert, clientKey: cert.key },
+    });
+    const agent = host.startAgent();
+    try {
+      const connectedTo = (url: string) =>
+        agent.find((l) => l.event === "stream_connected" && l["url"] === url).length > 0;
+      await waitFor(`the agent's stream on ${first.url}\n${agent.tail()}`, () => connectedTo(first.url));
+      assert.equal(agent.find({ event: "control_plane_failover" }).length, 0);
+
+      await first.stop("SIGKILL");
+      await waitFor(`the agent's stream on ${second.url}\n${agent.tail()}`, () => connectedTo(second.url));
+      const failovers = agent.find({ event: "control_plane_failover" });
+      assert.ok(failovers.length >= 1, agent.tail());
+      assert.equal(failovers[0]!["from"], first.url);
+      assert.equal(failovers[0]!["to"], second.url);
+      // It stays there: the first URL is not tried again while the second answers.
+      const after = agent.lines.length;
+      await waitFor(`two more cycles\n${agent.tail()}`, () =>
+        agent.lines.slice(after).filter((l) => l.event === "next_cycle").length >= 2 ? true : undefined,
+      );
+      assert.equal(agent.find({ event: "control_plane_failover" }).length, failovers.length, agent.tail());
+    } finally {
+      await agent.stop();
+    }
+  });
+});
