@@ -304,7 +304,7 @@ function oneControlPlaneUrl() {
 }
 
 /**
- * The control plane's URLs, in the order they are tried (transport/failover.ts): one URL (a
+ * The control plane's URLs, in the order they are tried (src/common/failover-transport.ts): one URL (a
  * single control plane or one load-balanced name) or several replicas. A single string is still
  * accepted, as before lists existed; flags and variables take a comma-separated list. Always a
  * list once parsed. Errors in a single string name the key alone, in a list the entry.

@@ -7,16 +7,16 @@
  * mTLS material comes from src/common/tls.ts, read and checked once at start-up.
  *
  * With several control-plane URLs, each gets its own connection and the client goes through a
- * FailoverTransport (failover.ts) that uses the last one that worked.
+ * FailoverTransport (src/common/failover-transport.ts) that uses the last one that worked.
  */
 import { Agent as HttpsAgent } from "node:https";
 import { type Client, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { type Endpoint, FailoverTransport } from "../../common/failover-transport.js";
 import type { Logger } from "../../common/logger.js";
 import type { TlsMaterial } from "../../common/tls.js";
 import { AgentService } from "../../gen/nixfleet/v1/agent_pb.js";
 import type { Protocol } from "../config.js";
-import { type Endpoint, FailoverTransport } from "./failover.js";
 
 export type AgentClient = Client<typeof AgentService>;
 

@@ -49,7 +49,7 @@ export interface PushChannelOptions {
   random?: Random;
   /** A stream that stayed up this long resets the back-off. */
   stableAfterMs?: number;
-  /** The control-plane URL the stream goes to (several URLs: see failover.ts), for the log. */
+  /** The control-plane URL the stream goes to (several URLs: src/common/failover-transport.ts), for the log. */
   currentUrl?: () => string;
 }
 
@@ -194,7 +194,7 @@ export class PushChannel {
       () => {
         if (peerIntervalMs !== undefined && Date.now() - lastHeard > 3 * peerIntervalMs) {
           // UNAVAILABLE: a silent control plane counts as unreachable, so with several URLs
-          // the next stream goes to the next one (failover.ts).
+          // the next stream goes to the next one (src/common/failover-transport.ts).
           controller.abort(
             new ConnectError(
               `no message from the control plane for ${Math.round((Date.now() - lastHeard) / 1000)} s`,
