@@ -190,14 +190,15 @@ describe("failover between control-plane URLs (real control-plane processes)", (
     }
   });
 
-  it("the agent's push stream moves to the second control plane when the first is killed", async () => {
+  it("the agent's push stream moves on when a control plane is killed, and when one shuts down (UNAVAILABLE)", async () => {
     const first = await controlPlane("first");
     const second = await controlPlane("second");
+    const third = await controlPlane("third");
     const host = createHost(join(dir, "host"), "web-01");
     host.setCurrent(GEN1);
     const cert = pki.client("web-01");
     host.writeConfig({
-      controlPlaneUrl: [first.url, second.url],
+      controlPlaneUrl: [first.url, second.url, third.url],
       dryRun: true,
       pollInterval: 1,
       retryInterval: 1,
@@ -209,21 +210,28 @@ describe("failover between control-plane URLs (real control-plane processes)", (
     try {
       const connectedTo = (url: string) =>
         agent.find((l) => l.event === "stream_connected" && l["url"] === url).length > 0;
+      const failoversFrom = (url: string) =>
+        agent.find((l) => l.event === "control_plane_failover" && l["from"] === url);
       await waitFor(`the agent's stream on ${first.url}\n${agent.tail()}`, () => connectedTo(first.url));
       assert.equal(agent.find({ event: "control_plane_failover" }).length, 0);
 
+      // A host that dies: connections refused.
       await first.stop("SIGKILL");
       await waitFor(`the agent's stream on ${second.url}\n${agent.tail()}`, () => connectedTo(second.url));
-      const failovers = agent.find({ event: "control_plane_failover" });
-      assert.ok(failovers.length >= 1, agent.tail());
-      assert.equal(failovers[0]!["from"], first.url);
-      assert.equal(failovers[0]!["to"], second.url);
-      // It stays there: the first URL is not tried again while the second answers.
+      assert.equal(failoversFrom(first.url)[0]?.["to"], second.url, agent.tail());
+
+      // It stays there: the dead URL is not tried again while the second answers.
       const after = agent.lines.length;
+      const failovers = agent.find({ event: "control_plane_failover" }).length;
       await waitFor(`two more cycles\n${agent.tail()}`, () =>
         agent.lines.slice(after).filter((l) => l.event === "next_cycle").length >= 2 ? true : undefined,
       );
-      assert.equal(agent.find({ event: "control_plane_failover" }).length, failovers.length, agent.tail());
+      assert.equal(agent.find({ event: "control_plane_failover" }).length, failovers, agent.tail());
+
+      // A replica shutting down (an upgrade): its streams end with UNAVAILABLE.
+      await second.stop("SIGTERM");
+      await waitFor(`the agent's stream on ${third.url}\n${agent.tail()}`, () => connectedTo(third.url));
+      assert.equal(failoversFrom(second.url)[0]?.["to"], third.url, agent.tail());
     } finally {
       await agent.stop();
     }
