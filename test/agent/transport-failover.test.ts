@@ -11,14 +11,17 @@ import { createServer } from "node:net";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { after, before, describe, it } from "node:test";
+import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { ConfigError } from "../../src/agent/config/errors.js";
 import { loadAgentConfig, parseAgentConfig } from "../../src/agent/config.js";
 import { Journal } from "../../src/agent/journal/journal.js";
 import { AgentMetrics } from "../../src/agent/metrics.js";
 import { type AgentConnection, connectAgentService } from "../../src/agent/transport/client.js";
 import { Reporter } from "../../src/agent/transport/reporter.js";
+import { FailoverTransport } from "../../src/common/failover-transport.js";
 import { createLogger } from "../../src/common/logger.js";
 import { loadTlsMaterial } from "../../src/common/tls.js";
+import { AgentService } from "../../src/gen/nixfleet/v1/agent_pb.js";
 import { Outcome } from "../../src/gen/nixfleet/v1/types_pb.js";
 import { type CpProcess, startCp, tlsArgs } from "../control-plane/process.js";
 import { createHost, waitFor } from "../fixtures/host.js";
@@ -91,6 +94,105 @@ describe("agent config: controlPlaneUrl is one URL or a list", () => {
       () => parseAgentConfig({ controlPlaneUrl: ["https://a", "http://b"] }, SRC),
       (e: unknown) => e instanceof ConfigError && /allowInsecure/.test(e.reason),
     );
+  });
+});
+
+describe("FailoverTransport: which errors move on (fake endpoints)", () => {
+  type Behaviour = "ok" | Code;
+  /** Endpoints that answer or fail as scripted, recording which URL each call reached. */
+  function fake(script: Record<string, Behaviour[]>) {
+    const calls: string[] = [];
+    const requests: Record<string, unknown[]> = {};
+    const answer = (url: string) => {
+      calls.push(url);
+      const next = script[url]!.length > 1 ? script[url]!.shift()! : script[url]![0]!;
+      if (next !== "ok") throw new ConnectError(`${url} says ${Code[next]}`, next);
+    };
+    const endpoints = Object.keys(script).map((url) => {
+      const transport: Transport = {
+        async unary(method) {
+          answer(url);
+          return {
+            stream: false,
+            service: method.parent,
+            method,
+            header: new Headers(),
+            trailer: new Headers(),
+            message: {},
+          } as never;
+        },
+        async stream(method, _signal, _timeout, _header, input) {
+          const sent: unknown[] = [];
+          for await (const m of input) sent.push(m);
+          requests[url] = sent;
+          answer(url);
+          return {
+            stream: true,
+            service: method.parent,
+            method,
+            header: new Headers(),
+            trailer: new Headers(),
+            message: (async function* () {
+              yield {};
+            })(),
+          } as never;
+        },
+      };
+      return { url, transport, close() {} };
+    });
+    const failover = new FailoverTransport(endpoints);
+    return { calls, requests, failover, client: createClient(AgentService, failover) };
+  }
+  const poll = { machineId: "web-01" };
+
+  it("UNAVAILABLE: the same call goes to the next URL, and later calls start there", async () => {
+    const f = fake({ a: [Code.Unavailable], b: ["ok"] });
+    await f.client.getDesiredGeneration(poll);
+    await f.client.getDesiredGeneration(poll);
+    assert.deepEqual(f.calls, ["a", "b", "b"]);
+    assert.equal(f.failover.currentUrl, "b");
+  });
+
+  it("an answer that is an error is the control plane's: no other URL is tried", async () => {
+    for (const code of [Code.NotFound, Code.PermissionDenied, Code.InvalidArgument, Code.Internal]) {
+      const f = fake({ a: [code], b: ["ok"] });
+      await assert.rejects(f.client.getDesiredGeneration(poll), (e) => ConnectError.from(e).code === code);
+      assert.deepEqual(f.calls, ["a"], Code[code]);
+      assert.equal(f.failover.currentUrl, "a");
+    }
+  });
+
+  it("a deadline is the whole call's: not retried elsewhere, but the next call goes to the next URL", async () => {
+    const f = fake({ a: [Code.DeadlineExceeded, "ok"], b: ["ok"] });
+    await assert.rejects(
+      f.client.getDesiredGeneration(poll),
+      (e) => ConnectError.from(e).code === Code.DeadlineExceeded,
+    );
+    await f.client.getDesiredGeneration(poll);
+    assert.deepEqual(f.calls, ["a", "b"]);
+  });
+
+  it("every URL down: each is tried once, the last error is the call's", async () => {
+    const f = fake({ a: [Code.Unavailable], b: [Code.Unavailable], c: [Code.Unavailable] });
+    await assert.rejects(f.client.getDesiredGeneration(poll), /c says Unavailable/);
+    assert.deepEqual(f.calls, ["a", "b", "c"]);
+  });
+
+  it("a call the caller aborted is not passed on", async () => {
+    const f = fake({ a: [Code.Unavailable], b: ["ok"] });
+    const controller = new AbortController();
+    controller.abort(new Error("stopping"));
+    await assert.rejects(f.client.getDesiredGeneration(poll, { signal: controller.signal }));
+    assert.ok(!f.calls.includes("b"));
+  });
+
+  it("a server-streaming call (Watch) is sent again, whole, to the next URL", async () => {
+    const f = fake({ a: [Code.Unavailable], b: ["ok"] });
+    const got = [];
+    for await (const m of f.client.watch({ machineId: "web-01", tags: ["x"] })) got.push(m);
+    assert.equal(got.length, 1);
+    assert.deepEqual(f.calls, ["a", "b"]);
+    assert.equal((f.requests["b"] as { machineId: string }[])[0]?.machineId, "web-01");
   });
 });
 
