@@ -109,8 +109,14 @@ let
     ++ map (c: c.name) cfg.healthChecks.command;
   duplicateNames = lib.filter (n: lib.length (lib.filter (m: m == n) checkNames) > 1) (lib.unique checkNames);
 
-  isHttps = lib.hasPrefix "https://" cfg.controlPlaneUrl;
-  isHttp = lib.hasPrefix "http://" cfg.controlPlaneUrl;
+  # One URL (as before lists) or several, tried in order by the agent; rendered as given, since
+  # the agent accepts both forms.
+  controlPlaneUrls =
+    if builtins.isList cfg.controlPlaneUrl then cfg.controlPlaneUrl else [ cfg.controlPlaneUrl ];
+  isHttp = lib.any (lib.hasPrefix "http://") controlPlaneUrls;
+  duplicateUrls = lib.filter (u: lib.length (lib.filter (v: v == u) controlPlaneUrls) > 1) (
+    lib.unique controlPlaneUrls
+  );
   hasTlsFiles = cfg.tls.caCert != null || cfg.tls.clientCert != null || cfg.tls.clientKey != null;
   stateDir = "/var/lib/nixfleet";
 in
@@ -126,11 +132,17 @@ in
     };
 
     controlPlaneUrl = mkOption {
-      type = types.str;
-      example = "https://fleet.example.com:8443";
+      type = types.either types.str (types.nonEmptyListOf types.str);
+      example = [
+        "https://cp1.example.com:8443"
+        "https://cp2.example.com:8443"
+      ];
       description = ''
-        Base URL of the control plane. Must be `https://` unless `allowInsecure` is set.
-        Required.
+        Base URL of the control plane, or a list of URLs (control-plane replicas) tried in order:
+        the agent stays on the one that answers and moves to the next when it is unreachable or
+        answers UNAVAILABLE. A single string is still accepted. One load-balanced name is the
+        other way to reach several replicas. Each must be `https://` unless `allowInsecure` is
+        set. Required.
       '';
     };
 
@@ -331,13 +343,20 @@ in
             assertion = (cfg.tls.clientCert == null) == (cfg.tls.clientKey == null);
             message = "services.nixfleet-agent: tls.clientCert and tls.clientKey must be set together (both or neither).";
           }
+        ]
+        ++ map (url: {
+          assertion =
+            lib.hasPrefix "https://" url || (cfg.allowInsecure && lib.hasPrefix "http://" url);
+          message =
+            if lib.hasPrefix "http://" url then
+              "services.nixfleet-agent: controlPlaneUrl ${url} is plain http://; use https:// or set allowInsecure = true (development only)."
+            else
+              "services.nixfleet-agent: controlPlaneUrl ${url} must start with https://.";
+        }) controlPlaneUrls
+        ++ [
           {
-            assertion = isHttps || (cfg.allowInsecure && isHttp);
-            message =
-              if isHttp then
-                "services.nixfleet-agent: controlPlaneUrl ${cfg.controlPlaneUrl} is plain http://; use https:// or set allowInsecure = true (development only)."
-              else
-                "services.nixfleet-agent: controlPlaneUrl ${cfg.controlPlaneUrl} must start with https://.";
+            assertion = duplicateUrls == [ ];
+            message = "services.nixfleet-agent: controlPlaneUrl lists ${lib.concatStringsSep ", " duplicateUrls} more than once.";
           }
           {
             # The agent refuses this too: certificates configured for a plain-HTTP link would

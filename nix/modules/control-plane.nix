@@ -1,7 +1,8 @@
 # services.nixfleet-control-plane: the nixfleet control plane on a NixOS host.
 #
-# It needs no root powers: it serves TLS on a port, writes one SQLite file and reads its
-# certificates, so the unit runs as a system user inside a tight sandbox. The TLS files are handed
+# It needs no root powers: it serves TLS on a port, writes one SQLite file (or talks to
+# PostgreSQL, `database.*`) and reads its certificates, so the unit runs as a system user inside
+# a tight sandbox. The TLS files are handed
 # over with systemd credentials (LoadCredential), so the private key can stay root-only (0400)
 # wherever it lives.
 {
@@ -43,6 +44,15 @@ let
   execArg = arg: builtins.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON (toString arg));
   execArgs = args: lib.concatStringsSep " " (map execArg args);
 
+  # PostgreSQL on this host, reached over its Unix socket with peer authentication: the service
+  # user `nixfleet-cp` is the database role of the same name, so no password exists anywhere.
+  localDatabaseUrl = "postgresql:///${user}?host=/run/postgresql&user=${user}";
+  databaseUrl = if cfg.database.createLocally then localDatabaseUrl else cfg.database.url;
+  # PostgreSQL instead of the SQLite file: a URL here or in database.environmentFile.
+  usesPostgres = databaseUrl != null || cfg.database.environmentFile != null;
+  # `postgres://user:password@…`: a password in the world-readable store.
+  urlHasPassword = databaseUrl != null && builtins.match "[a-z]+://[^/@:]*:[^/@]*@.*" databaseUrl != null;
+
   tlsEnabled = !cfg.allowInsecure;
   # The files arrive in $CREDENTIALS_DIRECTORY (%d), readable by the service user only.
   credentials = lib.optionals tlsEnabled [
@@ -55,8 +65,14 @@ let
     [
       "--listen"
       cfg.listen
+    ]
+    # The control plane refuses --db-path together with a database URL (one of them would be
+    # ignored), so the SQLite path is passed only when SQLite is the store.
+    ++ lib.optionals (!usesPostgres) [
       "--db-path"
       cfg.dbPath
+    ]
+    ++ [
       "--stale-after"
       cfg.staleAfter
       "--poll-hint"
@@ -95,7 +111,15 @@ let
       --property=User=${user} --property=Group=${user} \
       --property=StateDirectory=nixfleet-cp --property=StateDirectoryMode=0700 \
       --property=UMask=0077 \
-      --setenv=NIXFLEET_CP_DB_PATH=${lib.escapeShellArg cfg.dbPath} \
+      ${
+        if usesPostgres then
+          lib.optionalString (databaseUrl != null) "--setenv=NIXFLEET_CP_DATABASE_URL=${lib.escapeShellArg databaseUrl} "
+          + lib.optionalString (
+            cfg.database.environmentFile != null
+          ) "--property=EnvironmentFile=${lib.escapeShellArg cfg.database.environmentFile} "
+        else
+          "--setenv=NIXFLEET_CP_DB_PATH=${lib.escapeShellArg cfg.dbPath} "
+      }\
       -- ${cfg.package}/bin/nixfleet-control-plane "$@"
   '';
 in
@@ -120,7 +144,41 @@ in
     dbPath = mkOption {
       type = absolutePath;
       default = "${stateDir}/state.db";
-      description = "The SQLite database (WAL mode; back up the -wal file with it, or use `sqlite3 .backup`).";
+      description = "The SQLite database (WAL mode; back up the -wal file with it, or use `sqlite3 .backup`). Not used with `database.*`.";
+    };
+
+    database = {
+      url = mkOption {
+        type = types.nullOr (types.strMatching "postgres(ql)?://.*");
+        default = null;
+        example = "postgresql://nixfleet@db.internal:5432/nixfleet?sslmode=verify-full";
+        description = ''
+          PostgreSQL instead of the SQLite file at `dbPath`: passed as `--database-url`. Several
+          control-plane replicas may share one database. The URL lands in the world-readable
+          Nix store: put a password in `database.environmentFile` instead (or use a password
+          file, client certificates or peer authentication). Unset: SQLite.
+        '';
+      };
+      environmentFile = mkOption {
+        type = types.nullOr absolutePath;
+        default = null;
+        example = "/run/secrets/nixfleet-cp-database.env";
+        description = ''
+          A file, outside the Nix store, holding `NIXFLEET_CP_DATABASE_URL=postgres://…` with
+          its password; read by systemd as the unit's `EnvironmentFile` (it may be root-only).
+          Use it instead of `database.url`, not with it.
+        '';
+      };
+      createLocally = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Run PostgreSQL on this host (`services.postgresql`) with a database and role
+          `nixfleet-cp` owned by the service user, reached over the Unix socket with peer
+          authentication (no password). For one host that wants PostgreSQL; replicas on
+          several hosts need a shared server instead (`database.url`).
+        '';
+      };
     };
 
     persistence = {
@@ -260,9 +318,18 @@ in
           # root would be wiped at every boot, taking the fleet's whole state with it.
           assertion =
             !cfg.persistence.enable
+            || usesPostgres
             || lib.hasPrefix "${stateDir}/" cfg.dbPath
             || lib.hasPrefix "${cfg.persistence.path}/" cfg.dbPath;
           message = "services.nixfleet-control-plane: dbPath ${cfg.dbPath} is outside ${stateDir}, the directory persistence keeps (under ${cfg.persistence.path}); on this impermanent host it would be lost at every boot. Put dbPath under ${stateDir} or under ${cfg.persistence.path}, or set persistence.enable = false if you persist it yourself.";
+        }
+        {
+          assertion = !cfg.database.createLocally || (cfg.database.url == null && cfg.database.environmentFile == null);
+          message = "services.nixfleet-control-plane: database.createLocally provides the database URL itself; unset database.url and database.environmentFile, or turn createLocally off to use another server.";
+        }
+        {
+          assertion = cfg.database.url == null || cfg.database.environmentFile == null;
+          message = "services.nixfleet-control-plane: database.url and database.environmentFile are both set; give the URL once (the environment file when it holds a password).";
         }
         {
           assertion = cfg.allowInsecure || (cfg.tls.cert != null && cfg.tls.key != null && cfg.tls.clientCa != null);
@@ -278,7 +345,9 @@ in
         }
       ];
 
-      warnings = lib.optional (cfg.tls.key != null && lib.hasPrefix "/nix/store/" cfg.tls.key) "services.nixfleet-control-plane: tls.key ${cfg.tls.key} is in the world-readable Nix store; keep private keys outside it.";
+      warnings =
+        lib.optional (cfg.tls.key != null && lib.hasPrefix "/nix/store/" cfg.tls.key) "services.nixfleet-control-plane: tls.key ${cfg.tls.key} is in the world-readable Nix store; keep private keys outside it."
+        ++ lib.optional urlHasPassword "services.nixfleet-control-plane: database.url holds a password, which ends up in the world-readable Nix store; put NIXFLEET_CP_DATABASE_URL in database.environmentFile instead.";
 
       users.users.${user} = {
         isSystemUser = true;
@@ -294,7 +363,9 @@ in
         description = "nixfleet control plane";
         wantedBy = [ "multi-user.target" ];
         wants = [ "network-online.target" ];
-        after = [ "network-online.target" ];
+        after = [ "network-online.target" ] ++ lib.optional cfg.database.createLocally "postgresql.service";
+        requires = lib.optional cfg.database.createLocally "postgresql.service";
+        environment = lib.optionalAttrs (databaseUrl != null) { NIXFLEET_CP_DATABASE_URL = databaseUrl; };
 
         serviceConfig = {
           Type = "simple";
@@ -309,7 +380,10 @@ in
           StateDirectoryMode = "0700";
           UMask = "0077";
           LoadCredential = credentials;
-          ReadWritePaths = lib.optional (!lib.hasPrefix "${stateDir}/" cfg.dbPath) (dirOf cfg.dbPath);
+          EnvironmentFile = lib.optional (cfg.database.environmentFile != null) cfg.database.environmentFile;
+          ReadWritePaths = lib.optional (!usesPostgres && !lib.hasPrefix "${stateDir}/" cfg.dbPath) (
+            dirOf cfg.dbPath
+          );
 
           # Hardening: nothing here needs more than a socket, its state directory and the
           # credentials. MemoryDenyWriteExecute stays off because V8's JIT needs W+X memory.
@@ -346,6 +420,17 @@ in
         };
       };
 
+      services.postgresql = lib.mkIf cfg.database.createLocally {
+        enable = true;
+        ensureDatabases = [ user ];
+        ensureUsers = [
+          {
+            name = user;
+            ensureDBOwnership = true;
+          }
+        ];
+      };
+
       networking.firewall.allowedTCPPorts =
         lib.optional cfg.openFirewall listenPort
         ++ lib.optional (cfg.metrics.openFirewall && metricsPort != null) metricsPort;
@@ -362,7 +447,14 @@ in
             group = user;
             mode = "0700";
           }
-        ];
+        ]
+        # The local PostgreSQL's data (the fleet's whole state) must outlive a reboot too.
+        ++ lib.optional cfg.database.createLocally {
+          directory = "/var/lib/postgresql";
+          user = "postgres";
+          group = "postgres";
+          mode = "0750";
+        };
       };
     })
   ]);

@@ -109,10 +109,11 @@ export class Agent {
     }
 
     this.connection = connectAgentService({
-      baseUrl: config.controlPlaneUrl,
+      baseUrls: config.controlPlaneUrl,
       protocol: config.protocol,
       tls: this.options.tls,
       pingIntervalMs: config.heartbeatInterval * 1000,
+      log,
     });
     this.reporter = new Reporter({
       journal: this.journal,
@@ -149,7 +150,7 @@ export class Agent {
       },
       "nixfleet-agent started",
     );
-    if (!config.controlPlaneUrl.startsWith("https:")) {
+    if (config.controlPlaneUrl.some((url) => !url.startsWith("https:"))) {
       log.warn(
         { event: "insecure" },
         "allowInsecure: talking to the control plane over plain HTTP (development only)",
@@ -184,6 +185,7 @@ export class Agent {
       heartbeatIntervalMs: config.heartbeatInterval * 1000,
       log,
       random: this.random,
+      currentUrl: () => this.connection.currentUrl(),
       handlers: {
         onDesired: (change) => this.onPushedDesired(change),
         onPollHint: (seconds) => {

@@ -1,6 +1,7 @@
 /** The FleetService client, built from resolved settings. The transport is chosen here only. */
 import { type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { FailoverTransport } from "../common/failover-transport.js";
 import { loadTlsMaterial, TlsConfigError } from "../common/tls.js";
 import { FleetService } from "../gen/nixfleet/v1/fleet_pb.js";
 import { UsageError } from "./errors.js";
@@ -37,13 +38,26 @@ export function createTransport(settings: Settings): Transport {
     if (settings.apiKey) req.header.set("authorization", `Bearer ${settings.apiKey}`);
     return next(req);
   };
-  const nodeOptions = settings.controlPlaneUrl.startsWith("https:")
-    ? { ...(tls.ca ? { ca: tls.ca } : {}), ...(tls.cert ? { cert: tls.cert, key: tls.key } : {}) }
-    : {};
-  const common = { baseUrl: settings.controlPlaneUrl, interceptors: [bearer], nodeOptions };
-  return settings.protocol === "grpc"
-    ? createGrpcTransport(common)
-    : createConnectTransport({ ...common, httpVersion: "2" });
+  const tlsOptions = {
+    ...(tls.ca ? { ca: tls.ca } : {}),
+    ...(tls.cert ? { cert: tls.cert, key: tls.key } : {}),
+  };
+  // One transport per URL, tried in order: a URL that is unreachable or answers UNAVAILABLE
+  // passes the call to the next one (src/common/failover-transport.ts).
+  const endpoints = settings.controlPlaneUrls.map((baseUrl) => {
+    const common = {
+      baseUrl,
+      interceptors: [bearer],
+      nodeOptions: baseUrl.startsWith("https:") ? tlsOptions : {},
+    };
+    const transport =
+      settings.protocol === "grpc"
+        ? createGrpcTransport(common)
+        : createConnectTransport({ ...common, httpVersion: "2" });
+    // Node's shared HTTP/2 sessions close themselves when idle; nothing to close here.
+    return { url: baseUrl, transport, close: () => {} };
+  });
+  return new FailoverTransport(endpoints);
 }
 
 export function createFleetClient(settings: Settings): FleetClient {

@@ -19,7 +19,7 @@ export function buildProgram(): Command {
     .version(VERSION)
     .option(
       "-u, --control-plane-url <url>",
-      "control plane URL (env NIXFLEET_CONTROL_PLANE_URL; default https://localhost:8443)",
+      "control plane URL, or several comma-separated tried in order (env NIXFLEET_CONTROL_PLANE_URL; default https://localhost:8443)",
     )
     .option("-k, --api-key <key>", "API key (env NIXFLEET_API_KEY)")
     .option(

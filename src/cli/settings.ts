@@ -14,7 +14,10 @@ import { UsageError } from "./errors.js";
 export type CliProtocol = "grpc" | "connect";
 
 export interface Settings {
+  /** The URLs as shown to people (`nixfleet config`, error messages): comma-separated. */
   controlPlaneUrl: string;
+  /** Tried in this order, moving on when one is unreachable (client.ts). */
+  controlPlaneUrls: string[];
   apiKey?: string | undefined;
   caCert?: string | undefined;
   clientCert?: string | undefined;
@@ -28,7 +31,8 @@ export interface Settings {
 
 /** The keys a settings file, the environment or flags may set. */
 export interface FileSettings {
-  controlPlaneUrl?: string;
+  /** One URL, several comma-separated, or (in a file) a JSON list of URLs. */
+  controlPlaneUrl?: string | string[];
   apiKey?: string;
   caCert?: string;
   clientCert?: string;
@@ -94,11 +98,14 @@ export function readSettingsFile(path: string, opts: { private?: boolean } = {})
     if (!KEYS.includes(key as keyof FileSettings)) {
       throw new UsageError(`settings file ${path}: unknown key "${key}" (known: ${KEYS.join(", ")})`);
     }
+    const urlList =
+      key === "controlPlaneUrl" && Array.isArray(value) && value.every((u) => typeof u === "string");
     if (
-      key === "timeout" ? typeof value !== "number" && typeof value !== "string" : typeof value !== "string"
+      !urlList &&
+      (key === "timeout" ? typeof value !== "number" && typeof value !== "string" : typeof value !== "string")
     ) {
       throw new UsageError(
-        `settings file ${path}: "${key}" must be a ${key === "timeout" ? "number" : "string"}`,
+        `settings file ${path}: "${key}" must be a ${key === "timeout" ? "number" : key === "controlPlaneUrl" ? "string or a list of strings" : "string"}`,
       );
     }
     let v = value as string;
@@ -181,20 +188,7 @@ export function resolveSettings(inputs: SettingsInputs): Settings {
   }
 
   const from = (key: keyof FileSettings) => settingOrigin({ sources }, key);
-  const controlPlaneUrl = (merged.controlPlaneUrl ?? DEFAULT_URL).replace(/\/+$/, "");
-  let url: URL;
-  try {
-    url = new URL(controlPlaneUrl);
-  } catch {
-    throw new UsageError(
-      `${from("controlPlaneUrl")}: control plane URL ${JSON.stringify(controlPlaneUrl)} is not a URL`,
-    );
-  }
-  if (url.protocol !== "https:" && url.protocol !== "http:") {
-    throw new UsageError(
-      `${from("controlPlaneUrl")}: control plane URL must start with https:// (or http:// for a dev control plane), got ${controlPlaneUrl}`,
-    );
-  }
+  const controlPlaneUrls = parseUrls(merged.controlPlaneUrl ?? DEFAULT_URL, from("controlPlaneUrl"));
   const protocol = merged.protocol ?? "grpc";
   if (protocol !== "grpc" && protocol !== "connect") {
     throw new UsageError(`${from("protocol")}: must be "grpc" or "connect", got ${JSON.stringify(protocol)}`);
@@ -211,7 +205,8 @@ export function resolveSettings(inputs: SettingsInputs): Settings {
     );
   }
   return {
-    controlPlaneUrl,
+    controlPlaneUrl: controlPlaneUrls.join(","),
+    controlPlaneUrls,
     apiKey: merged.apiKey,
     caCert: merged.caCert,
     clientCert: merged.clientCert,
@@ -220,4 +215,38 @@ export function resolveSettings(inputs: SettingsInputs): Settings {
     timeoutMs: Math.round(timeout * 1000),
     sources,
   };
+}
+
+/** More URLs than any HA layout needs, as for the agent. */
+const MAX_URLS = 16;
+
+/**
+ * The control plane's URLs: one, several comma-separated (flag, variable, file) or a JSON list
+ * (file), normalised (no trailing slash) and checked one by one; errors name where the value came
+ * from and, for a list, the entry.
+ */
+function parseUrls(given: string | string[], from: string): string[] {
+  const entries = (Array.isArray(given) ? given : given.split(",")).map((u) => u.trim()).filter(Boolean);
+  if (entries.length === 0) throw new UsageError(`${from}: no control plane URL given`);
+  if (entries.length > MAX_URLS)
+    throw new UsageError(`${from}: ${entries.length} control plane URLs; at most ${MAX_URLS} are allowed`);
+  const urls: string[] = [];
+  for (const entry of entries) {
+    const text = entry.replace(/\/+$/, "");
+    const which = entries.length > 1 ? ` ${JSON.stringify(entry)}` : "";
+    let url: URL;
+    try {
+      url = new URL(text);
+    } catch {
+      throw new UsageError(`${from}: control plane URL ${JSON.stringify(text)} is not a URL`);
+    }
+    if (url.protocol !== "https:" && url.protocol !== "http:") {
+      throw new UsageError(
+        `${from}: control plane URL${which} must start with https:// (or http:// for a dev control plane), got ${text}`,
+      );
+    }
+    if (urls.includes(text)) throw new UsageError(`${from}: control plane URL ${text} is listed twice`);
+    urls.push(text);
+  }
+  return urls;
 }

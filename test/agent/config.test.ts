@@ -36,7 +36,7 @@ function fails(raw: unknown, key: string, reason: RegExp, source = SRC): void {
 describe("agent config: defaults", () => {
   it("fills every documented default from a minimal file", () => {
     const c = parseAgentConfig(MIN, SRC);
-    assert.equal(c.controlPlaneUrl, "https://cp.example:8443");
+    assert.deepEqual(c.controlPlaneUrl, ["https://cp.example:8443"]);
     assert.equal(c.machineId, hostname());
     assert.deepEqual(c.tags, []);
     assert.equal(c.pollInterval, 60);
@@ -122,7 +122,7 @@ describe("agent config: defaults", () => {
       },
     };
     const c = parseAgentConfig(rendered, SRC);
-    assert.equal(c.controlPlaneUrl, "https://cp:8443", "trailing slash trimmed");
+    assert.deepEqual(c.controlPlaneUrl, ["https://cp:8443"], "trailing slash trimmed");
     assert.deepEqual(c.tags, ["eu", "web"], "tags sorted and de-duplicated");
   });
 
@@ -152,7 +152,7 @@ describe("agent config: defaults", () => {
 
   it("allows http:// only with allowInsecure", () => {
     const c = parseAgentConfig({ controlPlaneUrl: "http://127.0.0.1:8080", allowInsecure: true }, SRC);
-    assert.equal(c.controlPlaneUrl, "http://127.0.0.1:8080");
+    assert.deepEqual(c.controlPlaneUrl, ["http://127.0.0.1:8080"]);
   });
 });
 
@@ -372,6 +372,17 @@ function samples(o: (typeof OPTIONS)[number]): {
       return { file: 1001, env: "1002", flag: "0", parsed: [1001, 1002, 0] };
     case "tags":
       return { file: ["f"], env: "e2, e1", flag: "x", parsed: [["f"], ["e1", "e2"], ["x"]] };
+    case "urls":
+      return {
+        file: ["https://f1.example", "https://f2.example"],
+        env: "https://e2.example, https://e1.example",
+        flag: "https://flag.example",
+        parsed: [
+          ["https://f1.example", "https://f2.example"],
+          ["https://e2.example", "https://e1.example"],
+          ["https://flag.example"],
+        ],
+      };
     case "level":
       return { file: "debug", env: "warn", flag: "error", parsed: ["debug", "warn", "error"] };
     case "enum": {

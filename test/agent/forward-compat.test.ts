@@ -31,7 +31,7 @@ describe("a newer agent's reports against today's control plane", () => {
     const cp = await Harness.start(pki);
     t.after(() => cp.close());
     const conn = connectAgentService({
-      baseUrl: cp.url,
+      baseUrls: [cp.url],
       protocol: "grpc",
       tls: loadTlsMaterial({ ca: pki.ca, cert: cert.cert, key: cert.key }),
       pingIntervalMs: 5000,

@@ -47,7 +47,7 @@ describe("transport (real mTLS, scripted control plane)", () => {
   function connect(protocol: "grpc" | "connect" | "connect-json", cn = "web-01"): AgentConnection {
     const client = pki.client(cn);
     const c = connectAgentService({
-      baseUrl: cp.url,
+      baseUrls: [cp.url],
       protocol,
       tls: loadTlsMaterial({ ca: pki.ca, cert: client.cert, key: client.key }),
       pingIntervalMs: 5000,

@@ -1,10 +1,14 @@
 import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
 import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { createTransport } from "../../src/cli/client.js";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { createFleetClient, createTransport } from "../../src/cli/client.js";
 import { UsageError } from "../../src/cli/errors.js";
 import { resolveSettings } from "../../src/cli/settings.js";
+import { Harness } from "../control-plane/harness.js";
 import { createPki } from "../fixtures/pki.js";
 import { tempDir } from "../fixtures/tmp.js";
 import { expiredClientCert } from "./expired-cert.js";
@@ -155,6 +159,87 @@ describe("CLI settings precedence", () => {
       () =>
         resolveSettings({ flags: {}, env: { HOME: dir }, cwd: dir, configFile: join(dir, "broken.json") }),
       /cannot read settings file .*broken.json/,
+    );
+  });
+});
+
+describe("CLI settings: several control plane URLs", () => {
+  it("takes a comma-separated list (flag, variable) or a JSON list (file), in order, normalised", (t) => {
+    const dir = tempDir(t);
+    const fromEnv = resolveSettings({
+      flags: {},
+      env: { HOME: dir, NIXFLEET_CONTROL_PLANE_URL: "https://b:2/, https://a:1" },
+      cwd: dir,
+    });
+    assert.deepEqual(fromEnv.controlPlaneUrls, ["https://b:2", "https://a:1"]);
+    assert.equal(fromEnv.controlPlaneUrl, "https://b:2,https://a:1");
+    const file = write(join(dir, "s.json"), { controlPlaneUrl: ["https://c:3", "https://d:4/"] });
+    assert.deepEqual(
+      resolveSettings({ flags: {}, env: { HOME: dir }, cwd: dir, configFile: file }).controlPlaneUrls,
+      ["https://c:3", "https://d:4"],
+    );
+    assert.deepEqual(resolveSettings({ flags: {}, env: { HOME: dir }, cwd: dir }).controlPlaneUrls, [
+      "https://localhost:8443",
+    ]);
+  });
+
+  it("refuses a bad entry or a repeated one, naming where the list came from", (t) => {
+    const dir = tempDir(t);
+    const cases: [string, RegExp][] = [
+      [
+        "https://a:1,ftp://b",
+        /^--control-plane-url: control plane URL "ftp:\/\/b" must start with https:\/\//,
+      ],
+      ["https://a:1,not a url", /^--control-plane-url: control plane URL "not a url" is not a URL/],
+      ["https://a:1,https://a:1/", /^--control-plane-url: control plane URL https:\/\/a:1 is listed twice/],
+      [" , ", /^--control-plane-url: no control plane URL given/],
+    ];
+    for (const [given, why] of cases) {
+      assert.throws(
+        () => resolveSettings({ flags: { controlPlaneUrl: given }, env: { HOME: dir }, cwd: dir }),
+        (e: unknown) => e instanceof UsageError && why.test(e.message),
+        given,
+      );
+    }
+    const file = write(join(dir, "s.json"), { controlPlaneUrl: ["https://a", 7] });
+    assert.throws(
+      () => resolveSettings({ flags: {}, env: { HOME: dir }, cwd: dir, configFile: file }),
+      /"controlPlaneUrl" must be a string or a list of strings/,
+    );
+  });
+
+  it("a call skips an unreachable URL and goes to the next (unary and streaming, real control plane)", async (t) => {
+    const dir = tempDir(t);
+    const pki = createPki(join(dir, "pki"));
+    const cp = await Harness.start(pki);
+    t.after(() => cp.close());
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const dead = `https://127.0.0.1:${(server.address() as { port: number }).port}`;
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+
+    const settings = (url: string) =>
+      resolveSettings({
+        flags: { controlPlaneUrl: url, caCert: pki.ca, apiKey: cp.keys.admin, timeout: "10s" },
+        env: { HOME: dir },
+        cwd: dir,
+      });
+    // Alone, the dead URL is what the operator hears about: UNAVAILABLE.
+    await assert.rejects(
+      createFleetClient(settings(dead)).getCaller({}),
+      (e: unknown) => ConnectError.from(e).code === Code.Unavailable,
+    );
+    const client = createFleetClient(settings(`${dead},${cp.url}`));
+    const caller = await client.getCaller({});
+    assert.ok(caller.actor, "answered by the second URL");
+    // A stream too: the control plane's own answer (no such rollout), not the dead URL's.
+    await assert.rejects(
+      (async () => {
+        for await (const _ of client.watchRollout({ rolloutId: `r-${randomUUID()}` })) {
+          // nothing
+        }
+      })(),
+      (e: unknown) => ConnectError.from(e).code === Code.NotFound,
     );
   });
 });

@@ -79,7 +79,7 @@ describe("services.nixfleet-agent: the documented example", () => {
   it("renders a config the agent accepts with exactly the same values", async () => {
     const rendered = await agent(DOCUMENTED_EXAMPLE, HOST);
     const config = loadRendered(rendered);
-    assert.equal(config.controlPlaneUrl, "https://fleet.example.com");
+    assert.deepEqual(config.controlPlaneUrl, ["https://fleet.example.com"]);
     assert.equal(config.machineId, "web-01", "machineId defaults to networking.hostName");
     assert.deepEqual(config.tags, ["eu-west", "prod", "web"]);
     assert.equal(config.pollInterval, 60);
@@ -235,7 +235,7 @@ describe("services.nixfleet-agent: edge cases", () => {
     );
     const config = loadRendered(rendered);
     assert.equal(config.machineId, "db-01.eu");
-    assert.equal(config.controlPlaneUrl, "https://fleet.internal:8443");
+    assert.deepEqual(config.controlPlaneUrl, ["https://fleet.internal:8443"]);
     assert.deepEqual(config.tls, {
       caCert: "/etc/nixfleet/ca.pem",
       clientCert: "/var/lib/nixfleet/tls/client.pem",
@@ -257,7 +257,7 @@ describe("services.nixfleet-agent: edge cases", () => {
     const config = loadRendered(await agent(module, HOST));
     assert.equal(config.allowInsecure, true);
     assert.equal(config.dryRun, true);
-    assert.equal(config.controlPlaneUrl, "http://127.0.0.1:8080");
+    assert.deepEqual(config.controlPlaneUrl, ["http://127.0.0.1:8080"]);
   });
 
   it("durations may be fractional or strings with units, as the agent reads them", async () => {
@@ -335,6 +335,22 @@ describe("services.nixfleet-agent: bad configurations fail at evaluation", () =>
   it("other schemes are refused even with allowInsecure", async () => {
     const messages = await assertionsOf(agentModule(`controlPlaneUrl = "ftp://cp"; allowInsecure = true;`));
     assert.match(messages.join("\n"), /must start with https:\/\//);
+  });
+
+  it("controlPlaneUrl takes a list of replicas, rendered for the agent in order; each URL is checked", async () => {
+    const config = loadRendered(
+      await agent(
+        agentModule(`controlPlaneUrl = [ "https://cp2.example/" "https://cp1.example:8443" ];`),
+        HOST,
+      ),
+    );
+    assert.deepEqual(config.controlPlaneUrl, ["https://cp2.example", "https://cp1.example:8443"]);
+    const messages = await assertionsOf(
+      agentModule(`controlPlaneUrl = [ "https://a" "http://b" "https://a" ];`),
+    );
+    assert.match(messages.join("\n"), /controlPlaneUrl http:\/\/b is plain http:\/\//);
+    assert.match(messages.join("\n"), /lists https:\/\/a more than once/);
+    assert.equal(messages.length, 2, messages.join("\n"));
   });
 
   it("TLS files with an http:// URL are refused (they would silently not be used)", async () => {

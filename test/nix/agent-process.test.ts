@@ -117,7 +117,7 @@ describe("the real agent on the module's configuration file", () => {
     const agent = startAgent(t, config);
     const started = await waitForEvent(agent, "agent_started", 60_000);
     assert.equal(started["machineId"], "web-01");
-    assert.equal(started["controlPlaneUrl"], "http://127.0.0.1:1");
+    assert.deepEqual(started["controlPlaneUrl"], ["http://127.0.0.1:1"]);
     assert.equal(started["activation"], "direct");
     assert.deepEqual(started["checks"], ["command:ok"]);
     agent.kill("SIGTERM");

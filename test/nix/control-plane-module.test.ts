@@ -8,6 +8,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { parse as parsePgUrl } from "pg-connection-string";
 import { DEFAULTS as CP_DEFAULTS, resolveServeConfig } from "../../src/control-plane/config.js";
 import { createPki } from "../fixtures/pki.js";
 import { programArgs } from "../fixtures/programs.js";
@@ -16,6 +17,12 @@ import { evalModules, NixEvalError, REPO, type Unit } from "./nix-eval.js";
 
 interface ControlPlaneEval {
   unit: Unit;
+  requires: string[];
+  postgresql: {
+    enable: boolean;
+    ensureDatabases: string[];
+    ensureUsers: { name: string; ensureDBOwnership: boolean }[];
+  };
   user: { isSystemUser: boolean; group: string; home: string };
   adminTool: string;
 }
@@ -294,6 +301,104 @@ describe("services.nixfleet-control-plane: bad configurations", () => {
     assert.equal(await evalModules("controlPlane", { modules }), null);
     assert.deepEqual(await evalModules("users", { modules }), []);
     assert.deepEqual(await evalModules("firewall", { modules }), []);
+  });
+});
+
+describe("services.nixfleet-control-plane: PostgreSQL (database.*)", () => {
+  const argvOf = (unit: Unit) => splitExecStart(String(unit.serviceConfig["ExecStart"]), "/creds");
+
+  it("database.url: passed as NIXFLEET_CP_DATABASE_URL, and --db-path is left out (the control plane refuses both)", async () => {
+    const url = "postgresql://nixfleet@db.internal:5432/nixfleet?sslmode=verify-full";
+    const { unit, adminTool, requires, postgresql } = await controlPlane(
+      cpModule(`${TLS} database.url = "${url}"; dbPath = "/srv/elsewhere/cp.db";`),
+    );
+    assert.equal(unit.environment["NIXFLEET_CP_DATABASE_URL"], url);
+    assert.ok(!argvOf(unit).includes("--db-path"), argvOf(unit).join(" "));
+    assert.deepEqual(unit.serviceConfig["ReadWritePaths"], [], "no SQLite directory to open up");
+    assert.deepEqual(unit.serviceConfig["EnvironmentFile"], []);
+    assert.deepEqual(requires, [], "a remote server: no local unit to wait for");
+    assert.equal(postgresql.enable, false);
+    assert.match(adminTool, /--setenv=NIXFLEET_CP_DATABASE_URL='postgresql:\/\/nixfleet@db\.internal/);
+    assert.doesNotMatch(adminTool, /NIXFLEET_CP_DB_PATH/);
+    // Persistence keeps only the SQLite state directory: a dbPath elsewhere is no loss here.
+    assert.deepEqual(
+      await evalModules("assertions", {
+        modules: [cpModule(`${TLS} database.url = "${url}"; dbPath = "/srv/elsewhere/cp.db";`)],
+        impermanence: true,
+      }),
+      [],
+    );
+  });
+
+  it("database.environmentFile: the secret URL stays out of the store, read by systemd", async () => {
+    const { unit, adminTool } = await controlPlane(
+      cpModule(`${TLS} database.environmentFile = "/run/secrets/cp-db.env";`),
+    );
+    assert.deepEqual(unit.serviceConfig["EnvironmentFile"], ["/run/secrets/cp-db.env"]);
+    assert.equal(unit.environment["NIXFLEET_CP_DATABASE_URL"], undefined);
+    assert.ok(!argvOf(unit).includes("--db-path"));
+    assert.match(adminTool, /--property=EnvironmentFile='?\/run\/secrets\/cp-db\.env'? /);
+  });
+
+  it("database.createLocally: a local PostgreSQL with the service user's own database, over the socket", async () => {
+    const { unit, requires, postgresql } = await controlPlane(
+      cpModule(`${TLS} database.createLocally = true;`),
+    );
+    assert.deepEqual(postgresql, {
+      enable: true,
+      ensureDatabases: ["nixfleet-cp"],
+      ensureUsers: [{ name: "nixfleet-cp", ensureDBOwnership: true }],
+    });
+    assert.deepEqual(requires, ["postgresql.service"]);
+    assert.ok(unit.after.includes("postgresql.service"));
+    assert.ok(!argvOf(unit).includes("--db-path"));
+    const url = unit.environment["NIXFLEET_CP_DATABASE_URL"] ?? "";
+    // What the control plane checks (a postgres URL) and what pg makes of it: peer authentication
+    // over the Unix socket as the service user, into its own database — no password anywhere.
+    assert.equal(new URL(url).protocol, "postgresql:");
+    const parsed = parsePgUrl(url);
+    assert.equal(parsed.host, "/run/postgresql");
+    assert.equal(parsed.user, "nixfleet-cp");
+    assert.equal(parsed.database, "nixfleet-cp");
+    assert.ok(!parsed.password);
+    assert.ok(
+      ((unit.serviceConfig["RestrictAddressFamilies"] as string[]) ?? []).includes("AF_UNIX"),
+      "the sandbox lets it reach the socket",
+    );
+    const persisted = await evalModules<Record<string, { directories: { directory: string }[] }>>(
+      "persistence",
+      { modules: [cpModule(`${TLS} database.createLocally = true;`)], impermanence: true },
+    );
+    assert.deepEqual(
+      Object.values(persisted).flatMap((p) => p.directories.map((d) => d.directory)),
+      ["/var/lib/nixfleet-cp", "/var/lib/postgresql"],
+    );
+  });
+
+  it("contradictions and secrets in the store are named", async () => {
+    const assertions = (body: string) =>
+      evalModules<string[]>("assertions", { modules: [cpModule(`${TLS} ${body}`)] });
+    assert.match(
+      (await assertions(`database.createLocally = true; database.url = "postgres://x/y";`)).join("\n"),
+      /createLocally provides the database URL itself; unset database\.url/,
+    );
+    assert.match(
+      (await assertions(`database.url = "postgres://x/y"; database.environmentFile = "/run/e";`)).join("\n"),
+      /database\.url and database\.environmentFile are both set/,
+    );
+    const warnings = await evalModules<string[]>("warnings", {
+      modules: [cpModule(`${TLS} database.url = "postgres://cp:hunter2@db/cp";`)],
+    });
+    assert.match(warnings.join("\n"), /database\.url holds a password.*database\.environmentFile/);
+    assert.deepEqual(
+      await evalModules("warnings", { modules: [cpModule(`${TLS} database.url = "postgres://cp@db/cp";`)] }),
+      [],
+    );
+    await assert.rejects(
+      evalModules("controlPlane", { modules: [cpModule(`${TLS} database.url = "mysql://db/cp";`)] }),
+      (err: Error) =>
+        err instanceof NixEvalError && /services\.nixfleet-control-plane\.database\.url/.test(err.stderr),
+    );
   });
 });
 

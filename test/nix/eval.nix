@@ -95,6 +95,11 @@ in
     else
       {
         unit = unit "nixfleet-control-plane";
+        requires = c.systemd.services.nixfleet-control-plane.requires;
+        postgresql = {
+          inherit (c.services.postgresql) enable ensureDatabases;
+          ensureUsers = map (u: { inherit (u) name ensureDBOwnership; }) c.services.postgresql.ensureUsers;
+        };
         user = c.users.users.nixfleet-cp;
         adminTool = (builtins.head c.environment.systemPackages).script;
       };
@@ -102,7 +107,10 @@ in
   # Every option both modules declare, for docs/nixos.md (the stub lib only).
   optionDocs =
     let
-      all = lib.optionsToList eval.options.services;
+      # Only nixfleet's own: nixos.nix declares some of NixOS's services too (postgresql).
+      all = builtins.filter (o: lib.hasPrefix "services.nixfleet-" o.name) (
+        lib.optionsToList eval.options.services
+      );
     in
     map (
       o:

@@ -1,7 +1,7 @@
 # The NixOS options that nix/modules/*.nix define or read, declared with nixpkgs' names, types
 # and defaults (nixos/modules/system/boot/systemd.nix + lib/systemd-unit-options.nix,
 # misc/assertions.nix, config/users-groups.nix, system/etc/etc.nix, services/networking/firewall.nix,
-# config/system-path.nix, config/nix.nix). Only this subset exists, so a typo in a module's option
+# config/system-path.nix, config/nix.nix, services/databases/postgresql.nix). Only this subset exists, so a typo in a module's option
 # name fails here as it would on a real host ("The option `…' does not exist").
 { lib, pkgs, ... }:
 let
@@ -198,6 +198,31 @@ in
     users.groups = mkOption {
       type = types.attrsOf (types.submodule { options = { }; });
       default = { };
+    };
+    # services/databases/postgresql.nix (NixOS 23.11 and later: ensureDBOwnership).
+    services.postgresql = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      ensureDatabases = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      ensureUsers = mkOption {
+        type = types.listOf (
+          types.submodule {
+            options = {
+              name = mkOption { type = types.str; };
+              ensureDBOwnership = mkOption {
+                type = types.bool;
+                default = false;
+              };
+            };
+          }
+        );
+        default = [ ];
+      };
     };
   };
 }

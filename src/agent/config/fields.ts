@@ -20,6 +20,7 @@ export type Kind =
   | "bool"
   | "port"
   | "tags"
+  | "urls"
   | "enum"
   | "nullableString"
   | "level"
@@ -273,13 +274,16 @@ export function machineId(hostname: () => string) {
   return declare(schema, { kind: "string", defaultText: "the host name", fromText: asText });
 }
 
+/** More URLs than any HA layout needs: a longer list is a mistake (a pasted host list?). */
+export const MAX_CONTROL_PLANE_URLS = 16;
+
 /**
- * The control plane's base URL, normalised: no trailing slash (Connect appends
+ * One control-plane base URL, normalised: no trailing slash (Connect appends
  * "/nixfleet.v1.AgentService/Method"). Whether plain http:// is allowed depends on allowInsecure,
  * so that check is the whole config's (schema.ts).
  */
-export function controlPlaneUrl() {
-  const schema = textSchema("is required (e.g. https://fleet.example.com:8443)").transform((text, ctx) => {
+function oneControlPlaneUrl() {
+  return textSchema().transform((text, ctx) => {
     const fail = (message: string) => {
       ctx.issues.push({ code: "custom", input: text, message });
       return z.NEVER;
@@ -297,5 +301,49 @@ export function controlPlaneUrl() {
       return fail("must not contain credentials; the agent authenticates with mTLS");
     return url.toString().replace(/\/+$/, "");
   });
-  return declare(schema, { kind: "string", defaultText: "required", fromText: asText });
+}
+
+/**
+ * The control plane's URLs, in the order they are tried (src/common/failover-transport.ts): one URL (a
+ * single control plane or one load-balanced name) or several replicas. A single string is still
+ * accepted, as before lists existed; flags and variables take a comma-separated list. Always a
+ * list once parsed. Errors in a single string name the key alone, in a list the entry.
+ */
+export function controlPlaneUrl() {
+  const one = oneControlPlaneUrl();
+  const schema = z.unknown().transform((given, ctx): string[] => {
+    const fail = (message: string) => {
+      ctx.issues.push({ code: "custom", input: given, message });
+      return z.NEVER;
+    };
+    if (given == null) return fail("is required (e.g. https://fleet.example.com:8443)");
+    const list = typeof given === "string" ? [given] : given;
+    if (!Array.isArray(list)) return fail(`must be a URL or a JSON array of URLs, got ${describe(given)}`);
+    if (list.length === 0) return fail("must list at least one URL");
+    if (list.length > MAX_CONTROL_PLANE_URLS)
+      return fail(`lists ${list.length} URLs; at most ${MAX_CONTROL_PLANE_URLS} are allowed`);
+    const urls: string[] = [];
+    list.forEach((item: unknown, i) => {
+      const path = typeof given === "string" ? [] : [i];
+      const parsed = one.safeParse(item);
+      if (!parsed.success) {
+        for (const issue of parsed.error.issues)
+          ctx.issues.push({ code: "custom", input: item, path, message: issue.message });
+      } else if (urls.includes(parsed.data)) {
+        ctx.issues.push({ code: "custom", input: item, path, message: `lists ${parsed.data} twice` });
+      } else urls.push(parsed.data);
+    });
+    return urls;
+  });
+  return declare(schema, {
+    kind: "urls",
+    defaultText: "required",
+    fromText: (text) => {
+      const parts = text
+        .split(",")
+        .map((t) => t.trim())
+        .filter(Boolean);
+      return parts.length === 1 ? parts[0] : parts;
+    },
+  });
 }

@@ -165,7 +165,7 @@ const healthChecks = group(
 export const CONFIG_SHAPE = {
   controlPlaneUrl: doc(
     controlPlaneUrl(),
-    "`https://host:port[/prefix]`; `http://` only with `allowInsecure`; no credentials or query",
+    "`https://host:port[/prefix]`, or several (a JSON list; comma-separated in a flag or variable) tried in order, moving on when one is unreachable; `http://` only with `allowInsecure`; no credentials or query",
   ),
   machineId: doc(
     machineId(hostname),

@@ -21,7 +21,7 @@ function crossChecks(
       message: `is not set but tls.${given} is: give both or neither`,
     });
   }
-  if (controlPlaneUrl.startsWith("http:")) {
+  if (controlPlaneUrl.some((url) => url.startsWith("http:"))) {
     if (!allowInsecure)
       ctx.addIssue({
         code: "custom",

@@ -11,6 +11,7 @@
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { Logger } from "../../common/logger.js";
 import {
   type AgentMessageSchema,
@@ -48,6 +49,8 @@ export interface PushChannelOptions {
   random?: Random;
   /** A stream that stayed up this long resets the back-off. */
   stableAfterMs?: number;
+  /** The control-plane URL the stream goes to (several URLs: src/common/failover-transport.ts), for the log. */
+  currentUrl?: () => string;
 }
 
 /**
@@ -190,9 +193,12 @@ export class PushChannel {
     const watchdog = setInterval(
       () => {
         if (peerIntervalMs !== undefined && Date.now() - lastHeard > 3 * peerIntervalMs) {
+          // UNAVAILABLE: a silent control plane counts as unreachable, so with several URLs
+          // the next stream goes to the next one (src/common/failover-transport.ts).
           controller.abort(
-            new Error(
+            new ConnectError(
               `no message from the control plane for ${Math.round((Date.now() - lastHeard) / 1000)} s`,
+              Code.Unavailable,
             ),
           );
         }
@@ -226,7 +232,10 @@ export class PushChannel {
         lastHeard = Date.now();
         if (!answered) {
           answered = true;
-          log.info({ event: "stream_connected", stream: mode }, "push stream connected");
+          log.info(
+            { event: "stream_connected", stream: mode, url: this.options.currentUrl?.() },
+            "push stream connected",
+          );
           this.setConnected(true);
         }
         switch (msg.message.case) {

@@ -190,7 +190,7 @@ export class World {
 
 export function testConfig(dbPath: string, overrides: Partial<AgentConfig> = {}): AgentConfig {
   return {
-    controlPlaneUrl: "https://cp.invalid:8443",
+    controlPlaneUrl: ["https://cp.invalid:8443"],
     machineId: "web-01",
     tags: [],
     pollInterval: 60,
