@@ -1,0 +1,116 @@
+/**
+ * The agent as a real systemd unit — the one the NixOS module renders — on a container machine,
+ * deploying from a control plane on the host. The switch runs through `systemd-run` as a
+ * transient unit, so it survives `systemctl restart nixfleet-agent` and
+ * `systemctl kill -s KILL nixfleet-agent` (systemd restarts the agent: Restart=always), and the
+ * restarted agent completes the deployment exactly once.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { AGENT_UNIT, AgentMachine } from "../fixtures/agent-machine.js";
+import { Fleet, waitFor } from "../fixtures/fleet.js";
+import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
+import { tier } from "./tier.js";
+
+describe("systemd tier: the agent unit", tier, () => {
+  const dir = makeTempDir("nixfleet-systemd-agent-");
+  const cleanups: Array<() => Promise<void>> = [];
+  let fleet: Fleet;
+  let am: AgentMachine;
+
+  before(async () => {
+    fleet = await Fleet.create({ dir, hosts: [] });
+    am = await AgentMachine.start(
+      fleet,
+      { after: (fn) => cleanups.push(fn) },
+      {
+        name: "sd-01",
+        tags: ["systemd"],
+        stateDir: join(dir, "sd-01"),
+        systems: [
+          { label: "v2", gate: true },
+          { label: "v3", gate: true },
+        ],
+      },
+    );
+  });
+
+  after(async () => {
+    for (const fn of cleanups.reverse()) await fn();
+    await fleet?.close();
+    removeTempDir(dir);
+  });
+
+  it("runs the module's unit: started by systemctl, Restart=always, reload by SIGHUP, and registers", () =>
+    am.explain(async () => {
+      const m = am.machine;
+      assert.equal(await m.isActive(AGENT_UNIT), "active");
+      const show = await m.systemctl("show", "-p", "Restart,KillMode,Type,ExecReload", AGENT_UNIT);
+      assert.match(show, /^Restart=always$/m);
+      assert.match(
+        show,
+        /^KillMode=control-group$/m,
+        "activation = systemd-run: the agent's own children die with it",
+      );
+      assert.match(show, /path=\/usr\/bin\/kill ; argv\[\]=\/usr\/bin\/kill -HUP \$MAINPID/);
+      const started = await m.waitForLog(AGENT_UNIT, (l) => l["event"] === "agent_started", "agent_started");
+      assert.equal(started["machineId"], "sd-01");
+      assert.equal(started["activation"], "systemd-run");
+      const machine = await waitFor(
+        "sd-01 to register with the control plane",
+        async () => (await fleet.status()).machines.find((x) => x.machineId === "sd-01" && x.connected),
+        60_000,
+        250,
+      );
+      assert.equal(machine.currentGeneration, am.path("base"));
+    }));
+
+  for (const [label, interrupt, how] of [
+    ["v2", "restart", ["restart", AGENT_UNIT]],
+    ["v3", "kill -s KILL", ["kill", "-s", "KILL", AGENT_UNIT]],
+  ] as const) {
+    it(`runs the switch as a transient unit that survives \`systemctl ${interrupt} nixfleet-agent\``, () =>
+      am.explain(async () => {
+        const m = am.machine;
+        const target = am.path(label);
+        const pidBefore = await am.mainPid();
+        const deploying = am.deploy(label);
+        await waitFor(
+          `${label}'s switch to start`,
+          () => m.switchLog().some((e) => e.path === target && e.event === "start"),
+          90_000,
+        );
+        const [unit] = await waitFor("the transient switch unit", async () => {
+          const units = await am.switchUnits();
+          return units.length > 0 ? units : undefined;
+        });
+        assert.equal(await m.isActive(unit!), "active");
+
+        await m.systemctl(...how);
+        // systemd brings the agent back (Restart=always, RestartSec=5s); the switch never stopped.
+        const pidAfter = await waitFor(
+          "systemd to restart the agent",
+          async () => {
+            const pid = await am.mainPid();
+            return pid !== 0 && pid !== pidBefore ? pid : undefined;
+          },
+          60_000,
+          250,
+        );
+        assert.notEqual(pidAfter, pidBefore);
+        assert.equal(await m.isActive(unit!), "active", "the switch outlived the agent");
+
+        m.releaseGate(label);
+        const r = await deploying;
+        assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
+        assert.equal(await m.currentSystem(), target);
+        assert.equal(m.profile(), target);
+        assert.equal(m.bootDefault(), target);
+        const starts = m.switchLog().filter((e) => e.path === target && e.event === "start");
+        assert.equal(starts.length, 1, "the restarted agent did not switch a second time");
+        assert.equal(await m.isActive(AGENT_UNIT), "active");
+        assert.deepEqual(await am.switchUnits(), [], "--collect: the finished switch unit is gone");
+      }));
+  }
+});
