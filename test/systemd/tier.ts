@@ -5,7 +5,7 @@
 import { nspawnUnavailable } from "../fixtures/nspawn.js";
 
 const reason = nspawnUnavailable();
-if (reason) process.stderr.write(`# systemd tier skipped: ${reason}\n`);
+if (reason) process.stderr.write(`systemd tier skipped: ${reason}\n`);
 
 /** Options for a describe() of the tier: `{ skip: reason }` when it cannot run. */
 export const tier: { skip: string | false } = { skip: reason ? `systemd tier: ${reason}` : false };
