@@ -56,6 +56,11 @@ export const SYSTEM_PACKAGES: readonly SystemPackage[] = [
   },
   { pkg: "git", why: "`buf breaking` against main; flake revisions", present: runs("git", "--version") },
   { pkg: "chromium", why: "the dashboard's browser tests", present: exists("/usr/bin/chromium") },
+  {
+    pkg: "systemd-container",
+    why: "the systemd tier: the agent's unit in nspawn containers",
+    present: exists("/usr/bin/systemd-nspawn"),
+  },
   { pkg: "zsh", why: "checks `nixfleet completion zsh`", present: runs("zsh", "-fc", "exit 0") },
   {
     pkg: "fish",
