@@ -439,9 +439,13 @@ in
             StateDirectory = "nixfleet";
             StateDirectoryMode = "0700";
             # systemd-run mode: the switch lives in its own transient unit, and the agent's
-            # children (nix copy, health checks) should die with it. direct mode: the switch is
-            # a process group inside this unit, and it must outlive an agent restart.
-            KillMode = if cfg.activation == "direct" then "process" else "control-group";
+            # children (nix copy, health checks) should die with it — but only after the agent
+            # has stopped: "mixed" sends SIGTERM to the agent alone and SIGKILL to what is left.
+            # With "control-group" a restart also SIGTERMed the agent's in-flight
+            # `systemctl is-active` on the switch unit, which it read as a vanished switch and
+            # rolled back (found by test/systemd). direct mode: the switch is a process group
+            # inside this unit, and it must outlive an agent restart.
+            KillMode = if cfg.activation == "direct" then "process" else "mixed";
             # Deliberately no sandboxing (ProtectSystem, PrivateTmp, NoNewPrivileges, ...).
             # The agent is `nixos-rebuild switch` as a daemon: in `direct` mode
             # switch-to-configuration inherits this unit's restrictions and needs the whole

@@ -137,7 +137,7 @@ describe("services.nixfleet-agent: the documented example", () => {
     assert.match(String(unit.serviceConfig["ExecReload"]), /\/bin\/kill -HUP \$MAINPID$/);
     assert.deepEqual(unit.restartTriggers, [configFile], "the config is a trigger (v0.1 had none)");
     assert.deepEqual(unit.reloadTriggers, [], "nixpkgs warns about reloadTriggers with reloadIfChanged");
-    assert.equal(unit.serviceConfig["KillMode"], "control-group");
+    assert.equal(unit.serviceConfig["KillMode"], "mixed");
   });
 
   it("a change of a health check changes the config file, hence the unit", async () => {

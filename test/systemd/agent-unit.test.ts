@@ -50,8 +50,8 @@ describe("systemd tier: the agent unit", tier, () => {
       assert.match(show, /^Restart=always$/m);
       assert.match(
         show,
-        /^KillMode=control-group$/m,
-        "activation = systemd-run: the agent's own children die with it",
+        /^KillMode=mixed$/m,
+        "activation = systemd-run: SIGTERM to the agent alone, its children die after it",
       );
       assert.match(show, /path=\/usr\/bin\/kill ; argv\[\]=\/usr\/bin\/kill -HUP \$MAINPID/);
       const started = await m.waitForLog(AGENT_UNIT, (l) => l["event"] === "agent_started", "agent_started");
@@ -66,70 +66,58 @@ describe("systemd tier: the agent unit", tier, () => {
       assert.equal(machine.currentGeneration, am.path("base"));
     }));
 
-  // KNOWN DEFECT: `systemctl restart` with the module's KillMode=control-group sends SIGTERM to
-  // every process of the agent's cgroup at once — also to an in-flight `systemctl is-active
-  // nixfleet-switch-…` the agent runs to watch the switch. Its output-less death is read by
-  // SystemdRunActivator.status() as "the switch vanished", so the stopping agent stops the
-  // healthy switch and rolls back. Three restarts hit it nearly every time (a scratch run: the
-  // first restart); with KillMode=mixed (SIGTERM to the agent only) twelve restarts left the
-  // switch running and the rollout succeeded. Fix the module (and/or make a failed status query
-  // not mean "vanished" in the agent), then drop this todo. SIGKILL to the whole cgroup gives the
-  // agent no time to misread anything, so that case is a plain test.
-  const RESTART_DEFECT =
-    "KillMode=control-group SIGTERMs the agent's in-flight systemctl is-active; the agent reads it as a vanished switch";
-  for (const [label, interrupt, how, times, todo] of [
-    ["v2", "restart", ["restart", AGENT_UNIT], 3, RESTART_DEFECT],
-    ["v3", "kill -s KILL", ["kill", "-s", "KILL", AGENT_UNIT], 1, false],
+  // `restart` runs three times: with the module's old KillMode=control-group, systemd SIGTERMed
+  // the agent's in-flight `systemctl is-active nixfleet-switch-…` too, the agent read its death
+  // as a vanished switch and rolled back — nearly every time. KillMode=mixed fixed it.
+  for (const [label, interrupt, how, times] of [
+    ["v2", "restart", ["restart", AGENT_UNIT], 3],
+    ["v3", "kill -s KILL", ["kill", "-s", "KILL", AGENT_UNIT], 1],
   ] as const) {
-    it(
-      `runs the switch as a transient unit that survives \`systemctl ${interrupt} nixfleet-agent\``,
-      { todo },
-      () =>
-        am.explain(async () => {
-          const m = am.machine;
-          const target = am.path(label);
-          const pidBefore = await am.mainPid();
-          // revert: should this test fail, its rollout ends instead of pausing and holding the machine.
-          const deploying = am.deploy(label, "90s", "revert");
-          await waitFor(
-            `${label}'s switch to start`,
-            () => m.switchLog().some((e) => e.path === target && e.event === "start"),
-            90_000,
+    it(`runs the switch as a transient unit that survives \`systemctl ${interrupt} nixfleet-agent\``, () =>
+      am.explain(async () => {
+        const m = am.machine;
+        const target = am.path(label);
+        const pidBefore = await am.mainPid();
+        // revert: should this test fail, its rollout ends instead of pausing and holding the machine.
+        const deploying = am.deploy(label, "90s", "revert");
+        await waitFor(
+          `${label}'s switch to start`,
+          () => m.switchLog().some((e) => e.path === target && e.event === "start"),
+          90_000,
+        );
+        const [unit] = await waitFor("the transient switch unit", async () => {
+          const units = await am.switchUnits();
+          return units.length > 0 ? units : undefined;
+        });
+        assert.equal(await m.isActive(unit!), "active");
+
+        let pid = pidBefore;
+        for (let i = 0; i < times; i++) {
+          const before = pid;
+          await m.systemctl(...how);
+          // systemd brings the agent back (Restart=always); the switch never stopped.
+          pid = await waitFor(
+            "systemd to restart the agent",
+            async () => {
+              const p = await am.mainPid();
+              return p !== 0 && p !== before ? p : undefined;
+            },
+            60_000,
+            250,
           );
-          const [unit] = await waitFor("the transient switch unit", async () => {
-            const units = await am.switchUnits();
-            return units.length > 0 ? units : undefined;
-          });
-          assert.equal(await m.isActive(unit!), "active");
+          assert.equal(await m.isActive(unit!), "active", `the switch outlived the agent (${i + 1}×)`);
+        }
 
-          let pid = pidBefore;
-          for (let i = 0; i < times; i++) {
-            const before = pid;
-            await m.systemctl(...how);
-            // systemd brings the agent back (Restart=always); the switch never stopped.
-            pid = await waitFor(
-              "systemd to restart the agent",
-              async () => {
-                const p = await am.mainPid();
-                return p !== 0 && p !== before ? p : undefined;
-              },
-              60_000,
-              250,
-            );
-            assert.equal(await m.isActive(unit!), "active", `the switch outlived the agent (${i + 1}×)`);
-          }
-
-          m.releaseGate(label);
-          const r = await deploying;
-          assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
-          assert.equal(await m.currentSystem(), target);
-          assert.equal(m.profile(), target);
-          assert.equal(m.bootDefault(), target);
-          const starts = m.switchLog().filter((e) => e.path === target && e.event === "start");
-          assert.equal(starts.length, 1, "the restarted agent did not switch a second time");
-          assert.equal(await m.isActive(AGENT_UNIT), "active");
-          assert.deepEqual(await am.switchUnits(), [], "--collect: the finished switch unit is gone");
-        }),
-    );
+        m.releaseGate(label);
+        const r = await deploying;
+        assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
+        assert.equal(await m.currentSystem(), target);
+        assert.equal(m.profile(), target);
+        assert.equal(m.bootDefault(), target);
+        const starts = m.switchLog().filter((e) => e.path === target && e.event === "start");
+        assert.equal(starts.length, 1, "the restarted agent did not switch a second time");
+        assert.equal(await m.isActive(AGENT_UNIT), "active");
+        assert.deepEqual(await am.switchUnits(), [], "--collect: the finished switch unit is gone");
+      }));
   }
 });
