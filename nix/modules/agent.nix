@@ -288,6 +288,22 @@ in
       '';
     };
 
+    activationOrder = mkOption {
+      type = types.enum [
+        "confirm"
+        "switch"
+      ];
+      default = "confirm";
+      description = ''
+        When a new generation becomes the boot default. `confirm` (default): activate it with
+        `switch-to-configuration test`, run the health checks, and only then set the system
+        profile and run `switch-to-configuration boot` — a power cut, kernel panic or reboot
+        during verification boots the previous generation, reported as `ROLLED_BACK_BY_REBOOT`.
+        `switch`: set the profile and run `switch-to-configuration switch` first (what
+        `nixos-rebuild switch` does) — a reboot during verification boots the unproven generation.
+      '';
+    };
+
     fetchTimeout = durationOption 600 "Hard limit for `nix copy` / `nix path-info` of one closure.";
     requestTimeout = durationOption 30 "Limit for one unary call to the control plane.";
     heartbeatInterval = durationOption 30 "Heartbeat period on the Session stream.";

@@ -19,17 +19,25 @@ import {
   statSync,
 } from "node:fs";
 import { join } from "node:path";
-import { runCommand } from "./process.js";
+import { describeExit, runCommand } from "./process.js";
 
 /**
  * Runs the switch and records its exit status. Only shell built-ins after the switch: a
- * transient unit's PATH on NixOS has no coreutils. `$1` = closure, `$2` = status file.
+ * transient unit's PATH on NixOS has no coreutils. `$1` = closure, `$2` = status file, `$3` =
+ * the verb (`switch`, or `test` in the confirm window).
  * The TERM trap (a handler, so the switch itself still gets the default disposition) keeps the
  * wrapper alive when its process group is sent SIGTERM, so a terminated switch still leaves its
  * status (143) behind.
  */
 export const ACTIVATION_WRAPPER =
-  'trap : TERM; "$1/bin/switch-to-configuration" switch; rc=$?; printf \'%s\\n\' "$rc" > "$2"; exit "$rc"';
+  'trap : TERM; "$1/bin/switch-to-configuration" "$3"; rc=$?; printf \'%s\\n\' "$rc" > "$2"; exit "$rc"';
+
+/**
+ * The verbs of switch-to-configuration the agent runs detached: `switch` (activate and make it
+ * the boot default) or `test` (activate only: the confirm window). `boot` (boot default only)
+ * does not restart anything and runs as an ordinary child (`makeBootDefault`).
+ */
+export type SwitchVerb = "switch" | "test";
 
 export interface ActivationHandle {
   mode: "direct" | "systemd-run";
@@ -37,6 +45,8 @@ export interface ActivationHandle {
   role: string;
   /** The closure whose switch-to-configuration runs. */
   path: string;
+  /** Absent in handles journaled by older agents: `switch`. */
+  verb?: SwitchVerb;
   statusFile: string;
   /** Output of the switch (direct mode; systemd mode logs to the journal of `unit`). */
   logFile: string;
@@ -58,6 +68,8 @@ export interface ActivationRequest {
   deploymentId: string;
   role: string;
   path: string;
+  /** Default `switch`. */
+  verb?: SwitchVerb;
 }
 
 export interface Activator {
@@ -75,6 +87,11 @@ export interface Activator {
   stop(handle: ActivationHandle): Promise<void>;
   /** The last lines of the switch's output, for reports. */
   outputTail(handle: ActivationHandle): Promise<string>;
+  /**
+   * `<path>/bin/switch-to-configuration boot`: makes `path` the boot default without touching
+   * the running system. Rejects with the exit and trimmed output when it fails or times out.
+   */
+  makeBootDefault(path: string, options: { timeoutMs: number }): Promise<void>;
 }
 
 /** systemd unit names allow [A-Za-z0-9:_.\-]; deployment ids are UUIDs, roles are ours. */
@@ -84,7 +101,12 @@ export function unitName(deploymentId: string, role: string): string {
 }
 
 /** The argv that starts a switch as a transient unit (pure; unit-tested). */
-export function systemdRunArgv(unit: string, path: string, statusFile: string): string[] {
+export function systemdRunArgv(
+  unit: string,
+  path: string,
+  statusFile: string,
+  verb: SwitchVerb = "switch",
+): string[] {
   return [
     "systemd-run",
     `--unit=${unit}`,
@@ -97,7 +119,7 @@ export function systemdRunArgv(unit: string, path: string, statusFile: string): 
     // What nixos-rebuild passes to its own transient switch unit.
     "--setenv=LOCALE_ARCHIVE",
     "--setenv=NIXOS_INSTALL_BOOTLOADER",
-    "--description=nixfleet: switch-to-configuration switch",
+    `--description=nixfleet: switch-to-configuration ${verb}`,
     "--",
     "/bin/sh",
     "-c",
@@ -105,6 +127,7 @@ export function systemdRunArgv(unit: string, path: string, statusFile: string): 
     "nixfleet-activate",
     path,
     statusFile,
+    verb,
   ];
 }
 
@@ -179,6 +202,7 @@ abstract class FileBackedActivator implements Activator {
       mode: this.mode,
       role: request.role,
       path: request.path,
+      verb: request.verb ?? "switch",
       statusFile: `${base}.status`,
       logFile: `${base}.log`,
       startedAt: Date.now(),
@@ -197,6 +221,20 @@ abstract class FileBackedActivator implements Activator {
   abstract status(handle: ActivationHandle): Promise<ActivationStatus>;
   abstract stop(handle: ActivationHandle): Promise<void>;
   abstract outputTail(handle: ActivationHandle): Promise<string>;
+
+  async makeBootDefault(path: string, options: { timeoutMs: number }): Promise<void> {
+    const result = await runCommand([`${path}/bin/switch-to-configuration`, "boot"], {
+      timeoutMs: options.timeoutMs,
+      env: this.environment,
+    });
+    if (result.code === 0) return;
+    const output = `${result.stderr}${result.stdout}`.trim().slice(-500);
+    throw new Error(
+      `${path}/bin/switch-to-configuration boot ${describeExit(result, options.timeoutMs)}${output ? `: ${output}` : ""}`,
+    );
+  }
+
+  protected abstract get environment(): NodeJS.ProcessEnv;
 }
 
 /** A detached process group (non-systemd hosts, tests). */
@@ -210,13 +248,24 @@ export class DirectActivator extends FileBackedActivator {
     super(dir);
   }
 
+  protected get environment(): NodeJS.ProcessEnv {
+    return this.env;
+  }
+
   async start(planned: ActivationHandle): Promise<ActivationHandle> {
     this.prepare(planned);
     const out = openSync(planned.logFile, "a", 0o600);
     try {
       const child = spawn(
         "/bin/sh",
-        ["-c", ACTIVATION_WRAPPER, "nixfleet-activate", planned.path, planned.statusFile],
+        [
+          "-c",
+          ACTIVATION_WRAPPER,
+          "nixfleet-activate",
+          planned.path,
+          planned.statusFile,
+          planned.verb ?? "switch",
+        ],
         // detached: a new session and process group, so neither the agent's exit nor a signal
         // to the agent's group reaches the switch.
         { detached: true, stdio: ["ignore", out, out], env: this.env },
@@ -288,10 +337,14 @@ export class SystemdRunActivator extends FileBackedActivator {
     super(dir);
   }
 
+  protected get environment(): NodeJS.ProcessEnv {
+    return this.env;
+  }
+
   async start(planned: ActivationHandle): Promise<ActivationHandle> {
     this.prepare(planned);
     const unit = planned.unit!;
-    const result = await runCommand(systemdRunArgv(unit, planned.path, planned.statusFile), {
+    const result = await runCommand(systemdRunArgv(unit, planned.path, planned.statusFile, planned.verb), {
       timeoutMs: 60_000,
       env: this.env,
     });

@@ -66,6 +66,7 @@ export class Deployer {
           activationTimeoutSeconds: c.activationTimeout,
           maxRollbackAttempts: MAX_ROLLBACK_ATTEMPTS,
           currentSystemPath: c.paths.currentSystem,
+          activationOrder: c.activationOrder,
         },
         identity: { machineId: c.machineId, tags: c.tags, agentVersion: d.agentVersion },
         gcRootDir: d.gcRootDir,

@@ -33,6 +33,16 @@ export function readSystemLink(path: string): string | null {
 }
 
 /** The generation number the profile link points at (`system -> system-42-link`), or null. */
+/** The kernel's boot id (one line, a UUID); null when it cannot be read. */
+export function readBootId(path: string): string | null {
+  try {
+    const id = readFileSync(path, "utf8").trim();
+    return id === "" ? null : id;
+  } catch {
+    return null;
+  }
+}
+
 export function profileGeneration(profile: string): number | null {
   let target: string;
   try {

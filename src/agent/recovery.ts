@@ -10,7 +10,10 @@
  *   exactly as if the agent had watched it end; no status and not running (killed, machine
  *   rebooted): current == desired → verify, otherwise roll back. A switch that vanished is never
  *   simply retried: a generation that kills its host mid-switch would loop forever (§4 #13).
- * - verifying: current == desired → verify again (full verifyTimeout); otherwise roll back.
+ * - confirm order, switching or verifying, the boot id changed and the host runs the previous
+ *   generation: the reboot rolled back (the boot default never moved) → ROLLED_BACK_BY_REBOOT.
+ * - verifying, committing: current == desired → verify again (full verifyTimeout; a commit
+ *   follows); otherwise roll back (a commit that started restores the profile and boot default).
  * - rolling_back: the rollback switch still runs → wait; it ended 0/4 with current == previous
  *   → rolled back; otherwise try the rollback again while attempts remain, then ROLLBACK_FAILED.
  */
@@ -28,6 +31,12 @@ export interface RecoveryInput {
   rollback: SwitchObservation;
   rollbackAttempts: number;
   maxRollbackAttempts: number;
+  /** How the deployment activates ("switch" for deployments of older agents). */
+  order: "confirm" | "switch";
+  /** The commit (profile, boot default) had started. */
+  bootDefaultMoved: boolean;
+  /** The kernel's boot id differs from the one journaled with the intent. */
+  rebooted: boolean;
 }
 
 export type RecoveryAction =
@@ -40,7 +49,9 @@ export type RecoveryAction =
   | { kind: "rollback"; reason: string }
   | { kind: "wait-rollback" }
   | { kind: "rolled-back" }
-  | { kind: "rollback-failed"; reason: string };
+  | { kind: "rollback-failed"; reason: string }
+  /** Confirm window: the reboot booted the previous generation; report it, nothing to switch. */
+  | { kind: "rolled-back-by-reboot" };
 
 /** Exit codes of switch-to-configuration that mean "the system was switched". */
 export function switchedExitCode(code: number): boolean {
@@ -53,6 +64,17 @@ function where(current: string | null): string {
 
 export function decideRecovery(input: RecoveryInput): RecoveryAction {
   const { phase, desired, previous, current } = input;
+  // The confirm window: the new generation was (being) activated with `test`, the boot default
+  // was still the previous one, and the host rebooted into it. That is a rollback already done.
+  if (
+    input.order === "confirm" &&
+    input.rebooted &&
+    !input.bootDefaultMoved &&
+    (phase === "switching" || phase === "verifying") &&
+    previous !== null &&
+    current === previous
+  )
+    return { kind: "rolled-back-by-reboot" };
   switch (phase) {
     case "fetching":
       return {
@@ -94,6 +116,8 @@ export function decideRecovery(input: RecoveryInput): RecoveryAction {
     }
 
     case "verifying":
+    case "committing":
+      // Committing: verified; verifying again leads to the commit again (it is idempotent).
       if (current === desired) return { kind: "verify" };
       return {
         kind: "rollback",

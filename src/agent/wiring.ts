@@ -11,6 +11,7 @@ import {
   checkSwitchLock,
   profileGeneration,
   profileGenerationPath,
+  readBootId,
   readSystemLink,
   switchScriptProblem,
 } from "./host.js";
@@ -28,6 +29,7 @@ export function hostOps(paths: AgentConfig["paths"]): HostOps {
     profileGenerationPath: (n) => profileGenerationPath(paths.systemProfile, n),
     switchScriptProblem,
     checkSwitchLock: () => checkSwitchLock(paths.switchLock),
+    bootId: () => readBootId(paths.bootId),
   };
 }
 

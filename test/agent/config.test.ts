@@ -54,6 +54,7 @@ describe("agent config: defaults", () => {
     assert.equal(c.verifyTimeout, 120);
     assert.equal(c.activationTimeout, 600);
     assert.equal(c.activation, "systemd-run");
+    assert.equal(c.activationOrder, "confirm", "the confirm window is the default");
     assert.equal(c.fetchTimeout, 600);
     assert.equal(c.requestTimeout, 30);
     assert.equal(c.heartbeatInterval, 30);
@@ -62,6 +63,7 @@ describe("agent config: defaults", () => {
       currentSystem: "/run/current-system",
       systemProfile: "/nix/var/nix/profiles/system",
       switchLock: "/run/nixos/switch-to-configuration.lock",
+      bootId: "/proc/sys/kernel/random/boot_id",
     });
   });
 

@@ -30,6 +30,7 @@ const S: Settings = {
   activationTimeoutSeconds: 5,
   maxRollbackAttempts: 2,
   currentSystemPath: "/run/current-system",
+  activationOrder: "switch",
 };
 
 const handle = (role = "switch", path = GEN2): ActivationHandle => ({
@@ -57,6 +58,9 @@ function dep(over: Partial<Deployment> = {}): Deployment {
     rollbackActivation: handle("rollback-1", GEN1),
     rollbackReason: null,
     rollbackAttempts: 0,
+    activationOrder: "switch",
+    bootId: "boot-1",
+    bootDefaultMoved: false,
     createdAt: 0,
     updatedAt: 0,
     finishedAt: null,
@@ -65,6 +69,9 @@ function dep(over: Partial<Deployment> = {}): Deployment {
 }
 
 const D = dep();
+/** The confirm order (the default): `test`, verify, then profile + `boot`. */
+const C = dep({ activationOrder: "confirm" });
+const commit = { snapshot: { allPassed: true, results: [] } };
 const desired = { path: GEN2, cacheUrl: "", revision: 3n, rolloutId: "" };
 const rb: RollbackProgress = { reason: "switch-to-configuration exited with code 1", why: "exit 1" };
 const snap = (passed: boolean) => ({
@@ -75,6 +82,7 @@ const observed = (current: string | null, o: Partial<Observation> = {}): Event =
   on: "observed",
   facts: {
     current,
+    bootId: "boot-1",
     profile: GEN1,
     forward: { state: "not-started" },
     rollback: { state: "not-started" },
@@ -102,6 +110,7 @@ const inspected = (f: Partial<Extract<Event, { on: "inspected" }>["facts"]> = {}
     previousProblem: undefined,
     lockHolder: undefined,
     profileGeneration: 1,
+    bootId: "boot-1",
     ...f,
   },
 });
@@ -135,6 +144,7 @@ const CASES: Case[] = [
   [{ at: "begin-apply", dep: D }, { on: "persisted", dep: D }, "gc-roots", "gc-roots"],
   [{ at: "gc-roots", dep: D }, { on: "ok" }, "set-profile", "set-profile"],
   [{ at: "gc-roots", dep: D }, { on: "failed", message: "x" }, "finish", "persist"],
+  [{ at: "gc-roots", dep: C }, { on: "ok" }, "plan-switch", "plan-switch"],
   [{ at: "set-profile", dep: D }, { on: "ok" }, "plan-switch", "plan-switch"],
   [{ at: "set-profile", dep: D }, { on: "failed", message: "disk full" }, "unapply", "restore-profile"],
   [{ at: "unapply", dep: D, message: "m" }, { on: "ok" }, "finish", "persist"],
@@ -190,7 +200,36 @@ const CASES: Case[] = [
     "rb-fail-observe",
     "observe",
   ],
+  [
+    { at: "verify", dep: C },
+    { on: "verified", snapshot: snap(true), current: GEN2 },
+    "commit-persisted",
+    "persist",
+  ],
+  [{ at: "commit-persisted", dep: C, commit }, { on: "persisted", dep: C }, "commit-profile", "set-profile"],
+  [{ at: "commit-profile", dep: C, commit }, { on: "ok" }, "commit-boot", "boot-default"],
+  [{ at: "commit-profile", dep: C, commit }, { on: "failed", message: "x" }, "rb-persisted", "persist"],
+  [
+    { at: "commit-profile", dep: dep({ activationOrder: "confirm", rollbackAttempts: 2 }), commit },
+    { on: "failed", message: "x" },
+    "rb-fail-observe",
+    "observe",
+  ],
+  [{ at: "commit-boot", dep: C, commit }, { on: "ok" }, "finish", "persist"],
+  [{ at: "commit-boot", dep: C, commit }, { on: "failed", message: "x" }, "rb-persisted", "persist"],
+  [
+    { at: "commit-boot", dep: dep({ activationOrder: "confirm", rollbackAttempts: 2 }), commit },
+    { on: "failed", message: "x" },
+    "rb-fail-observe",
+    "observe",
+  ],
   [{ at: "recover", dep: dep({ phase: "fetching" }) }, observed(GEN1), "finish", "persist"],
+  [
+    { at: "recover", dep: dep({ phase: "verifying", activationOrder: "confirm" }) },
+    observed(GEN1, { bootId: "boot-2" }),
+    "finish",
+    "persist",
+  ],
   [{ at: "recover", dep: D }, observed(GEN1, { profile: GEN2 }), "abandon", "restore-profile"],
   [
     { at: "recover", dep: dep({ phase: "switching" }) },
@@ -388,6 +427,62 @@ describe("deploy cycle transition table", () => {
     const w = persistOf(step.effects);
     assert.ok(w?.op === "finish" && w.outcome === "DRY_RUN");
   });
+
+  it("confirm order: the new generation runs `test`; only a verified one moves the profile and boot default", () => {
+    const planned = (d: typeof D) => {
+      const last = transition({ at: "gc-roots", dep: d }, { on: "ok" }, S).effects.at(-1);
+      return last?.do === "plan-switch" ? last.verb : last?.do;
+    };
+    assert.equal(planned(C), "test");
+    assert.equal(planned(D), "set-profile", "switch order: the profile moves before the switch");
+    const verified = transition(
+      { at: "verify", dep: C },
+      { on: "verified", snapshot: snap(true), current: GEN2 },
+      S,
+    );
+    const w = persistOf(verified.effects);
+    assert.ok(w?.op === "phase" && w.phase === "committing" && w.update.bootDefaultMoved === true);
+    const done = persistOf(transition({ at: "commit-boot", dep: C, commit }, { on: "ok" }, S).effects);
+    assert.ok(done?.op === "finish" && done.outcome === "DEPLOYED");
+  });
+
+  it("a rollback in the confirm window re-activates previous with `test`; after the commit started, `switch`", () => {
+    const verb = (d: typeof D) => {
+      const last = transition(
+        { at: "rb-lock", dep: d, rb },
+        { on: "lock", held: false, description: "" },
+        S,
+      ).effects.at(-1);
+      return last?.do === "plan-switch" ? `${last.path} ${last.verb}` : last?.do;
+    };
+    assert.equal(verb(C), `${GEN1} test`);
+    assert.equal(verb(dep({ activationOrder: "confirm", bootDefaultMoved: true })), `${GEN1} switch`);
+    assert.equal(verb(D), `${GEN1} switch`);
+  });
+
+  for (const order of ["confirm", "switch"] as const) {
+    it(`a reboot while verifying, host back on previous (${order} order): ${order === "confirm" ? "ROLLED_BACK_BY_REBOOT, quarantined" : "not a reboot rollback"}`, () => {
+      const step = transition(
+        { at: "recover", dep: dep({ phase: "verifying", activationOrder: order }) },
+        observed(GEN1, { bootId: "boot-2" }),
+        S,
+      );
+      const w = persistOf(step.effects);
+      const byReboot =
+        w?.op === "finish" &&
+        w.outcome === "ROLLED_BACK_BY_REBOOT" &&
+        w.quarantine?.path === GEN2 &&
+        w.reports.some((r) => r.kind === "report" && r.outcome === "ROLLED_BACK_BY_REBOOT");
+      assert.equal(byReboot, order === "confirm");
+      // The same restart without a reboot is an agent crash: roll back as before.
+      const crash = transition(
+        { at: "recover", dep: dep({ phase: "verifying", activationOrder: order }) },
+        observed(GEN1),
+        S,
+      );
+      assert.equal(crash.state.at, "rb-persisted");
+    });
+  }
 
   it("docs/agent.md shows the transition table exactly as the code has it", () => {
     const doc = readFileSync(new URL("../../docs/agent.md", import.meta.url), "utf8");

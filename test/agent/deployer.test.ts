@@ -134,7 +134,27 @@ describe("deploy cycle over fake ports", () => {
     assert.equal(again.get(first.id)?.outcome, "INTERRUPTED");
   });
 
-  it("a switch that cannot start and a profile that cannot be put back: APPLY_FAILED, the profile problem left as is and logged", async (t) => {
+  it("a switch that cannot start and a profile that cannot be put back (switch order): APPLY_FAILED, the profile problem left as is and logged", async (t) => {
+    const world = new World();
+    world.cache.add(GEN2);
+    world.failing.add("startSwitch");
+    world.failing.add("switchProfileGeneration");
+    const { journal } = Journal.open(join(tempDir(t), "state.db"));
+    t.after(() => journal.close());
+    const verdict = await agent(world, journal, { config: { activationOrder: "switch" } }).runCycle(
+      desired(GEN2),
+      new AbortController().signal,
+    );
+    assert.equal(verdict, "failed");
+    const dep = journal.recent(1)[0]!;
+    assert.equal(dep.outcome, "APPLY_FAILED");
+    assert.match(dep.message ?? "", /could not start switch-to-configuration/);
+    assert.equal(world.current, GEN1, "nothing switched");
+    assert.equal(world.profile(), GEN2, "the profile could not be restored (the next boot would pick it)");
+    assert.deepEqual(reportsFor(journal, dep.id), ["APPLYING", "APPLY_FAILED"]);
+  });
+
+  it("a switch that cannot start (confirm order): APPLY_FAILED, the profile never moved", async (t) => {
     const world = new World();
     world.cache.add(GEN2);
     world.failing.add("startSwitch");
@@ -143,12 +163,10 @@ describe("deploy cycle over fake ports", () => {
     t.after(() => journal.close());
     const verdict = await agent(world, journal).runCycle(desired(GEN2), new AbortController().signal);
     assert.equal(verdict, "failed");
-    const dep = journal.recent(1)[0]!;
-    assert.equal(dep.outcome, "APPLY_FAILED");
-    assert.match(dep.message ?? "", /could not start switch-to-configuration/);
+    assert.equal(journal.recent(1)[0]!.outcome, "APPLY_FAILED");
     assert.equal(world.current, GEN1, "nothing switched");
-    assert.equal(world.profile(), GEN2, "the profile could not be restored (the next boot would pick it)");
-    assert.deepEqual(reportsFor(journal, dep.id), ["APPLYING", "APPLY_FAILED"]);
+    assert.deepEqual(world.profileGenerations, [GEN1], "the profile was never touched");
+    assert.equal(world.bootDefault, GEN1);
   });
 
   it("a restart after the profile moved but before the switch puts the profile back and owes an outcome", async (t) => {

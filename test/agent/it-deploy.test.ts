@@ -5,9 +5,11 @@
  * change only, a fresh health report on a new revision), a cleared assignment, dryRun, and a
  * malformed store path from the server.
  */
+
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { Outcome } from "../../src/gen/nixfleet/v1/types_pb.js";
+import { readBootDefault } from "../fixtures/nix.js";
 import { deploymentRows, phaseRows, setupScenario } from "./harness/scenario.js";
 
 async function scrape(port: number): Promise<string> {
@@ -82,10 +84,11 @@ describe("agent process: deploy", { concurrency: false }, () => {
     );
     const switches = s.host.switchLog().filter((e) => e.event === "start");
     assert.deepEqual(
-      switches.map((e) => e.path),
-      [gen2],
-      "exactly one switch, by the new generation's own script",
+      switches.map((e) => `${e.path} ${e.detail.split(" ")[0]}`),
+      [`${gen2} test`],
+      "exactly one switch, by the new generation's own script: `test` (the confirm window)",
     );
+    assert.equal(readBootDefault(s.host.paths.root), gen2, "verified, then made the boot default (`boot`)");
     assert.ok(s.cacheServer!.count(/\.narinfo$/) > 0, "fetched over HTTP");
 
     // The journal.
@@ -104,7 +107,7 @@ describe("agent process: deploy", { concurrency: false }, () => {
       const phases = phaseRows(db, String(row["id"]));
       assert.deepEqual(
         phases.map((p) => p["phase"]),
-        ["fetching", "applying", "switching", "verifying"],
+        ["fetching", "applying", "switching", "verifying", "committing"],
       );
       for (const p of phases)
         assert.ok(Number(p["ended_at"]) >= Number(p["started_at"]), "every phase closed");
@@ -116,7 +119,7 @@ describe("agent process: deploy", { concurrency: false }, () => {
     const transitions = agent.find((l) => l.event === "phase" && l["deploymentId"] === deployed.deploymentId);
     assert.deepEqual(
       transitions.map((l) => l["phase"]),
-      ["fetching", "applying", "switching", "verifying"],
+      ["fetching", "applying", "switching", "verifying", "committing"],
     );
     for (const l of transitions.slice(1)) {
       assert.equal(l["desired"], gen2);

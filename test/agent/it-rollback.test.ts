@@ -31,12 +31,13 @@ function quarantineRows(s: Scenario): Array<Record<string, unknown>> {
 }
 
 describe("agent process: rollback", () => {
-  it("a failing switch is rolled back to the exact previous generation by its own script, then quarantined", async (t) => {
+  it("a failing switch (switch order) is rolled back to the exact previous generation by its own script, the profile restored, then quarantined", async (t) => {
     const s = await setupScenario({ systems: [{ label: "bad", switch: "fail" }], cached: ["bad"] });
     t.after(() => s.cleanup());
     const gen1 = s.gen1.path;
     const bad = s.systems["bad"]!.path;
-    s.writeConfig();
+    // The switch order moves the profile first: this test is about putting it back.
+    s.writeConfig({ activationOrder: "switch" });
     const agent = s.startAgent();
     const assigned = s.cp.setDesired(s.machineId, { hash: bad, cacheUrl: s.cacheUrl })!;
     const rolledBack = await s.cp.waitForReport((r) => r.outcome === Outcome.ROLLED_BACK);

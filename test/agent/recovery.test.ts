@@ -16,6 +16,9 @@ function input(over: Partial<RecoveryInput>): RecoveryInput {
     rollback: { state: "not-started" },
     rollbackAttempts: 0,
     maxRollbackAttempts: 2,
+    order: "switch",
+    bootDefaultMoved: false,
+    rebooted: false,
     ...over,
   };
 }
@@ -92,6 +95,48 @@ describe("crash recovery decision table", () => {
       "rollback",
     ],
     ["verifying, third path → roll back", { phase: "verifying", current: OTHER }, "rollback"],
+    // the confirm order: what a reboot at each phase leaves (the boot default is previous until
+    // the commit) — a reboot is a new boot id; the host boots its boot default
+    [
+      "confirm, applying, rebooted (nothing activated yet) → abandon",
+      { order: "confirm", rebooted: true, phase: "applying" },
+      "abandon",
+    ],
+    [
+      "confirm, switching, rebooted onto previous → rolled back by reboot",
+      { order: "confirm", rebooted: true, phase: "switching", forward: { state: "vanished" } },
+      "rolled-back-by-reboot",
+    ],
+    [
+      "confirm, verifying, rebooted onto previous → rolled back by reboot",
+      { order: "confirm", rebooted: true, phase: "verifying" },
+      "rolled-back-by-reboot",
+    ],
+    [
+      "switch order, verifying, rebooted onto previous → an ordinary rollback (not the reboot's doing)",
+      { order: "switch", rebooted: true, phase: "verifying" },
+      "rollback",
+    ],
+    [
+      "confirm, verifying, restarted without a reboot, on previous → roll back (previous' test)",
+      { order: "confirm", rebooted: false, phase: "verifying" },
+      "rollback",
+    ],
+    [
+      "confirm, committing, on desired (after a reboot the boot default was already moved) → verify, commit again",
+      { order: "confirm", rebooted: true, bootDefaultMoved: true, phase: "committing", current: NEW },
+      "verify",
+    ],
+    [
+      "confirm, committing, rebooted onto previous (boot default not yet moved) → roll back with switch",
+      { order: "confirm", rebooted: true, bootDefaultMoved: true, phase: "committing" },
+      "rollback",
+    ],
+    [
+      "confirm, rolling back with test, rebooted onto previous → roll back again (attempt journaled)",
+      { order: "confirm", rebooted: true, phase: "rolling_back", rollback: { state: "vanished" } },
+      "rollback",
+    ],
     // rolling back
     [
       "rolling back, rollback switch running → wait",

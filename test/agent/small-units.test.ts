@@ -81,10 +81,14 @@ describe("activation argv and files", () => {
       "nixfleet-activate",
       path,
       "/var/lib/nixfleet/activations/d1-switch.status",
+      "switch",
     ]);
-    // The path and the status file are positional parameters, never spliced into the script.
+    // The path, the status file and the verb are positional parameters, never spliced into the script.
     assert.ok(!ACTIVATION_WRAPPER.includes(path));
-    assert.match(ACTIVATION_WRAPPER, /"\$1\/bin\/switch-to-configuration" switch/);
+    assert.match(ACTIVATION_WRAPPER, /"\$1\/bin\/switch-to-configuration" "\$3"/);
+    const test = systemdRunArgv("nixfleet-switch-d1", path, "/s", "test");
+    assert.equal(test.at(-1), "test", "the confirm window's activation runs `test`");
+    assert.ok(test.includes("--description=nixfleet: switch-to-configuration test"));
   });
 
   it("names units after the deployment (unique per deployment and role)", () => {

@@ -98,6 +98,20 @@ describe("gate: per-machine classification", () => {
       /ROLLED_BACK: health check nginx failed/,
     ],
     [
+      "ROLLED_BACK_BY_REBOOT for the target (a reboot in the confirm window) is a failure",
+      {
+        latestOutcome: outcome(
+          Outcome.ROLLED_BACK_BY_REBOOT,
+          START + S,
+          TARGET,
+          "the host rebooted during the confirm window",
+        ),
+      },
+      START + 2 * S,
+      "unhealthy",
+      /ROLLED_BACK_BY_REBOOT: the host rebooted during the confirm window/,
+    ],
+    [
       "FETCH_FAILED for the target is not definitive: pending while the agent retries",
       { latestOutcome: outcome(Outcome.FETCH_FAILED, START + S, TARGET, "cache unreachable") },
       START + 2 * S,

@@ -35,6 +35,15 @@ export type Protocol = (typeof PROTOCOLS)[number];
 export const ACTIVATION_MODES = ["systemd-run", "direct"] as const;
 export type ActivationMode = (typeof ACTIVATION_MODES)[number];
 
+/**
+ * `confirm`: activate with `switch-to-configuration test`, verify, and only then make the new
+ * generation the boot default (profile + `boot`) — a reboot during verification boots the
+ * previous one. `switch`: profile first, then `switch` (the boot default changes before
+ * verification; a reboot then boots the unproven generation).
+ */
+export const ACTIVATION_ORDERS = ["confirm", "switch"] as const;
+export type ActivationOrder = (typeof ACTIVATION_ORDERS)[number];
+
 /** What the docs say about a key; `group` and `item` tell the walkers how to descend. */
 export interface DocMeta {
   /** Markdown, one line: the notes column of the reference (and `--help`, without backticks). */
@@ -227,6 +236,10 @@ export const CONFIG_SHAPE = {
     choice(ACTIVATION_MODES, "systemd-run"),
     "`systemd-run`: a transient unit `nixfleet-switch-<deployment>` · `direct`: a detached process group (hosts without systemd, tests)",
   ),
+  activationOrder: doc(
+    choice(ACTIVATION_ORDERS, "confirm"),
+    "`confirm`: `switch-to-configuration test`, verify, then profile + `boot` — a power cut or reboot while verifying boots the previous generation (`ROLLED_BACK_BY_REBOOT`) · `switch`: profile + `switch` first — a reboot while verifying boots the unproven generation",
+  ),
   fetchTimeout: doc(duration(600), "hard limit for `nix copy` / `nix path-info`"),
   requestTimeout: doc(duration(30), "one unary call to the control plane"),
   heartbeatInterval: doc(duration(30), "Session heartbeats and HTTP/2 PINGs"),
@@ -241,6 +254,10 @@ export const CONFIG_SHAPE = {
       switchLock: doc(
         absolutePath("/run/nixos/switch-to-configuration.lock"),
         "switch-to-configuration's lock file",
+      ),
+      bootId: doc(
+        absolutePath("/proc/sys/kernel/random/boot_id"),
+        "the kernel's boot id: a different one after a restart means the host rebooted",
       ),
     },
     "host paths",

@@ -4,8 +4,9 @@
  * persisted intent, so recovery (rollback.ts) knows what might have happened.
  */
 import { isStorePath } from "../../common/store-path.js";
+import type { SwitchVerb } from "../activation.js";
 import { steadyReportKey } from "../decide.js";
-import { describeFailures } from "../health/runner.js";
+import { describeFailures, type HealthSnapshot } from "../health/runner.js";
 import type { Deployment } from "../journal/journal.js";
 import { switchedExitCode } from "../recovery.js";
 import { msg } from "./messages.js";
@@ -73,6 +74,8 @@ function afterInspection(st: At<"inspect">, f: Inspection, s: Settings): Step {
         op: "begin-apply",
         previous: f.previous,
         profileGeneration: f.profileGeneration,
+        order: s.activationOrder,
+        bootId: f.bootId,
         reports: [outcomeReport(dep, "APPLYING", true, msg.applying(f.previous, dep.desired))],
       },
     },
@@ -162,16 +165,14 @@ export function forward(st: State, e: Event, s: Settings): Step | undefined {
         { do: "gc-roots", previous: e.dep.previous!, desired: e.dep.desired },
       );
     case "gc-roots":
+      // Confirm order: the profile (the boot default) waits until the generation proved healthy.
+      if (e.on === "ok" && st.dep.activationOrder === "confirm") return planSwitch(st.dep, "test");
       if (e.on === "ok")
         return go({ at: "set-profile", dep: st.dep }, { do: "set-profile", path: st.dep.desired });
       if (e.on === "failed") return failWithoutChange(st.dep, "APPLY_FAILED", msg.nothingSwitched(e.message));
       return undefined;
     case "set-profile":
-      if (e.on === "ok")
-        return go(
-          { at: "plan-switch", dep: st.dep },
-          { do: "plan-switch", deploymentId: st.dep.id, role: "switch", path: st.dep.desired },
-        );
+      if (e.on === "ok") return planSwitch(st.dep, "switch");
       if (e.on === "failed") return unapply(st.dep, msg.nothingSwitched(e.message));
       return undefined;
     case "unapply":
@@ -277,6 +278,25 @@ export function forward(st: State, e: Event, s: Settings): Step | undefined {
     }
     case "verify":
       return e.on === "verified" ? afterVerify(st, e, s) : undefined;
+    case "commit-persisted":
+      if (e.on !== "persisted") return undefined;
+      return go(
+        { at: "commit-profile", dep: e.dep, commit: st.commit },
+        { do: "enter-phase", phase: "committing" },
+        { do: "set-profile", path: e.dep.desired },
+      );
+    case "commit-profile":
+      if (e.on === "ok")
+        return go(
+          { at: "commit-boot", dep: st.dep, commit: st.commit },
+          { do: "boot-default", path: st.dep.desired },
+        );
+      if (e.on === "failed") return startRollback(st.dep, msg.commitFailed(e.message), s);
+      return undefined;
+    case "commit-boot":
+      if (e.on === "ok") return deployed(st.dep, st.commit.snapshot, st.commit.exitCode);
+      if (e.on === "failed") return startRollback(st.dep, msg.commitFailed(e.message), s);
+      return undefined;
     default:
       return undefined;
   }
@@ -284,6 +304,13 @@ export function forward(st: State, e: Event, s: Settings): Step | undefined {
 
 function exitCodeOf(st: { exitCode?: number }): { exitCode?: number } {
   return st.exitCode !== undefined ? { exitCode: st.exitCode } : {};
+}
+
+function planSwitch(dep: Deployment, verb: SwitchVerb): Step {
+  return go(
+    { at: "plan-switch", dep },
+    { do: "plan-switch", deploymentId: dep.id, role: "switch", path: dep.desired, verb },
+  );
 }
 
 function unapply(dep: Deployment, message: string): Step {
@@ -312,7 +339,29 @@ function afterVerify(st: At<"verify">, e: Extract<Event, { on: "verified" }>, s:
     );
     return { state: rollback.state, effects: [{ do: "report", report: health }, ...rollback.effects] };
   }
-  const message = msg.deployed(dep, e.snapshot.results.length, st.exitCode);
+  if (dep.activationOrder === "confirm")
+    // Proved healthy: only now does it become what the host boots. Journaled first, so that a
+    // restart from here on knows the profile may have moved (a rollback then uses `switch`).
+    return go(
+      { at: "commit-persisted", dep, commit: { snapshot: e.snapshot, ...exitCodeOf(st) } },
+      {
+        do: "persist",
+        id: dep.id,
+        write: { op: "phase", phase: "committing", update: { bootDefaultMoved: true } },
+      },
+    );
+  return deployed(dep, e.snapshot, st.exitCode);
+}
+
+function deployed(dep: Deployment, snapshot: HealthSnapshot, exitCode: number | undefined): Step {
+  const health = {
+    kind: "health" as const,
+    generation: dep.desired,
+    snapshot,
+    postApply: true,
+    deploymentId: dep.id,
+  };
+  const message = msg.deployed(dep, snapshot.results.length, exitCode);
   // The outcome, its report and the post-apply health report commit together.
   return finish(dep, "DEPLOYED", message, {
     level: "info",

@@ -185,6 +185,7 @@ export class Interpreter {
               previous && isStorePath(previous) ? host.switchScriptProblem(previous) : undefined,
             lockHolder: lock.held ? describeLock(this.o.switchLock, lock) : undefined,
             profileGeneration: host.profileGeneration(),
+            bootId: host.bootId(),
           },
         };
       }
@@ -215,8 +216,17 @@ export class Interpreter {
       case "plan-switch":
         return {
           on: "planned",
-          handle: activator.plan({ deploymentId: a.deploymentId, role: a.role, path: a.path }),
+          handle: activator.plan({
+            deploymentId: a.deploymentId,
+            role: a.role,
+            path: a.path,
+            verb: a.verb,
+          }),
         };
+      case "boot-default":
+        return this.attempt(() =>
+          activator.makeBootDefault(a.path, { timeoutMs: this.o.activationTimeoutMs }),
+        );
       case "start-switch":
         try {
           return { on: "started", handle: await activator.start(a.planned) };
@@ -236,6 +246,7 @@ export class Interpreter {
           on: "observed",
           facts: {
             current: host.readCurrent(),
+            bootId: host.bootId(),
             profile: host.readProfile(),
             forward: await this.status(a.forward),
             rollback: await this.status(a.rollback),
@@ -297,7 +308,10 @@ export class Interpreter {
         });
         break;
       case "begin-apply":
-        dep = journal.beginApply(id, w.previous, w.profileGeneration, rowsFor(w.reports).rows);
+        dep = journal.beginApply(id, w.previous, w.profileGeneration, rowsFor(w.reports).rows, {
+          order: w.order,
+          bootId: w.bootId,
+        });
         wake = w.reports.length > 0;
         break;
       case "phase":

@@ -25,6 +25,7 @@ const ACTIONS = new Set<string>([
   "inspect",
   "gc-roots",
   "set-profile",
+  "boot-default",
   "restore-profile",
   "plan-switch",
   "start-switch",

@@ -71,6 +71,12 @@ export const msg = {
     `the running system is back on ${previous} but the profile could not be restored: ${problem}`,
   retryAfterRestart: (first: string | null, why: string) =>
     first ? `${first} (retrying after a restart: ${why})` : why,
+  rolledBackByReboot: (dep: Deployment, phase: string) =>
+    `the host rebooted (power cut, panic or reboot) while ${dep.desired} was in its confirm window (${phase}, activated with switch-to-configuration test, ` +
+    `not yet the boot default), so it booted the previous generation ${dep.previous}, which it runs now; ${dep.desired} is quarantined until it is assigned again`,
+  rebootReason: "the host rebooted during the confirm window and booted the previous generation",
+  commitFailed: (message: string) =>
+    `the new generation passed its health checks but could not be made the boot default (${message}); a reboot would boot the previous one`,
   rolledBack: (dep: Deployment, reason: string) =>
     `${reason}; rolled back to ${dep.previous} with its own switch-to-configuration; ${dep.desired} is quarantined until it is assigned again`,
   rollbackFailed: (

@@ -8,6 +8,7 @@ const PHASE_STATE: Record<Exclude<Phase, "done">, AgentState> = {
   applying: "applying",
   switching: "applying",
   verifying: "verifying",
+  committing: "applying",
   rolling_back: "rolling_back",
 };
 

@@ -28,6 +28,8 @@ export interface HostOps {
   profileGenerationPath(generation: number): string | null;
   switchScriptProblem(path: string): string | undefined;
   checkSwitchLock(): Promise<SwitchLockState>;
+  /** The kernel's boot id (`/proc/sys/kernel/random/boot_id`); null when unreadable. */
+  bootId(): string | null;
 }
 
 /** The health checks as the cycle uses them (health/runner.ts implements them). */

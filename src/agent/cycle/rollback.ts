@@ -10,6 +10,7 @@
  * Recovery observes the host and asks decideRecovery (recovery.ts) what an unfinished
  * deployment needs; each answer enters the same states the live path uses.
  */
+import type { SwitchVerb } from "../activation.js";
 import { steadyReportKey } from "../decide.js";
 import type { Deployment } from "../journal/journal.js";
 import { decideRecovery, switchedExitCode } from "../recovery.js";
@@ -19,6 +20,15 @@ import type { Event, Observation, RollbackProgress, Settings, State, Step, Switc
 
 const restore = (dep: Deployment) =>
   ({ do: "restore-profile", previous: dep.previous, generation: dep.previousProfileGeneration }) as const;
+
+/**
+ * In the confirm window the profile and the boot default never moved: the previous generation
+ * is re-activated with its own `test` (its `switch` would rewrite the boot loader for nothing).
+ * Once the commit started (or in the switch order) its `switch` makes it the boot default again.
+ */
+export function rollbackVerb(dep: Deployment): SwitchVerb {
+  return dep.activationOrder === "confirm" && !dep.bootDefaultMoved ? "test" : "switch";
+}
 
 /** The next rollback attempt, or ROLLBACK_FAILED when none is left. */
 function attempt(dep: Deployment, rb: RollbackProgress, s: Settings): Step {
@@ -129,6 +139,9 @@ function recover(dep: Deployment, o: Observation, s: Settings): Step {
     rollback: o.rollback,
     rollbackAttempts: dep.rollbackAttempts,
     maxRollbackAttempts: s.maxRollbackAttempts,
+    order: dep.activationOrder,
+    bootDefaultMoved: dep.bootDefaultMoved,
+    rebooted: dep.bootId !== null && o.bootId !== null && o.bootId !== dep.bootId,
   });
   const log = {
     do: "log",
@@ -141,6 +154,9 @@ function recover(dep: Deployment, o: Observation, s: Settings): Step {
       desired: dep.desired,
       previous: dep.previous,
       current: o.current,
+      order: dep.activationOrder,
+      bootId: dep.bootId,
+      bootIdNow: o.bootId,
       forward: o.forward.state,
       rollback: o.rollback.state,
       action: action.kind,
@@ -189,7 +205,24 @@ function recover(dep: Deployment, o: Observation, s: Settings): Step {
       return go({ at: "rb-restore", dep, rb }, log, restore(dep));
     case "rollback-failed":
       return withLog(failRollback(dep, rb, action.reason));
+    case "rolled-back-by-reboot":
+      return withLog(rolledBackByReboot(dep));
   }
+}
+
+/**
+ * The reboot already rolled back: the host booted its boot default, the previous generation,
+ * which the confirm order never moved. Nothing to switch; the outcome says what happened.
+ */
+function rolledBackByReboot(dep: Deployment): Step {
+  const message = msg.rolledBackByReboot(dep, dep.phase);
+  return finish(dep, "ROLLED_BACK_BY_REBOOT", message, {
+    level: "warn",
+    verdict: "failed",
+    error: msg.rebootReason,
+    quarantine: msg.rebootReason,
+    reports: [outcomeReport(dep, "ROLLED_BACK_BY_REBOOT", false, message)],
+  });
 }
 
 /**
@@ -263,6 +296,7 @@ export function rollback(st: State, e: Event, s: Settings): Step | undefined {
           deploymentId: st.dep.id,
           role: `rollback-${st.dep.rollbackAttempts}`,
           path: st.dep.previous!,
+          verb: rollbackVerb(st.dep),
         },
       );
     case "rb-plan":

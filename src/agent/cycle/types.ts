@@ -8,10 +8,17 @@
  * start the switch, …) preceded by any number of *notes* (log lines, phase bookkeeping, metrics):
  * the action's result is the next event. A transition without an action ends the cycle.
  */
-import type { ActivationHandle, ActivationStatus } from "../activation.js";
+import type { ActivationHandle, ActivationStatus, SwitchVerb } from "../activation.js";
 import type { CheckDecision, Desired } from "../decide.js";
 import type { HealthSnapshot } from "../health/runner.js";
-import type { Deployment, FinalOutcome, Phase, PhaseUpdate, QuarantineEntry } from "../journal/journal.js";
+import type {
+  ActivationOrder,
+  Deployment,
+  FinalOutcome,
+  Phase,
+  PhaseUpdate,
+  QuarantineEntry,
+} from "../journal/journal.js";
 import type { SwitchObservation } from "../recovery.js";
 import type { CycleVerdict } from "../schedule.js";
 
@@ -25,6 +32,7 @@ export type ReportOutcome =
   | "APPLYING"
   | "DEPLOYED"
   | "ROLLED_BACK"
+  | "ROLLED_BACK_BY_REBOOT"
   | "ROLLBACK_FAILED"
   | "FETCH_FAILED"
   | "APPLY_FAILED"
@@ -55,7 +63,14 @@ export type ReportSpec =
 /** One journal transaction. Each returns the updated deployment row. */
 export type JournalWrite =
   | { op: "create"; id: string; desired: Desired; cacheUrl: string | null }
-  | { op: "begin-apply"; previous: string; profileGeneration: number | null; reports: ReportSpec[] }
+  | {
+      op: "begin-apply";
+      previous: string;
+      profileGeneration: number | null;
+      order: ActivationOrder;
+      bootId: string | null;
+      reports: ReportSpec[];
+    }
   | { op: "phase"; phase: Exclude<Phase, "done">; update: PhaseUpdate }
   | { op: "activation"; field: "activation" | "rollbackActivation"; handle: ActivationHandle }
   | {
@@ -93,7 +108,9 @@ export type Action =
   | { do: "set-profile"; path: string }
   /** Put the system profile back on the deployment's previous generation (if it moved). */
   | { do: "restore-profile"; previous: string | null; generation: number | null }
-  | { do: "plan-switch"; deploymentId: string; role: string; path: string }
+  | { do: "plan-switch"; deploymentId: string; role: string; path: string; verb: SwitchVerb }
+  /** `<path>/bin/switch-to-configuration boot` (confirm order, after verification). */
+  | { do: "boot-default"; path: string }
   | { do: "start-switch"; planned: ActivationHandle }
   | { do: "wait-switch"; handle: ActivationHandle; where: string }
   | { do: "stop-switch"; handle: ActivationHandle }
@@ -122,6 +139,8 @@ export interface CheckFacts {
 
 export interface Observation {
   current: string | null;
+  /** The kernel's boot id now (null: unreadable). */
+  bootId: string | null;
   profile: string | null;
   forward: SwitchObservation;
   rollback: SwitchObservation;
@@ -135,6 +154,8 @@ export interface Inspection {
   /** Set when someone holds the switch lock: who, for the message. */
   lockHolder: string | undefined;
   profileGeneration: number | null;
+  /** The kernel's boot id, journaled with the intent (a reboot changes it). */
+  bootId: string | null;
 }
 
 export type Event =
@@ -168,6 +189,13 @@ export interface Settings {
   activationTimeoutSeconds: number;
   maxRollbackAttempts: number;
   currentSystemPath: string;
+  activationOrder: ActivationOrder;
+}
+
+/** What a verified deployment carries until it is committed (confirm order). */
+export interface Commit {
+  snapshot: HealthSnapshot;
+  exitCode?: number;
 }
 
 /** Data carried by a rollback in progress. */
@@ -201,6 +229,10 @@ export type State =
   | { at: "verify-persisted"; dep: Deployment; exitCode?: number }
   | { at: "verify-observe"; dep: Deployment; exitCode?: number }
   | { at: "verify"; dep: Deployment; exitCode?: number }
+  /** Confirm order, verified: the profile, then the boot default, move to the new generation. */
+  | { at: "commit-persisted"; dep: Deployment; commit: Commit }
+  | { at: "commit-profile"; dep: Deployment; commit: Commit }
+  | { at: "commit-boot"; dep: Deployment; commit: Commit }
   | { at: "unapply"; dep: Deployment; message: string }
   | { at: "abandon"; dep: Deployment; reason: string }
   | { at: "rb-persisted"; dep: Deployment; rb: RollbackProgress }

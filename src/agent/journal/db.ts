@@ -91,6 +91,13 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE outbox ADD COLUMN coalesce_key TEXT;
   CREATE INDEX outbox_coalesce ON outbox (class, coalesce_key);
   `,
+  // 3: the confirm window. Deployments journaled by an older agent used the switch order
+  // (activation_order NULL); boot_id is the kernel's boot id when the intent was written.
+  `
+  ALTER TABLE deployments ADD COLUMN activation_order TEXT;
+  ALTER TABLE deployments ADD COLUMN boot_id TEXT;
+  ALTER TABLE deployments ADD COLUMN boot_default_moved INTEGER NOT NULL DEFAULT 0;
+  `,
 ];
 
 export interface OpenResult {

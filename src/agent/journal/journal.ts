@@ -8,6 +8,7 @@ import type { ActivationHandle } from "../activation.js";
 import { type Db, openDatabase } from "./db.js";
 import { healthHistory, insertOutbox, outboxBacklog, readOutbox, recordHealth } from "./outbox.js";
 import {
+  type ActivationOrder,
   type Deployment,
   type DeploymentRow,
   type FinalOutcome,
@@ -71,14 +72,15 @@ export class Journal {
     previous: string,
     previousProfileGeneration: number | null,
     reports: readonly OutboxRow[] = [],
+    how: { order: ActivationOrder; bootId: string | null } = { order: "switch", bootId: null },
   ): Deployment {
     const at = this.now();
     return this.db.transaction(() => {
       this.db
         .prepare(
-          "UPDATE deployments SET previous = ?, previous_profile_generation = ?, phase = 'applying', updated_at = ? WHERE id = ?",
+          "UPDATE deployments SET previous = ?, previous_profile_generation = ?, activation_order = ?, boot_id = ?, phase = 'applying', updated_at = ? WHERE id = ?",
         )
-        .run(previous, previousProfileGeneration, at, id);
+        .run(previous, previousProfileGeneration, how.order, how.bootId, at, id);
       this.closePhase(id, at);
       this.openPhase(id, "applying", at);
       for (const r of reports) this.insertOutbox(r, at);
@@ -106,6 +108,10 @@ export class Journal {
       if (update.rollbackAttempts !== undefined) {
         sets.push("rollback_attempts = ?");
         values.push(update.rollbackAttempts);
+      }
+      if (update.bootDefaultMoved !== undefined) {
+        sets.push("boot_default_moved = ?");
+        values.push(update.bootDefaultMoved ? 1 : 0);
       }
       const current = this.get(id);
       this.db.prepare(`UPDATE deployments SET ${sets.join(", ")} WHERE id = ?`).run(...values, id);

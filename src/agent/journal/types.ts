@@ -1,13 +1,27 @@
 /** The journal's records and how they map from rows. */
 import type { ActivationHandle } from "../activation.js";
 
-export const PHASES = ["fetching", "applying", "switching", "verifying", "rolling_back", "done"] as const;
+export const PHASES = [
+  "fetching",
+  "applying",
+  "switching",
+  "verifying",
+  /** Confirm order: verified; the profile and the boot default move to the new generation. */
+  "committing",
+  "rolling_back",
+  "done",
+] as const;
 export type Phase = (typeof PHASES)[number];
+
+/** How a deployment activates (the agent's `activationOrder` when its intent was written). */
+export type ActivationOrder = "confirm" | "switch";
 
 /** How a deployment ended. INTERRUPTED: the agent stopped before the host changed; retried. */
 export const FINAL_OUTCOMES = [
   "DEPLOYED",
   "ROLLED_BACK",
+  /** Confirm order: the host rebooted during verification and booted the previous generation. */
+  "ROLLED_BACK_BY_REBOOT",
   "ROLLBACK_FAILED",
   "FETCH_FAILED",
   "APPLY_FAILED",
@@ -33,6 +47,12 @@ export interface Deployment {
   rollbackActivation: ActivationHandle | null;
   rollbackReason: string | null;
   rollbackAttempts: number;
+  /** "switch" for deployments journaled before the confirm window existed. */
+  activationOrder: ActivationOrder;
+  /** The kernel's boot id when the intent was written (null: unknown). */
+  bootId: string | null;
+  /** The profile / boot default may have moved to the new generation (commit started). */
+  bootDefaultMoved: boolean;
   createdAt: number;
   updatedAt: number;
   finishedAt: number | null;
@@ -115,6 +135,9 @@ export interface DeploymentRow {
   rollback_activation: string | null;
   rollback_reason: string | null;
   rollback_attempts: number;
+  activation_order: string | null;
+  boot_id: string | null;
+  boot_default_moved: number;
   created_at: number;
   updated_at: number;
   finished_at: number | null;
@@ -138,6 +161,9 @@ export function toDeployment(row: DeploymentRow): Deployment {
       : null,
     rollbackReason: row.rollback_reason,
     rollbackAttempts: row.rollback_attempts,
+    activationOrder: row.activation_order === "confirm" ? "confirm" : "switch",
+    bootId: row.boot_id,
+    bootDefaultMoved: row.boot_default_moved === 1,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
     finishedAt: row.finished_at,
@@ -149,6 +175,7 @@ export interface PhaseUpdate {
   rollbackActivation?: ActivationHandle | null;
   rollbackReason?: string;
   rollbackAttempts?: number;
+  bootDefaultMoved?: boolean;
   /** Recorded on the phase being closed. */
   error?: string;
 }

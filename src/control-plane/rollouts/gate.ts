@@ -5,7 +5,8 @@
  *
  * A machine is
  * - UNHEALTHY when its latest outcome report received after the batch started is a definitive
- *   failure (ROLLED_BACK, ROLLBACK_FAILED, APPLY_FAILED, QUARANTINED, FOREIGN_GENERATION) for the
+ *   failure (ROLLED_BACK, ROLLED_BACK_BY_REBOOT, ROLLBACK_FAILED, APPLY_FAILED, QUARANTINED,
+ *   FOREIGN_GENERATION) for the
  *   batch's target, or its latest health report on the target since the start fails;
  * - HEALTHY when it runs the target (its latest report says so) and its latest health report on
  *   the target since the start passes — with a soak, passing without a break for the soak period;
@@ -32,6 +33,8 @@ import { allowedUnhealthy, type FailureThreshold } from "./threshold.js";
 
 export const FAILURE_OUTCOMES: ReadonlySet<Outcome> = new Set([
   Outcome.ROLLED_BACK,
+  // The host rebooted during the confirm window and runs the previous generation again.
+  Outcome.ROLLED_BACK_BY_REBOOT,
   Outcome.ROLLBACK_FAILED,
   Outcome.APPLY_FAILED,
   Outcome.QUARANTINED,

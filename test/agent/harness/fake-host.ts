@@ -35,6 +35,7 @@ export interface SwitchBehaviour {
 
 export interface SwitchRecord {
   path: string;
+  verb: "switch" | "test";
   role: string;
   deploymentId: string;
   status: ActivationStatus;
@@ -43,6 +44,11 @@ export interface SwitchRecord {
 
 export class World {
   current: string | null = GEN1;
+  /** What the boot loader boots: moved by `switch` and `boot`, not by `test` (as on NixOS). */
+  bootDefault: string | null = GEN1;
+  bootId = "boot-1";
+  /** `switch-to-configuration boot` runs, by path. */
+  boots: string[] = [];
   profileGenerations: string[] = [GEN1];
   profileAt = 1;
   store = new Set<string>([GEN1]);
@@ -63,6 +69,16 @@ export class World {
     return this.profileGenerations[this.profileAt - 1] ?? null;
   }
 
+  /**
+   * A reboot (power cut, panic): a new boot id, the boot loader's default runs, and whatever
+   * switch was running is gone without an exit status.
+   */
+  reboot(): void {
+    this.bootId = `boot-${Number(this.bootId.slice(5)) + 1}`;
+    this.current = this.bootDefault;
+    for (const rec of this.switches) if (rec.status.state === "running") rec.status = { state: "vanished" };
+  }
+
   /** Switches started for `path` (forward or rollback). */
   switchesTo(path: string): SwitchRecord[] {
     return this.switches.filter((s) => s.path === path);
@@ -72,8 +88,14 @@ export class World {
     const b = this.behaviours.get(rec.path) ?? {};
     if (b.hang) return;
     const code = b.code ?? 0;
-    if (code === 0 || code === 4) this.current = b.lands ?? rec.path;
+    if (code === 0 || code === 4) this.land(rec, b.lands ?? rec.path);
     rec.status = { state: "exited", code };
+  }
+
+  /** A successful switch: `test` activates only, `switch` makes it the boot default too. */
+  private land(rec: SwitchRecord, path: string): void {
+    this.current = path;
+    if (rec.verb === "switch") this.bootDefault = path;
   }
 
   nix() {
@@ -111,6 +133,7 @@ export class World {
       switchScriptProblem: (path: string) =>
         this.store.has(path) ? undefined : `${path}/bin/switch-to-configuration does not exist`,
       checkSwitchLock: async (): Promise<SwitchLockState> => ({ held: this.lockHeld }),
+      bootId: () => this.bootId,
     };
   }
 
@@ -123,6 +146,7 @@ export class World {
         mode: "direct",
         role: r.role,
         path: r.path,
+        verb: r.verb ?? "switch",
         // The status file is the fake's key for "this switch" (deployment id and role).
         statusFile: r.deploymentId,
         logFile: `${r.deploymentId}-${r.role}.log`,
@@ -132,6 +156,7 @@ export class World {
         if (this.failing.has("startSwitch")) throw new Error("systemd-run failed: unit already loaded");
         const rec: SwitchRecord = {
           path: planned.path,
+          verb: planned.verb ?? "switch",
           role: planned.role,
           deploymentId: planned.statusFile,
           status: { state: "running" },
@@ -150,7 +175,7 @@ export class World {
           b.endsAfterPolls !== undefined &&
           ++rec.polls >= b.endsAfterPolls
         ) {
-          this.current = rec.path;
+          this.land(rec, rec.path);
           rec.status = { state: "exited", code: 0 };
         }
         return rec.status;
@@ -160,6 +185,12 @@ export class World {
         if (rec && rec.status.state === "running") rec.status = { state: "exited", code: 143 };
       },
       outputTail: async () => "",
+      makeBootDefault: async (path) => {
+        if (this.failing.has("bootDefault"))
+          throw new Error("switch-to-configuration boot exited with code 1");
+        this.boots.push(path);
+        this.bootDefault = path;
+      },
     };
   }
 
@@ -208,11 +239,17 @@ export function testConfig(dbPath: string, overrides: Partial<AgentConfig> = {})
     verifyTimeout: 1,
     activationTimeout: 5,
     activation: "direct",
+    activationOrder: "confirm",
     fetchTimeout: 5,
     requestTimeout: 5,
     heartbeatInterval: 30,
     logLevel: "silent",
-    paths: { currentSystem: "/run/current-system", systemProfile: "/profile", switchLock: "/lock" },
+    paths: {
+      currentSystem: "/run/current-system",
+      systemProfile: "/profile",
+      switchLock: "/lock",
+      bootId: "/boot_id",
+    },
     ...overrides,
   };
 }
