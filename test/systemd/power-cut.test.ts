@@ -1,13 +1,11 @@
 /**
- * A power cut in the middle of a deployment, on a machine that boots like NixOS.
- *
- * DOCUMENTS THE CURRENT ACTIVATION ORDER (issue 13): today the agent sets the system profile
- * and runs `switch-to-configuration switch` — which installs the boot loader entry first — before
- * it verifies the new generation. So a power cut during verification boots the new, unproven
- * generation, and the agent has to notice and roll it back after the reboot. When the confirm
- * window lands (activate with `test`, verify, only then set the profile and run `boot`), the
- * machine must boot the previous generation instead: flip BOOTS_AFTER_CUT_IN_VERIFY to
- * "previous" and the assertions below follow.
+ * A power cut in the middle of a deployment, on a machine that boots like NixOS: the confirm
+ * window. The agent activates a new generation with `switch-to-configuration test` and makes it
+ * the boot default (profile + `boot`) only after it proved healthy, so a power cut during
+ * verification boots the previous generation; the agent, started at boot, sees the interrupted
+ * deployment on a new boot id and reports it ROLLED_BACK_BY_REBOOT, and the rollout fails.
+ * With the plain `switch` order (activationOrder = "switch") the unproven generation would boot
+ * instead, and this test fails.
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -18,9 +16,6 @@ import { AGENT_UNIT, AgentMachine } from "../fixtures/agent-machine.js";
 import { Fleet, waitFor } from "../fixtures/fleet.js";
 import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
 import { tier } from "./tier.js";
-
-/** Which generation the boot loader runs after a power cut during verification. */
-const BOOTS_AFTER_CUT_IN_VERIFY: "desired" | "previous" = "desired"; // the current order
 
 describe("systemd tier: power cut during verification", tier, () => {
   const dir = makeTempDir("nixfleet-systemd-cut-");
@@ -50,7 +45,7 @@ describe("systemd tier: power cut during verification", tier, () => {
     removeTempDir(dir);
   });
 
-  it(`boots the ${BOOTS_AFTER_CUT_IN_VERIFY} generation (current order: profile and boot entry are set before verifying); the agent then rolls back`, () =>
+  it("boots the previous generation (the unproven one was never made the boot default); the agent reports ROLLED_BACK_BY_REBOOT", () =>
     am.explain(async () => {
       const m = am.machine;
       const base = am.path("base");
@@ -61,14 +56,14 @@ describe("systemd tier: power cut during verification", tier, () => {
 
       await m.container.powerCut();
       // What the boot loader will run, read while the machine is off.
-      const expected = BOOTS_AFTER_CUT_IN_VERIFY === "desired" ? unproven : base;
-      assert.equal(m.bootDefault(), expected);
+      assert.equal(m.bootDefault(), base, "the unproven generation is not the boot default");
+      assert.equal(m.profile(), base, "nor the system profile's current generation");
       await m.container.boot();
       const booted = readFileSync(join(m.dirs.test, "boot.log"), "utf8").trim().split("\n").at(-1)!;
-      assert.match(booted, new RegExp(`booted ${expected}$`));
+      assert.match(booted, new RegExp(`booted ${base}$`));
 
-      // Whatever booted, the agent (started at boot by multi-user.target) must end on the
-      // previous generation, running and booting, and say so.
+      // The agent (started at boot by multi-user.target) must leave the machine on the previous
+      // generation, running and booting, and say so — switching nothing.
       const r = await deploying;
       assert.notEqual(r.code, 0, "the rollout fails: the generation never proved healthy");
       await waitFor(
@@ -83,18 +78,19 @@ describe("systemd tier: power cut during verification", tier, () => {
         "the control plane to record the rollback",
         async () => {
           const s = (await fleet.status()).machines.find((x) => x.machineId === "sd-cut");
-          const refused = s?.lastOutcome === Outcome.ROLLED_BACK || s?.lastOutcome === Outcome.QUARANTINED;
+          const refused =
+            s?.lastOutcome === Outcome.ROLLED_BACK_BY_REBOOT || s?.lastOutcome === Outcome.QUARANTINED;
           return refused && s?.currentGeneration === base ? s : undefined;
         },
         60_000,
         250,
       );
       assert.equal(status.currentGeneration, await m.currentSystem());
-      // The agent's journal: the one deployment is closed, as rolled back.
+      // The agent's journal: the one deployment is closed, as rolled back by the reboot.
       const rows = am.journal();
       assert.deepEqual(
         rows.map((row) => [row.desired, row.outcome]),
-        [[unproven, "ROLLED_BACK"]],
+        [[unproven, "ROLLED_BACK_BY_REBOOT"]],
       );
     }));
 });
