@@ -22,6 +22,13 @@ const MACHINES = flag("--machines", QUICK ? 50 : 2000);
 const STREAMS = flag("--streams", QUICK ? 200 : 10_000);
 const SECONDS = flag("--seconds", QUICK ? 1 : 5);
 const CONCURRENCY = 16;
+/** Skip the unary and small-fleet sections (for comparing scale figures quickly). */
+const SCALE_ONLY = argv.includes("--scale-only");
+const TARGETS = (
+  argv.includes("--targets") ? argv[argv.indexOf("--targets") + 1]! : "nixfleet,naive,raw"
+).split(",");
+/** Run the control plane with --cpu-prof (profiles land in bench/results/). */
+const CPU_PROF = argv.includes("--cpu-prof");
 
 interface Row {
   name: string;
@@ -126,8 +133,9 @@ async function status(fleet: Fleet): Promise<Row> {
 
 /** Scale rows as ratios against raw node:http2 (the runtime's limit), measured in the same run. */
 function scaleRows(results: TargetResult[]): Row[] {
-  const nf = results.find((r) => r.target === "nixfleet")!;
-  const raw = results.find((r) => r.target === "raw node:http2")!;
+  const nf = results.find((r) => r.target === "nixfleet");
+  const raw = results.find((r) => r.target === "raw node:http2");
+  if (!nf || !raw) return [];
   const med = (r: TargetResult, f: (x: Fanout) => number) =>
     r.rounds.map(f).sort((x, y) => x - y)[Math.floor(r.rounds.length / 2)]!;
   const row = (name: string, unit: string, a: number, b: number, detail?: Record<string, unknown>): Row => ({
@@ -175,29 +183,8 @@ async function main(): Promise<void> {
   let scaleResults: TargetResult[] = [];
   try {
     const rawUrl = (JSON.parse(await raw.waitLine((l) => l.startsWith("{"))) as { url: string }).url;
-    const client = fleetClient(fleet);
-    process.stderr.write(`bench: registering ${MACHINES} machines…\n`);
-    for (let i = 0; i < MACHINES; i += 50) {
-      await Promise.all(
-        Array.from({ length: Math.min(50, MACHINES - i) }, (_, j) =>
-          client.registerMachine({
-            machineId: i + j === 0 ? "bench-01" : `bench-m${i + j}`,
-            tags: ["bench", `shard-${(i + j) % 10}`],
-            lifecycle: MachineLifecycle.ACTIVE,
-          }),
-        ),
-      );
-    }
-    await client.setDesiredGeneration({
-      machineId: "bench-01",
-      storePath: storePath(1),
-      cacheUrl: "https://cache.example.org",
-    });
-    process.stderr.write("bench: unary throughput…\n");
-    rows.push(...(await unary(fleet, rawUrl)));
-    process.stderr.write("bench: fleet status…\n");
-    rows.push(await status(fleet));
-    process.stderr.write(`bench: ${STREAMS} agents' Session streams, three servers…\n`);
+    if (!SCALE_ONLY) rows.push(...(await small(fleet, rawUrl)));
+    process.stderr.write(`bench: ${STREAMS} agents' Session streams…\n`);
     scaleResults = await scale({
       dir,
       pki: fleet.pki,
@@ -207,6 +194,8 @@ async function main(): Promise<void> {
       reportSeconds: QUICK ? 1 : 5,
       heartbeatSeconds: 10,
       storm: !argv.includes("--no-storm"),
+      targets: TARGETS,
+      cpuProfileDir: CPU_PROF ? join(ROOT, "bench", "results") : null,
       log: (line) => process.stderr.write(`bench: ${line}\n`),
     });
     rows.push(...scaleRows(scaleResults));
@@ -215,7 +204,38 @@ async function main(): Promise<void> {
     await fleet.close();
     removeTempDir(dir);
   }
+  report(rows, scaleResults, started);
+}
 
+/** The unary and GetFleetStatus sections (a small fleet registered through the API). */
+async function small(fleet: Fleet, rawUrl: string): Promise<Row[]> {
+  const rows: Row[] = [];
+  const client = fleetClient(fleet);
+  process.stderr.write(`bench: registering ${MACHINES} machines…\n`);
+  for (let i = 0; i < MACHINES; i += 50) {
+    await Promise.all(
+      Array.from({ length: Math.min(50, MACHINES - i) }, (_, j) =>
+        client.registerMachine({
+          machineId: i + j === 0 ? "bench-01" : `bench-m${i + j}`,
+          tags: ["bench", `shard-${(i + j) % 10}`],
+          lifecycle: MachineLifecycle.ACTIVE,
+        }),
+      ),
+    );
+  }
+  await client.setDesiredGeneration({
+    machineId: "bench-01",
+    storePath: storePath(1),
+    cacheUrl: "https://cache.example.org",
+  });
+  process.stderr.write("bench: unary throughput…\n");
+  rows.push(...(await unary(fleet, rawUrl)));
+  process.stderr.write("bench: fleet status…\n");
+  rows.push(await status(fleet));
+  return rows;
+}
+
+function report(rows: Row[], scaleResults: TargetResult[], started: number): void {
   const w = (s: string, n: number) => s.padEnd(n);
   const fmt = (n: number) => (n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n.toFixed(2));
   process.stdout.write(

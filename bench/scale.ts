@@ -35,6 +35,10 @@ export interface ScaleOptions {
   reportSeconds: number;
   heartbeatSeconds: number;
   storm: boolean;
+  /** Which servers: "nixfleet", "naive", "raw". */
+  targets: string[];
+  /** Run the control plane with --cpu-prof into this directory (null: no profile). */
+  cpuProfileDir: string | null;
   log: (line: string) => void;
 }
 
@@ -83,6 +87,7 @@ function withKey(key: string): Interceptor {
 /** Starts `serve`; resolves once it logged "listening". */
 async function startControlPlane(o: ScaleOptions, db: string, listen: string): Promise<Child> {
   const args = [
+    ...(o.cpuProfileDir ? ["--cpu-prof", "--cpu-prof-dir", o.cpuProfileDir] : []),
     ...programArgs("control-plane"),
     "serve",
     "--listen",
@@ -304,6 +309,26 @@ export async function scale(o: ScaleOptions): Promise<TargetResult[]> {
   o.log(`scale: ${o.streams} client certificates in ${Math.round(performance.now() - t)} ms`);
   const results: TargetResult[] = [];
 
+  if (o.targets.includes("nixfleet")) results.push(await measureNixfleet(o, names, certsFile));
+  for (const [name, script] of [
+    ["naive connect-node", "naive-push-server.ts"],
+    ["raw node:http2", "raw-push-server.ts"],
+  ] as const) {
+    if (!o.targets.includes(name.split(" ")[0]!)) continue;
+    const server = await baseline(o, script);
+    try {
+      const { result, agents } = await measureTarget(o, name, server, certsFile);
+      agents.proc.stdin!.end("quit\n");
+      await agents.exited;
+      results.push(result);
+    } finally {
+      await server.stop();
+    }
+  }
+  return results;
+}
+
+async function measureNixfleet(o: ScaleOptions, names: string[], certsFile: string): Promise<TargetResult> {
   const nf = await nixfleet(o, names);
   try {
     const { result, agents } = await measureTarget(o, "nixfleet", nf, certsFile);
@@ -342,26 +367,10 @@ export async function scale(o: ScaleOptions): Promise<TargetResult[]> {
     await agents.exited;
     await nf.stop();
     result.storeLoopRps = await storeLoop(nf.db, names, o.reportSeconds);
-    results.push(result);
+    return result;
   } finally {
     await nf.stop().catch(() => {});
   }
-
-  for (const [name, script] of [
-    ["naive connect-node", "naive-push-server.ts"],
-    ["raw node:http2", "raw-push-server.ts"],
-  ] as const) {
-    const server = await baseline(o, script);
-    try {
-      const { result, agents } = await measureTarget(o, name, server, certsFile);
-      agents.proc.stdin!.end("quit\n");
-      await agents.exited;
-      results.push(result);
-    } finally {
-      await server.stop();
-    }
-  }
-  return results;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? Number.NaN;
