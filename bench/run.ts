@@ -8,6 +8,7 @@ import { FleetService } from "../src/gen/nixfleet/v1/fleet_pb.js";
 import { MachineLifecycle } from "../src/gen/nixfleet/v1/types_pb.js";
 import { Fleet } from "../test/fixtures/fleet.js";
 import { makeTempDir, removeTempDir } from "../test/fixtures/tmp.js";
+import { type AgentResult, agentBench } from "./agent.js";
 import { child, ROOT } from "./child.js";
 import { openFileLimit } from "./proc-stats.js";
 import { type Fanout, scale, scaleTable, type TargetResult } from "./scale.js";
@@ -181,6 +182,7 @@ async function main(): Promise<void> {
   const raw = child("raw-server.ts", [fleet.pki.server.cert, fleet.pki.server.key, fleet.pki.ca]);
   const rows: Row[] = [];
   let scaleResults: TargetResult[] = [];
+  let agent: AgentResult | null = null;
   try {
     const rawUrl = (JSON.parse(await raw.waitLine((l) => l.startsWith("{"))) as { url: string }).url;
     if (!SCALE_ONLY) rows.push(...(await small(fleet, rawUrl)));
@@ -199,12 +201,16 @@ async function main(): Promise<void> {
       log: (line) => process.stderr.write(`bench: ${line}\n`),
     });
     rows.push(...scaleRows(scaleResults));
+    if (!argv.includes("--no-agent")) {
+      process.stderr.write("bench: one real agent, idle and deploy cycles…\n");
+      agent = await agentBench(dir, QUICK ? 3 : 60, QUICK ? 1 : 3);
+    }
   } finally {
     raw.proc.kill("SIGTERM");
     await fleet.close();
     removeTempDir(dir);
   }
-  report(rows, scaleResults, started);
+  report(rows, scaleResults, agent, started);
 }
 
 /** The unary and GetFleetStatus sections (a small fleet registered through the API). */
@@ -235,7 +241,7 @@ async function small(fleet: Fleet, rawUrl: string): Promise<Row[]> {
   return rows;
 }
 
-function report(rows: Row[], scaleResults: TargetResult[], started: number): void {
+function report(rows: Row[], scaleResults: TargetResult[], agent: AgentResult | null, started: number): void {
   const w = (s: string, n: number) => s.padEnd(n);
   const fmt = (n: number) => (n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n.toFixed(2));
   process.stdout.write(
@@ -247,6 +253,14 @@ function report(rows: Row[], scaleResults: TargetResult[], started: number): voi
     );
   }
   process.stdout.write(`\n${scaleTable(scaleResults, STREAMS)}\n`);
+  if (agent) {
+    const cycles = agent.cycles
+      .map((c) => `${c.ownCpuMs.toFixed(0)} ms CPU / ${c.wallMs} ms wall`)
+      .join(", ");
+    process.stdout.write(
+      `\nagent: idle ${agent.idleRssMB.toFixed(1)} MB RSS, ${agent.idleCpuPercent.toFixed(2)} % CPU over ${agent.idleSeconds} s; deploy cycles (own CPU / wall): ${cycles}\n`,
+    );
+  }
   const result = {
     date: new Date().toISOString(),
     node: process.version,
@@ -262,6 +276,7 @@ function report(rows: Row[], scaleResults: TargetResult[], started: number): voi
     openFileLimit: openFileLimit("self"),
     results: rows,
     scale: scaleResults,
+    agent,
   };
   const out = join(ROOT, "bench", "results");
   mkdirSync(out, { recursive: true });
