@@ -63,8 +63,12 @@ class Agent {
       const settle = (ok: boolean) => {
         if (settled) return;
         settled = true;
+        clearTimeout(giveUp);
         resolve(ok);
       };
+      // An overloaded server may never answer; count the agent as failed rather than hang.
+      const giveUp = setTimeout(() => settle(false), args.roundTimeoutMs);
+      giveUp.unref();
       session.on("error", () => settle(false));
       session.on("close", () => {
         settle(false);
