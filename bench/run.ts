@@ -1,30 +1,18 @@
-/**
- * `npm run bench`: how the control plane holds up, as ratios against baselines measured in the
- * same run (machines here are shared and noisy; absolute numbers drift, ratios much less).
- *
- * 1. Unary GetDesiredGeneration throughput over mTLS, per protocol (gRPC, Connect binary, Connect
- *    JSON, Connect GET, the v0.1 REST route), against plain node:http2 answering a fixed body.
- * 2. GetFleetStatus latency with N machines, against GetMachine (one row).
- * 3. Push fan-out: time from CreateRollout to DesiredGenerationChanged on every one of S open
- *    Session streams, against the same for a single stream.
- *
- * Prints a table and writes bench/results/latest.json (plus a timestamped copy).
- * Flags: --quick (tiny sizes, seconds — a smoke run), --machines N, --streams S, --seconds T.
- */
-import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { FleetService, RolloutStrategy } from "../src/gen/nixfleet/v1/fleet_pb.js";
+import { FleetService } from "../src/gen/nixfleet/v1/fleet_pb.js";
 import { MachineLifecycle } from "../src/gen/nixfleet/v1/types_pb.js";
-import { ControlPlaneProcess, Fleet } from "../test/fixtures/fleet.js";
-import { programArgs } from "../test/fixtures/programs.js";
+import { Fleet } from "../test/fixtures/fleet.js";
 import { makeTempDir, removeTempDir } from "../test/fixtures/tmp.js";
+import { type AgentResult, agentBench } from "./agent.js";
+import { child, ROOT } from "./child.js";
+import { openFileLimit } from "./proc-stats.js";
+import { type Fanout, scale, scaleTable, type TargetResult } from "./scale.js";
 
-const ROOT = join(import.meta.dirname, "..");
 const argv = process.argv.slice(2);
 const flag = (name: string, fallback: number) => {
   const i = argv.indexOf(name);
@@ -32,9 +20,16 @@ const flag = (name: string, fallback: number) => {
 };
 const QUICK = argv.includes("--quick");
 const MACHINES = flag("--machines", QUICK ? 50 : 2000);
-const STREAMS = flag("--streams", QUICK ? 20 : 1000);
+const STREAMS = flag("--streams", QUICK ? 200 : 10_000);
 const SECONDS = flag("--seconds", QUICK ? 1 : 5);
 const CONCURRENCY = 16;
+/** Skip the unary and small-fleet sections (for comparing scale figures quickly). */
+const SCALE_ONLY = argv.includes("--scale-only");
+const TARGETS = (
+  argv.includes("--targets") ? argv[argv.indexOf("--targets") + 1]! : "nixfleet,naive,raw"
+).split(",");
+/** Run the control plane with --cpu-prof (profiles land in bench/results/). */
+const CPU_PROF = argv.includes("--cpu-prof");
 
 interface Row {
   name: string;
@@ -51,41 +46,6 @@ const storePath = (i: number) =>
   `/nix/store/${String(i)
     .padStart(32, "0")
     .replace(/[eotu]/g, "0")}-nixos-system-bench-${i}`;
-
-/** Runs a child (tsx) and resolves with the lines it printed. */
-function child(script: string, args: string[]) {
-  const proc = spawn(process.execPath, ["--import", "tsx", join(ROOT, "bench", script), ...args], {
-    cwd: ROOT,
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const lines: string[] = [];
-  let buf = "";
-  const waiters: { pred: (l: string) => boolean; resolve: (l: string) => void }[] = [];
-  proc.stdout!.on("data", (c: Buffer) => {
-    buf += c.toString();
-    for (let nl = buf.indexOf("\n"); nl >= 0; nl = buf.indexOf("\n")) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      lines.push(line);
-      for (const w of waiters.splice(0)) w.pred(line) ? w.resolve(line) : waiters.push(w);
-    }
-  });
-  const exited = new Promise<number>((resolve) => proc.on("exit", (code) => resolve(code ?? 1)));
-  return {
-    proc,
-    lines,
-    exited,
-    waitLine: (pred: (l: string) => boolean) =>
-      new Promise<string>((resolve, reject) => {
-        const hit = lines.find(pred);
-        if (hit) return resolve(hit);
-        waiters.push({ pred, resolve });
-        void exited.then((code) =>
-          reject(new Error(`${script} exited ${code} before printing the expected line`)),
-        );
-      }),
-  };
-}
 
 async function unary(fleet: Fleet, rawUrl: string): Promise<Row[]> {
   const cert = fleet.pki.client("bench-01");
@@ -172,78 +132,47 @@ async function status(fleet: Fleet): Promise<Row> {
   };
 }
 
-async function fanout(dir: string): Promise<Row> {
-  // Plain HTTP so one client process may speak for many machines (no per-machine certificate).
-  const cp = new ControlPlaneProcess(
-    ["--allow-insecure", "--db-path", join(dir, "fanout.db"), "--heartbeat-interval", "30"],
-    process.env,
-  );
-  await cp.start("127.0.0.1:0");
-  try {
-    const key = execFileSync(
-      process.execPath,
-      [
-        ...programArgs("control-plane"),
-        "keys",
-        "create",
-        "--init",
-        "--db-path",
-        join(dir, "fanout.db"),
-        "--name",
-        "bench",
-        "--role",
-        "admin",
-      ],
-      { cwd: ROOT },
-    )
-      .toString()
-      .trim();
-    const client = createClient(
-      FleetService,
-      createGrpcTransport({
-        baseUrl: cp.url,
-        interceptors: [withKey(key)],
-      }),
-    );
-    const measure = async (prefix: string, count: number) => {
-      const streams = child("fanout.ts", [cp.url, prefix, String(count)]);
-      await streams.waitLine((l) => l === "ready");
-      const entries = Array.from({ length: count }, (_, i) => ({
-        hostname: `${prefix}-${String(i).padStart(5, "0")}`,
-        storePath: storePath(i + 1),
-      }));
-      const { release } = await client.createRelease({ entries });
-      const t0 = Date.now();
-      await client.createRollout({
-        releaseId: release!.id,
-        target: { tags: [prefix] },
-        strategy: RolloutStrategy.ALL_AT_ONCE,
-      });
-      const line = await streams.waitLine((l) => l.startsWith("{"));
-      const latencies = (JSON.parse(line) as { received: number[] }).received
-        .map((t) => t - t0)
-        .sort((a, b) => a - b);
-      await streams.exited;
-      return {
-        p50: latencies[Math.floor(latencies.length / 2)]!,
-        p99: latencies[Math.floor(latencies.length * 0.99)] ?? latencies.at(-1)!,
-      };
-    };
-    // The fan-out streams register their machines with their tag (prefix) on Hello.
-    const single = await measure("one", 1);
-    const many = await measure("many", STREAMS);
-    return {
-      name: `push fan-out to ${STREAMS} Session streams (p99)`,
-      value: many.p99,
-      unit: "ms",
-      baseline: "push to one stream",
-      baselineValue: Math.max(single.p99, 1),
-      ratio: many.p99 / Math.max(single.p99, 1),
-      detail: { p50Ms: many.p50, singleP50Ms: single.p50, perStreamMs: many.p99 / STREAMS },
-    };
-  } finally {
-    await cp.stop();
-  }
+/** Scale rows as ratios against raw node:http2 (the runtime's limit), measured in the same run. */
+function scaleRows(results: TargetResult[]): Row[] {
+  const nf = results.find((r) => r.target === "nixfleet");
+  const raw = results.find((r) => r.target === "raw node:http2");
+  if (!nf || !raw) return [];
+  const med = (r: TargetResult, f: (x: Fanout) => number) =>
+    r.rounds.map(f).sort((x, y) => x - y)[Math.floor(r.rounds.length / 2)]!;
+  const row = (name: string, unit: string, a: number, b: number, detail?: Record<string, unknown>): Row => ({
+    name,
+    value: a,
+    unit,
+    baseline: "raw node:http2, same run",
+    baselineValue: b,
+    ratio: a / b,
+    detail,
+  });
+  return [
+    row(
+      `push fan-out to ${STREAMS} mTLS Session streams (p99)`,
+      "ms",
+      med(nf, (x) => x.p99Ms),
+      med(raw, (x) => x.p99Ms),
+      {
+        firstMs: med(nf, (x) => x.firstMs),
+        p50Ms: med(nf, (x) => x.p50Ms),
+      },
+    ),
+    row(
+      "server CPU per pushed stream",
+      "µs",
+      med(nf, (x) => x.cpuPerStreamUs),
+      med(raw, (x) => x.cpuPerStreamUs),
+    ),
+    row(`RSS per connected agent at ${STREAMS}`, "KB", nf.rssPerAgentKB, raw.rssPerAgentKB),
+    row(
+      `idle CPU with ${STREAMS} streams (% of a core)`,
+      "%",
+      Math.max(nf.idleCpuPercent, 0.01),
+      Math.max(raw.idleCpuPercent, 0.01),
+    ),
+  ];
 }
 
 async function main(): Promise<void> {
@@ -252,38 +181,67 @@ async function main(): Promise<void> {
   const fleet = await Fleet.create({ dir, hosts: [] });
   const raw = child("raw-server.ts", [fleet.pki.server.cert, fleet.pki.server.key, fleet.pki.ca]);
   const rows: Row[] = [];
+  let scaleResults: TargetResult[] = [];
+  let agent: AgentResult | null = null;
   try {
     const rawUrl = (JSON.parse(await raw.waitLine((l) => l.startsWith("{"))) as { url: string }).url;
-    const client = fleetClient(fleet);
-    process.stderr.write(`bench: registering ${MACHINES} machines…\n`);
-    for (let i = 0; i < MACHINES; i += 50) {
-      await Promise.all(
-        Array.from({ length: Math.min(50, MACHINES - i) }, (_, j) =>
-          client.registerMachine({
-            machineId: i + j === 0 ? "bench-01" : `bench-m${i + j}`,
-            tags: ["bench", `shard-${(i + j) % 10}`],
-            lifecycle: MachineLifecycle.ACTIVE,
-          }),
-        ),
-      );
-    }
-    await client.setDesiredGeneration({
-      machineId: "bench-01",
-      storePath: storePath(1),
-      cacheUrl: "https://cache.example.org",
+    if (!SCALE_ONLY) rows.push(...(await small(fleet, rawUrl)));
+    process.stderr.write(`bench: ${STREAMS} agents' Session streams…\n`);
+    scaleResults = await scale({
+      dir,
+      pki: fleet.pki,
+      streams: STREAMS,
+      rounds: QUICK ? 1 : 3,
+      idleSeconds: QUICK ? 2 : 30,
+      reportSeconds: QUICK ? 1 : 5,
+      heartbeatSeconds: 10,
+      storm: !argv.includes("--no-storm"),
+      targets: TARGETS,
+      cpuProfileDir: CPU_PROF ? join(ROOT, "bench", "results") : null,
+      log: (line) => process.stderr.write(`bench: ${line}\n`),
     });
-    process.stderr.write("bench: unary throughput…\n");
-    rows.push(...(await unary(fleet, rawUrl)));
-    process.stderr.write("bench: fleet status…\n");
-    rows.push(await status(fleet));
-    process.stderr.write(`bench: push fan-out to ${STREAMS} streams…\n`);
-    rows.push(await fanout(dir));
+    rows.push(...scaleRows(scaleResults));
+    if (!argv.includes("--no-agent")) {
+      process.stderr.write("bench: one real agent, idle and deploy cycles…\n");
+      agent = await agentBench(dir, QUICK ? 3 : 60, QUICK ? 1 : 3);
+    }
   } finally {
     raw.proc.kill("SIGTERM");
     await fleet.close();
     removeTempDir(dir);
   }
+  report(rows, scaleResults, agent, started);
+}
 
+/** The unary and GetFleetStatus sections (a small fleet registered through the API). */
+async function small(fleet: Fleet, rawUrl: string): Promise<Row[]> {
+  const rows: Row[] = [];
+  const client = fleetClient(fleet);
+  process.stderr.write(`bench: registering ${MACHINES} machines…\n`);
+  for (let i = 0; i < MACHINES; i += 50) {
+    await Promise.all(
+      Array.from({ length: Math.min(50, MACHINES - i) }, (_, j) =>
+        client.registerMachine({
+          machineId: i + j === 0 ? "bench-01" : `bench-m${i + j}`,
+          tags: ["bench", `shard-${(i + j) % 10}`],
+          lifecycle: MachineLifecycle.ACTIVE,
+        }),
+      ),
+    );
+  }
+  await client.setDesiredGeneration({
+    machineId: "bench-01",
+    storePath: storePath(1),
+    cacheUrl: "https://cache.example.org",
+  });
+  process.stderr.write("bench: unary throughput…\n");
+  rows.push(...(await unary(fleet, rawUrl)));
+  process.stderr.write("bench: fleet status…\n");
+  rows.push(await status(fleet));
+  return rows;
+}
+
+function report(rows: Row[], scaleResults: TargetResult[], agent: AgentResult | null, started: number): void {
   const w = (s: string, n: number) => s.padEnd(n);
   const fmt = (n: number) => (n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n.toFixed(2));
   process.stdout.write(
@@ -292,6 +250,15 @@ async function main(): Promise<void> {
   for (const r of rows) {
     process.stdout.write(
       `${w(r.name, 52)}${w(`${fmt(r.value)} ${r.unit}`, 14)}${w(r.baseline, 34)}${w(`${fmt(r.baselineValue)} ${r.unit}`, 18)}${fmt(r.ratio)}\n`,
+    );
+  }
+  process.stdout.write(`\n${scaleTable(scaleResults, STREAMS)}\n`);
+  if (agent) {
+    const cycles = agent.cycles
+      .map((c) => `${c.ownCpuMs.toFixed(0)} ms CPU / ${c.wallMs} ms wall`)
+      .join(", ");
+    process.stdout.write(
+      `\nagent: idle ${agent.idleRssMB.toFixed(1)} MB RSS, ${agent.idleCpuPercent.toFixed(2)} % CPU over ${agent.idleSeconds} s; deploy cycles (own CPU / wall): ${cycles}\n`,
     );
   }
   const result = {
@@ -306,7 +273,10 @@ async function main(): Promise<void> {
       quick: QUICK,
     },
     durationSeconds: Math.round((Date.now() - started) / 1000),
+    openFileLimit: openFileLimit("self"),
     results: rows,
+    scale: scaleResults,
+    agent,
   };
   const out = join(ROOT, "bench", "results");
   mkdirSync(out, { recursive: true });

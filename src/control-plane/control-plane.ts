@@ -151,6 +151,11 @@ export class ControlPlane {
     return this.listener.url;
   }
 
+  /** Aborted when stop() begins; FleetService calls observe it (tests count its listeners). */
+  get shutdownSignal(): AbortSignal {
+    return this.shutdown.signal;
+  }
+
   get metricsUrl(): string | null {
     return this.metricsListener?.url ?? null;
   }
@@ -198,6 +203,12 @@ export class ControlPlane {
             logger: this.log,
             staleAfterMs: o.staleAfterSeconds * 1000,
           }),
+          // Only FleetService links its calls to the shutdown signal (WatchRollout ends on it).
+          // Connect adds one abort listener per call to that signal and Node's EventTarget scans
+          // the whole list on every add and remove: given to every RPC, 10,000 open agent
+          // streams made each unary call pay two 10,000-long scans (and a MaxListenersExceeded
+          // warning). Agent streams end through hub.stop() instead; operator calls are few.
+          { shutdownSignal: this.shutdown.signal },
         );
         registerReflection(router, [AgentService, FleetService]);
         // Undecodable requests are the caller's fault: INVALID_ARGUMENT, not INTERNAL.
@@ -212,7 +223,6 @@ export class ControlPlane {
       contextValues: (req) => createContextValues().set(peerKey, peerIdentityOf(req)),
       readMaxBytes: o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
       writeMaxBytes: 64 * 1024 * 1024,
-      shutdownSignal: this.shutdown.signal,
       // Connect GET requests carry the message in the URL; keep the JSON for curl readable.
       jsonOptions: { ignoreUnknownFields: true },
     });
