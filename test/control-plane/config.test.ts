@@ -130,7 +130,10 @@ describe("serve configuration", () => {
       usage({ ...tls, idleTimeout: "soon" }),
       /^--idle-timeout: expected a number of seconds or a duration/,
     );
-    assert.match(usage({ ...tls, headerTimeout: "200ms" }), /^--header-timeout: must be between 1 and 86400 seconds, got 0.2/);
+    assert.match(
+      usage({ ...tls, headerTimeout: "200ms" }),
+      /^--header-timeout: must be between 1 and 86400 seconds, got 0.2/,
+    );
     assert.equal(
       resolveServeConfig({ ...tls, heartbeatInterval: "600" }, {}).connectionTimeouts.idleMs,
       2400_000,
