@@ -21,10 +21,13 @@ import {
 import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
 import { tier } from "./tier.js";
 
-/** Which phases each disruption is tried in (every phase is covered by one of the two). */
+/**
+ * Which phases each disruption is tried in: every phase by one of the two, five trials a machine
+ * (the two machines take about as long; ~140 s for the file alone on 2 busy cores).
+ */
 const PLAN: Record<Disruption, readonly CutPoint[]> = {
-  "power-cut": ["switching", "verifying", "committing", "rolling_back"],
-  kill: ["fetching", "applying", "switching", "verifying", "committing", "rolling_back"],
+  "power-cut": ["fetching", "switching", "verifying", "committing", "rolling_back"],
+  kill: ["applying", "switching", "verifying", "committing", "rolling_back"],
 };
 
 describe("systemd tier: power-cut and kill trials", tier, () => {
