@@ -1,5 +1,5 @@
 /**
- * Issue 13, item 6, in the tier: a few power-cut and kill trials across the phases of a
+ * Issue 13, item 6, in the tier: six power-cut and kill trials across the phases of a
  * deployment (test/fixtures/power-cut-trials.ts says what each checks; `npm run trials` runs a
  * hundred). Two machines run side by side to keep the tier short: one takes the power cuts,
  * the other the kills (`systemctl kill -s KILL nixfleet-agent`), each reused across its trials.
@@ -22,12 +22,13 @@ import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
 import { tier } from "./tier.js";
 
 /**
- * Which phases each disruption is tried in: every phase by one of the two, five trials a machine
- * (the two machines take about as long; ~140 s for the file alone on 2 busy cores).
+ * Which phases each disruption is tried in: three trials a machine, so that the file takes about
+ * as long as the tier's others (ten trials took 215 s in the tier on 2 busy cores and pushed it
+ * to 4 min). `fetching` (nothing on the host changed yet) is left to `npm run trials`.
  */
 const PLAN: Record<Disruption, readonly CutPoint[]> = {
-  "power-cut": ["fetching", "switching", "verifying", "committing", "rolling_back"],
-  kill: ["applying", "switching", "verifying", "committing", "rolling_back"],
+  "power-cut": ["switching", "verifying", "committing"],
+  kill: ["applying", "committing", "rolling_back"],
 };
 
 describe("systemd tier: power-cut and kill trials", tier, () => {
