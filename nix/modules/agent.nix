@@ -425,10 +425,10 @@ in
           # A switch must never kill the agent in the middle of the deployment that started it.
           # switch-to-configuration compares the old and new unit; with reloadIfChanged it
           # *reloads* a changed agent instead of restarting it, i.e. sends SIGHUP (ExecReload
-          # below). The agent treats SIGHUP as "finish the current cycle (switch, verify,
-          # commit, report), then exit 0", and Restart=always starts the new package with the
-          # new configuration. So a deployment that changes the agent itself lands completely
-          # first and takes effect right after. restartIfChanged = false is the second line:
+          # below). On SIGHUP the agent parks its deployment where it is (a running switch goes on
+          # in its own transient unit) and exits 0; Restart=always starts the new package with the
+          # new configuration, whose journal resumes the deployment and finishes it exactly once
+          # (test/systemd/health-and-reload.test.ts). restartIfChanged = false is the second line:
           # were reloadIfChanged ever forced off, the switch would leave the agent running
           # (the change then takes effect at the next restart) rather than kill it.
           reloadIfChanged = true;
