@@ -514,7 +514,7 @@ describe("releases, rollouts and keys", () => {
         "r-1",
         0,
         start0.rollout.batches[0]!.startedSeq!,
-        { passed: true, message: "ok", last: false, pause: false },
+        { passed: true, message: "ok" },
         8,
       ),
     );
@@ -524,7 +524,7 @@ describe("releases, rollouts and keys", () => {
       "r-1",
       1,
       start1.rollout.batches[1]!.startedSeq!,
-      { passed: false, message: "b failed", last: false, pause: true },
+      { passed: false, message: "b failed" },
       10,
     );
     assert.equal((await store.getRollout("r-1"))?.status, "paused");

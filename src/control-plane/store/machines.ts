@@ -1,0 +1,489 @@
+/**
+ * Machines, tags, desired generations, reports and health reports.
+ */
+import { sql } from "kysely";
+import { lifecycleAfterContact, lifecycleTransitionProblem } from "../registry/lifecycle.js";
+import { audit, type Ctx, chunks, nextRevision, nextSeq } from "./context.js";
+import { ConflictError, NotFoundError } from "./errors.js";
+import type {
+  AgentContactResult,
+  DesiredChange,
+  DesiredRecord,
+  HealthInput,
+  HelloInput,
+  Lifecycle,
+  MachineRecord,
+  ReportInput,
+} from "./records.js";
+import type { MachineFilter } from "./repository.js";
+
+function machineQuery(ctx: Ctx) {
+  return ctx.q
+    .selectFrom("machines as m")
+    .leftJoin("desired_generations as d", "d.machine_id", "m.id")
+    .leftJoin("rollout_machines as rm", (j) => j.onRef("rm.machine_id", "=", "m.id").on("rm.active", "=", 1))
+    .leftJoin("rollouts as r", "r.id", "rm.rollout_id")
+    .selectAll("m")
+    .select([
+      "d.store_path as d_store_path",
+      "d.cache_url as d_cache_url",
+      "d.revision as d_revision",
+      "d.rollout_id as d_rollout_id",
+      "d.set_by as d_set_by",
+      "d.set_at as d_set_at",
+      "rm.rollout_id as ar_rollout_id",
+      "rm.batch_index as ar_batch_index",
+      "r.status as ar_status",
+    ]);
+}
+
+type MachineRow = Awaited<ReturnType<ReturnType<typeof machineQuery>["executeTakeFirstOrThrow"]>>;
+
+function toMachine(row: MachineRow, tags: string[]): MachineRecord {
+  return {
+    id: row.id,
+    lifecycle: row.lifecycle,
+    tags,
+    registeredAt: row.registered_at,
+    lastSeen: row.last_seen,
+    currentGeneration: row.current_generation,
+    agentVersion: row.agent_version,
+    uptimeSeconds: row.uptime_seconds,
+    lastOutcome: row.last_outcome,
+    lastMessage: row.last_message,
+    lastReportAt: row.last_report_at,
+    health:
+      row.health_at === null
+        ? null
+        : {
+            generation: row.health_generation ?? "",
+            allPassed: row.health_all_passed === 1,
+            at: row.health_at,
+            failing: JSON.parse(row.health_failing ?? "[]") as string[],
+          },
+    desired:
+      row.d_store_path === null
+        ? null
+        : {
+            storePath: row.d_store_path,
+            cacheUrl: row.d_cache_url ?? "",
+            revision: row.d_revision ?? 0,
+            rolloutId: row.d_rollout_id ?? "",
+            setBy: row.d_set_by ?? "",
+            setAt: row.d_set_at ?? 0,
+          },
+    activeRollout:
+      row.ar_rollout_id === null
+        ? null
+        : {
+            rolloutId: row.ar_rollout_id,
+            batchIndex: row.ar_batch_index ?? 0,
+            status: row.ar_status ?? "running",
+          },
+  };
+}
+
+async function withTags(ctx: Ctx, rows: MachineRow[]): Promise<MachineRecord[]> {
+  const tags = new Map<string, string[]>();
+  for (const ids of chunks(rows.map((r) => r.id))) {
+    const found = await ctx.q
+      .selectFrom("machine_tags")
+      .select(["machine_id", "tag"])
+      .where("machine_id", "in", ids)
+      .orderBy("machine_id")
+      .orderBy("tag")
+      .execute();
+    for (const t of found) {
+      const list = tags.get(t.machine_id);
+      if (list) list.push(t.tag);
+      else tags.set(t.machine_id, [t.tag]);
+    }
+  }
+  return rows.map((r) => toMachine(r, tags.get(r.id) ?? []));
+}
+
+export async function getMachine(ctx: Ctx, id: string): Promise<MachineRecord | undefined> {
+  const row = await machineQuery(ctx).where("m.id", "=", id).executeTakeFirst();
+  return row ? (await withTags(ctx, [row]))[0] : undefined;
+}
+
+export async function getMachines(ctx: Ctx, ids: readonly string[]): Promise<MachineRecord[]> {
+  const rows: MachineRow[] = [];
+  for (const part of chunks([...new Set(ids)])) {
+    rows.push(...(await machineQuery(ctx).where("m.id", "in", part).execute()));
+  }
+  rows.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  return withTags(ctx, rows);
+}
+
+export async function listMachines(ctx: Ctx, filter: MachineFilter): Promise<MachineRecord[]> {
+  let query = machineQuery(ctx);
+  const tags = [...new Set(filter.tags)];
+  if (tags.length > 0) {
+    if (filter.match === "all") {
+      query = query.where("m.id", "in", (eb) =>
+        eb
+          .selectFrom("machine_tags")
+          .select("machine_id")
+          .where("tag", "in", tags)
+          .groupBy("machine_id")
+          .having((h) => h.fn.countAll(), "=", tags.length),
+      );
+    } else {
+      query = query.where(({ exists, selectFrom }) =>
+        exists(
+          selectFrom("machine_tags as t")
+            .select("t.tag")
+            .whereRef("t.machine_id", "=", "m.id")
+            .where("t.tag", "in", tags),
+        ),
+      );
+    }
+  }
+  if (filter.lifecycle) query = query.where("m.lifecycle", "=", filter.lifecycle);
+  if (filter.afterId !== null) query = query.where("m.id", ">", filter.afterId);
+  return withTags(ctx, await query.orderBy("m.id").limit(filter.limit).execute());
+}
+
+async function currentTags(ctx: Ctx, id: string): Promise<string[]> {
+  const rows = await ctx.q
+    .selectFrom("machine_tags")
+    .select("tag")
+    .where("machine_id", "=", id)
+    .orderBy("tag")
+    .execute();
+  return rows.map((r) => r.tag);
+}
+
+/** Replaces a machine's tags; returns the old list when they changed. */
+async function replaceTags(ctx: Ctx, id: string, tags: readonly string[]): Promise<string[] | null> {
+  const next = [...new Set(tags)].sort();
+  const old = await currentTags(ctx, id);
+  if (old.length === next.length && old.every((t, i) => t === next[i])) return null;
+  await ctx.q.deleteFrom("machine_tags").where("machine_id", "=", id).execute();
+  for (const part of chunks(next)) {
+    await ctx.q
+      .insertInto("machine_tags")
+      .values(part.map((tag) => ({ machine_id: id, tag })))
+      .execute();
+  }
+  return old;
+}
+
+function tagList(tags: readonly string[]): string {
+  return [...new Set(tags)].sort().join(",") || "(none)";
+}
+
+/**
+ * Makes sure an agent that authenticated as `id` has a machine row: registers it (ACTIVE) on
+ * first contact and moves a pre-registered (PENDING) machine to ACTIVE. Audited, because both
+ * change what rollouts may target. ON CONFLICT: two replicas may see a first contact at once.
+ */
+async function ensureAgentMachine(ctx: Ctx, id: string, now: number): Promise<boolean> {
+  const actor = `machine:${id}`;
+  const inserted = await ctx.q
+    .insertInto("machines")
+    .values({ id, lifecycle: "active", registered_at: now })
+    .onConflict((oc) => oc.column("id").doNothing())
+    .returning("id")
+    .executeTakeFirst();
+  if (inserted) {
+    await audit(ctx, now, actor, "machine.register", id, "registered on first contact (lifecycle active)");
+    return true;
+  }
+  const row = await ctx.q
+    .selectFrom("machines")
+    .select("lifecycle")
+    .where("id", "=", id)
+    .executeTakeFirstOrThrow();
+  const next = lifecycleAfterContact(row.lifecycle);
+  if (next !== row.lifecycle) {
+    const moved = await ctx.q
+      .updateTable("machines")
+      .set({ lifecycle: next })
+      .where("id", "=", id)
+      .where("lifecycle", "=", row.lifecycle)
+      .executeTakeFirst();
+    if (moved.numUpdatedRows > 0n)
+      await audit(ctx, now, actor, "machine.lifecycle", id, `${row.lifecycle} -> ${next} (first contact)`);
+  }
+  return false;
+}
+
+async function syncAgentTags(ctx: Ctx, id: string, tags: readonly string[] | null, now: number) {
+  if (tags === null) return;
+  const old = await replaceTags(ctx, id, tags);
+  if (old) await audit(ctx, now, `machine:${id}`, "machine.tags", id, `${tagList(old)} -> ${tagList(tags)}`);
+}
+
+/** `column` unless `value` is empty (agents that do not say keep what is stored). */
+function keepIfEmpty(column: "current_generation" | "agent_version", value: string) {
+  return value === "" ? sql.ref<string>(column) : sql.val(value);
+}
+
+export async function recordHello(ctx: Ctx, input: HelloInput, now: number): Promise<AgentContactResult> {
+  const registered = await ensureAgentMachine(ctx, input.machineId, now);
+  await syncAgentTags(ctx, input.machineId, input.tags, now);
+  await ctx.q
+    .updateTable("machines")
+    .set({
+      last_seen: now,
+      current_generation: keepIfEmpty("current_generation", input.currentGeneration),
+      agent_version: keepIfEmpty("agent_version", input.agentVersion),
+    })
+    .where("id", "=", input.machineId)
+    .execute();
+  return { machine: (await getMachine(ctx, input.machineId))!, registered };
+}
+
+export async function recordReport(ctx: Ctx, input: ReportInput, now: number): Promise<AgentContactResult> {
+  const registered = await ensureAgentMachine(ctx, input.machineId, now);
+  await syncAgentTags(ctx, input.machineId, input.tags, now);
+  const hasOutcome = input.outcome !== 0;
+  await ctx.q
+    .updateTable("machines")
+    .set({
+      last_seen: now,
+      last_report_at: now,
+      uptime_seconds: input.uptimeSeconds,
+      current_generation: keepIfEmpty("current_generation", input.currentGeneration),
+      agent_version: keepIfEmpty("agent_version", input.agentVersion),
+      ...(hasOutcome ? { last_outcome: input.outcome, last_message: input.message } : {}),
+    })
+    .where("id", "=", input.machineId)
+    .execute();
+  // The sequence last: its lock is held until commit, so as briefly as possible.
+  await ctx.q
+    .insertInto("reports")
+    .values({
+      machine_id: input.machineId,
+      received_at: now,
+      seq: await nextSeq(ctx),
+      current_generation: input.currentGeneration,
+      desired_generation: input.desiredGeneration,
+      desired_revision: input.desiredRevision,
+      outcome: input.outcome,
+      success: input.success ? 1 : 0,
+      message: input.message,
+      deployment_id: input.deploymentId,
+      agent_time: input.agentTime,
+    })
+    .execute();
+  return { machine: (await getMachine(ctx, input.machineId))!, registered };
+}
+
+export async function recordHealth(ctx: Ctx, input: HealthInput, now: number): Promise<AgentContactResult> {
+  const registered = await ensureAgentMachine(ctx, input.machineId, now);
+  const failing = input.results.filter((r) => !r.passed).map((r) => r.name);
+  // A report claiming all_passed with a failing result in it is not trusted as passing.
+  const allPassed = input.allPassed && failing.length === 0 ? 1 : 0;
+  await ctx.q
+    .updateTable("machines")
+    .set({
+      last_seen: now,
+      health_generation: input.generation,
+      health_all_passed: allPassed,
+      health_at: now,
+      health_failing: JSON.stringify(failing),
+    })
+    .where("id", "=", input.machineId)
+    .execute();
+  await ctx.q
+    .insertInto("health_reports")
+    .values({
+      machine_id: input.machineId,
+      received_at: now,
+      seq: await nextSeq(ctx),
+      generation: input.generation,
+      all_passed: allPassed,
+      results: JSON.stringify(input.results),
+      post_apply: input.postApply ? 1 : 0,
+      deployment_id: input.deploymentId,
+      agent_time: input.agentTime,
+    })
+    .execute();
+  return { machine: (await getMachine(ctx, input.machineId))!, registered };
+}
+
+export async function desiredFor(
+  ctx: Ctx,
+  machineId: string,
+): Promise<{ desired: DesiredRecord | null; inActiveRollout: boolean }> {
+  const row = await ctx.q
+    .selectFrom("desired_generations")
+    .selectAll()
+    .where("machine_id", "=", machineId)
+    .executeTakeFirst();
+  const active = await ctx.q
+    .selectFrom("rollout_machines")
+    .select("machine_id")
+    .where("machine_id", "=", machineId)
+    .where("active", "=", 1)
+    .executeTakeFirst();
+  return {
+    desired: row
+      ? {
+          storePath: row.store_path,
+          cacheUrl: row.cache_url,
+          revision: row.revision,
+          rolloutId: row.rollout_id,
+          setBy: row.set_by,
+          setAt: row.set_at,
+        }
+      : null,
+    inActiveRollout: active !== undefined,
+  };
+}
+
+async function lifecycleOf(ctx: Ctx, id: string): Promise<Lifecycle | undefined> {
+  let query = ctx.q.selectFrom("machines").select("lifecycle").where("id", "=", id);
+  if (ctx.kind === "postgres") query = query.forUpdate();
+  return (await query.executeTakeFirst())?.lifecycle;
+}
+
+export async function registerMachine(
+  ctx: Ctx,
+  input: { id: string; tags: string[]; lifecycle: Lifecycle | null },
+  actor: string,
+  now: number,
+): Promise<{ machine: MachineRecord; created: boolean }> {
+  const existing = await lifecycleOf(ctx, input.id);
+  if (!existing) {
+    const lifecycle = input.lifecycle ?? "pending";
+    await ctx.q.insertInto("machines").values({ id: input.id, lifecycle, registered_at: now }).execute();
+    await replaceTags(ctx, input.id, input.tags);
+    await audit(
+      ctx,
+      now,
+      actor,
+      "machine.register",
+      input.id,
+      `lifecycle ${lifecycle}, tags ${tagList(input.tags)}`,
+    );
+    return { machine: (await getMachine(ctx, input.id))!, created: true };
+  }
+  if (input.lifecycle !== null && input.lifecycle !== existing) {
+    const problem = lifecycleTransitionProblem(existing, input.lifecycle);
+    if (problem) throw new ConflictError(`machine ${input.id}: ${problem}`);
+    await ctx.q
+      .updateTable("machines")
+      .set({ lifecycle: input.lifecycle })
+      .where("id", "=", input.id)
+      .execute();
+    await audit(ctx, now, actor, "machine.lifecycle", input.id, `${existing} -> ${input.lifecycle}`);
+  }
+  const old = await replaceTags(ctx, input.id, input.tags);
+  if (old)
+    await audit(ctx, now, actor, "machine.tags", input.id, `${tagList(old)} -> ${tagList(input.tags)}`);
+  return { machine: (await getMachine(ctx, input.id))!, created: false };
+}
+
+export async function setLifecycle(
+  ctx: Ctx,
+  id: string,
+  lifecycle: Lifecycle,
+  actor: string,
+  now: number,
+): Promise<{ machine: MachineRecord; changed: boolean }> {
+  const current = await lifecycleOf(ctx, id);
+  if (!current) throw new NotFoundError(`machine ${id} is not registered`);
+  const problem = lifecycleTransitionProblem(current, lifecycle);
+  if (problem) throw new ConflictError(`machine ${id}: ${problem}`);
+  if (current === lifecycle) return { machine: (await getMachine(ctx, id))!, changed: false };
+  await ctx.q.updateTable("machines").set({ lifecycle }).where("id", "=", id).execute();
+  await audit(ctx, now, actor, "machine.lifecycle", id, `${current} -> ${lifecycle}`);
+  return { machine: (await getMachine(ctx, id))!, changed: true };
+}
+
+async function refuseIfInActiveRollout(ctx: Ctx, machineId: string, what: string): Promise<void> {
+  const row = await ctx.q
+    .selectFrom("rollout_machines as rm")
+    .innerJoin("rollouts as r", "r.id", "rm.rollout_id")
+    .select(["rm.rollout_id", "r.status"])
+    .where("rm.machine_id", "=", machineId)
+    .where("rm.active", "=", 1)
+    .executeTakeFirst();
+  if (row) {
+    throw new ConflictError(
+      `cannot ${what} of machine ${machineId}: it is in active rollout ${row.rollout_id} (${row.status}); ` +
+        "cancel that rollout (or let it finish) first",
+    );
+  }
+}
+
+/** Writes a desired generation with a fresh revision (no checks; callers hold the transaction). */
+export async function writeDesired(
+  ctx: Ctx,
+  machineId: string,
+  storePath: string,
+  cacheUrl: string,
+  rolloutId: string,
+  setBy: string,
+  now: number,
+): Promise<DesiredRecord> {
+  const revision = await nextRevision(ctx, now);
+  const row = {
+    store_path: storePath,
+    cache_url: cacheUrl,
+    revision,
+    rollout_id: rolloutId,
+    set_by: setBy,
+    set_at: now,
+  };
+  await ctx.q
+    .insertInto("desired_generations")
+    .values({ machine_id: machineId, ...row })
+    .onConflict((oc) => oc.column("machine_id").doUpdateSet(row))
+    .execute();
+  return { storePath, cacheUrl, revision, rolloutId, setBy, setAt: now };
+}
+
+async function requireMachine(ctx: Ctx, id: string, message: string): Promise<void> {
+  if ((await lifecycleOf(ctx, id)) === undefined) throw new NotFoundError(message);
+}
+
+export async function setDesired(
+  ctx: Ctx,
+  input: { machineId: string; storePath: string; cacheUrl: string },
+  actor: string,
+  now: number,
+): Promise<{ machine: MachineRecord; change: DesiredChange }> {
+  await requireMachine(
+    ctx,
+    input.machineId,
+    `machine ${input.machineId} is not registered; register it or let its agent report first`,
+  );
+  await refuseIfInActiveRollout(ctx, input.machineId, "set the desired generation");
+  const desired = await writeDesired(ctx, input.machineId, input.storePath, input.cacheUrl, "", actor, now);
+  await audit(
+    ctx,
+    now,
+    actor,
+    "desired.set",
+    input.machineId,
+    `${input.storePath}${input.cacheUrl ? ` from ${input.cacheUrl}` : ""} (revision ${desired.revision})`,
+  );
+  return {
+    machine: (await getMachine(ctx, input.machineId))!,
+    change: { machineId: input.machineId, desired },
+  };
+}
+
+export async function clearDesired(
+  ctx: Ctx,
+  machineId: string,
+  actor: string,
+  now: number,
+): Promise<{ machine: MachineRecord; change: DesiredChange | null }> {
+  await requireMachine(ctx, machineId, `machine ${machineId} is not registered`);
+  await refuseIfInActiveRollout(ctx, machineId, "clear the desired generation");
+  const existing = await ctx.q
+    .selectFrom("desired_generations")
+    .select("store_path")
+    .where("machine_id", "=", machineId)
+    .executeTakeFirst();
+  if (!existing) return { machine: (await getMachine(ctx, machineId))!, change: null };
+  await ctx.q.deleteFrom("desired_generations").where("machine_id", "=", machineId).execute();
+  await audit(ctx, now, actor, "desired.clear", machineId, `was ${existing.store_path}`);
+  return { machine: (await getMachine(ctx, machineId))!, change: { machineId, desired: null } };
+}
