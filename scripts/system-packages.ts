@@ -56,6 +56,11 @@ export const SYSTEM_PACKAGES: readonly SystemPackage[] = [
   },
   { pkg: "git", why: "`buf breaking` against main; flake revisions", present: runs("git", "--version") },
   { pkg: "chromium", why: "the dashboard's browser tests", present: exists("/usr/bin/chromium") },
+  {
+    pkg: "postgresql",
+    why: "the PostgreSQL store's tests",
+    present: exists("/usr/lib/postgresql/15/bin/initdb"),
+  },
   { pkg: "zsh", why: "checks `nixfleet completion zsh`", present: runs("zsh", "-fc", "exit 0") },
   {
     pkg: "fish",

@@ -75,6 +75,7 @@ async function serve(flags: ServeFlags): Promise<void> {
   const cp = new ControlPlane({
     listen: config.listen,
     dbPath: config.dbPath,
+    databaseUrl: config.databaseUrl,
     tls,
     allowInsecure: config.allowInsecure,
     metricsListen: config.metricsListen,
@@ -146,6 +147,7 @@ function program(): Command {
     );
   opt("--listen <host:port>", "listen", "address to listen on (port 0: pick a free port)", DEFAULTS.listen);
   opt("--db-path <file>", "dbPath", "SQLite database file", DEFAULTS.dbPath);
+  opt("--database-url <url>", "databaseUrl", "PostgreSQL database (postgres://…) instead of SQLite");
   opt("--tls-cert <file>", "tlsCert", "server certificate (PEM)");
   opt("--tls-key <file>", "tlsKey", "server private key (PEM)");
   opt("--client-ca <file>", "clientCa", "CA bundle (PEM) that signs agent client certificates");
