@@ -6,12 +6,11 @@
  */
 
 import { join } from "node:path";
-import { after } from "node:test";
 import type { KyselyFleetStore } from "../../src/control-plane/store/kysely-store.js";
 import { PostgresFleetStore } from "../../src/control-plane/store/postgres-store.js";
 import { SqliteFleetStore } from "../../src/control-plane/store/sqlite-store.js";
 import type { Tables } from "../../src/control-plane/store/tables.js";
-import { PostgresServer, postgresUnavailable } from "../fixtures/postgres.js";
+import { postgresUnavailable, sharedPostgres } from "../fixtures/postgres.js";
 import { tempDir } from "../fixtures/tmp.js";
 
 type T = { after(fn: () => void | Promise<void>): void };
@@ -26,16 +25,7 @@ export interface StoreBackend {
   open(t: T, location: string): Promise<KyselyFleetStore>;
 }
 
-let server: Promise<PostgresServer> | undefined;
-after(async () => {
-  if (server) (await server).stop();
-});
-
-/** The file's shared test PostgreSQL, started on first use and stopped after the file's tests. */
-export function testPostgres(): Promise<PostgresServer> {
-  server ??= PostgresServer.start();
-  return server;
-}
+export { sharedPostgres as testPostgres } from "../fixtures/postgres.js";
 
 export const BACKENDS: readonly StoreBackend[] = [
   {
@@ -51,7 +41,7 @@ export const BACKENDS: readonly StoreBackend[] = [
   {
     name: "postgres",
     skip: postgresUnavailable(),
-    location: async () => (await testPostgres()).database(),
+    location: async () => (await sharedPostgres()).database(),
     open: async (t, location) => {
       const { store } = await PostgresFleetStore.open({ url: location, poolSize: 4 });
       t.after(() => store.close());
