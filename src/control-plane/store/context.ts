@@ -3,7 +3,7 @@
  * and which backend it talks to, plus the few helpers all modules share. Queries are written once
  * in Kysely; the handful of places where the dialects differ ask `ctx.kind`.
  */
-import { type Kysely, sql } from "kysely";
+import { type Compilable, CompiledQuery, type Kysely, sql } from "kysely";
 import type { Tables } from "./tables.js";
 
 export type BackendKind = "sqlite" | "postgres";
@@ -64,4 +64,29 @@ export async function nextSeq(ctx: Ctx): Promise<number> {
     .returning("value")
     .executeTakeFirstOrThrow();
   return Number(row.value);
+}
+
+/** Stands for the one parameter of a cached query; never a real value (it holds a NUL). */
+const PARAM = "\u0000nixfleet-param";
+const compiled = new Map<string, CompiledQuery>();
+
+/**
+ * Runs a hot query compiled once per backend: building a Kysely query with joins costs several
+ * times more than running it on SQLite (~0.5 ms against ~0.1 ms for the machine read every agent
+ * contact does twice). `build` receives a placeholder for the query's one varying parameter.
+ */
+export async function cachedQuery<R>(
+  ctx: Ctx,
+  name: string,
+  build: (param: string) => Compilable<R>,
+  value: unknown,
+): Promise<R[]> {
+  const key = `${ctx.kind}:${name}`;
+  let query = compiled.get(key);
+  if (!query) {
+    query = build(PARAM).compile();
+    compiled.set(key, query);
+  }
+  const parameters = query.parameters.map((p) => (p === PARAM ? value : p));
+  return (await ctx.q.executeQuery(CompiledQuery.raw(query.sql, parameters))).rows as R[];
 }

@@ -3,7 +3,7 @@
  */
 import { sql } from "kysely";
 import { lifecycleAfterContact, lifecycleTransitionProblem } from "../registry/lifecycle.js";
-import { audit, type Ctx, chunks, nextRevision, nextSeq } from "./context.js";
+import { audit, type Ctx, cachedQuery, chunks, nextRevision, nextSeq } from "./context.js";
 import { ConflictError, NotFoundError } from "./errors.js";
 import type {
   AgentContactResult,
@@ -103,7 +103,7 @@ async function withTags(ctx: Ctx, rows: MachineRow[]): Promise<MachineRecord[]> 
 }
 
 export async function getMachine(ctx: Ctx, id: string): Promise<MachineRecord | undefined> {
-  const row = await machineQuery(ctx).where("m.id", "=", id).executeTakeFirst();
+  const [row] = await cachedQuery(ctx, "machine", (p) => machineQuery(ctx).where("m.id", "=", p), id);
   return row ? (await withTags(ctx, [row]))[0] : undefined;
 }
 
@@ -181,21 +181,21 @@ function tagList(tags: readonly string[]): string {
  */
 async function ensureAgentMachine(ctx: Ctx, id: string, now: number): Promise<boolean> {
   const actor = `machine:${id}`;
-  const inserted = await ctx.q
-    .insertInto("machines")
-    .values({ id, lifecycle: "active", registered_at: now })
-    .onConflict((oc) => oc.column("id").doNothing())
-    .returning("id")
-    .executeTakeFirst();
-  if (inserted) {
-    await audit(ctx, now, actor, "machine.register", id, "registered on first contact (lifecycle active)");
-    return true;
+  const row = await ctx.q.selectFrom("machines").select("lifecycle").where("id", "=", id).executeTakeFirst();
+  if (!row) {
+    const inserted = await ctx.q
+      .insertInto("machines")
+      .values({ id, lifecycle: "active", registered_at: now })
+      .onConflict((oc) => oc.column("id").doNothing())
+      .returning("id")
+      .executeTakeFirst();
+    if (inserted) {
+      await audit(ctx, now, actor, "machine.register", id, "registered on first contact (lifecycle active)");
+      return true;
+    }
+    // Another replica registered it since the read: take it from there.
+    return ensureAgentMachine(ctx, id, now);
   }
-  const row = await ctx.q
-    .selectFrom("machines")
-    .select("lifecycle")
-    .where("id", "=", id)
-    .executeTakeFirstOrThrow();
   const next = lifecycleAfterContact(row.lifecycle);
   if (next !== row.lifecycle) {
     const moved = await ctx.q
