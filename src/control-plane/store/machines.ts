@@ -252,6 +252,7 @@ export async function recordReport(ctx: Ctx, input: ReportInput, now: number): P
     })
     .where("id", "=", input.machineId)
     .execute();
+  const machine = (await getMachine(ctx, input.machineId))!;
   // The sequence last: its lock is held until commit, so as briefly as possible.
   await ctx.q
     .insertInto("reports")
@@ -269,7 +270,7 @@ export async function recordReport(ctx: Ctx, input: ReportInput, now: number): P
       agent_time: input.agentTime,
     })
     .execute();
-  return { machine: (await getMachine(ctx, input.machineId))!, registered };
+  return { machine, registered };
 }
 
 export async function recordHealth(ctx: Ctx, input: HealthInput, now: number): Promise<AgentContactResult> {
@@ -288,6 +289,8 @@ export async function recordHealth(ctx: Ctx, input: HealthInput, now: number): P
     })
     .where("id", "=", input.machineId)
     .execute();
+  const machine = (await getMachine(ctx, input.machineId))!;
+  // The sequence last: its lock is held until commit, so as briefly as possible.
   await ctx.q
     .insertInto("health_reports")
     .values({
@@ -302,7 +305,7 @@ export async function recordHealth(ctx: Ctx, input: HealthInput, now: number): P
       agent_time: input.agentTime,
     })
     .execute();
-  return { machine: (await getMachine(ctx, input.machineId))!, registered };
+  return { machine, registered };
 }
 
 export async function desiredFor(
