@@ -22,6 +22,7 @@ import type {
   ReleaseFilter,
   RolloutFilter,
 } from "./repository.js";
+import * as rolloutReads from "./rollout-reads.js";
 import * as rollouts from "./rollouts.js";
 import type { Tables } from "./tables.js";
 
@@ -109,19 +110,19 @@ export abstract class KyselyFleetStore implements FleetStore {
     return this.transaction((c) => rollouts.createRollout(c, input, actor, now));
   }
   getRollout(id: string) {
-    return rollouts.getRollout(this.read, id);
+    return rolloutReads.getRollout(this.read, id);
   }
   listRollouts(filter: RolloutFilter) {
-    return rollouts.listRollouts(this.read, filter);
+    return rolloutReads.listRollouts(this.read, filter);
   }
   rolloutEvents(id: string, afterId: number, limit: number) {
-    return rollouts.rolloutEvents(this.read, id, afterId, limit);
+    return rolloutReads.rolloutEvents(this.read, id, afterId, limit);
   }
   runningRolloutIds() {
-    return rollouts.runningRolloutIds(this.read);
+    return rolloutReads.runningRolloutIds(this.read);
   }
   gateEvidence(rolloutId: string, batchIndex: number) {
-    return rollouts.gateEvidence(this.read, rolloutId, batchIndex);
+    return rolloutReads.gateEvidence(this.read, rolloutId, batchIndex);
   }
   startBatch(rolloutId: string, index: number, now: number) {
     return this.transaction((c) => rollouts.startBatch(c, rolloutId, index, now));
@@ -197,14 +198,14 @@ export abstract class KyselyFleetStore implements FleetStore {
       total,
       byLifecycle,
       inSync: Number(inSync.n),
-      activeRollouts: await rollouts.activeRolloutCount(this.read),
+      activeRollouts: await rolloutReads.activeRolloutCount(this.read),
     };
   }
 
   async prune(cutoff: number): Promise<{ reports: number; healthReports: number }> {
     // Evidence a deploying batch may still count is kept: stored after its start (by sequence)
     // or, should the wall clock have stepped back, received after its start time.
-    const keepFrom = await rollouts.oldestDeployingStart(this.read);
+    const keepFrom = await rolloutReads.oldestDeployingStart(this.read);
     const effective = keepFrom === null ? cutoff : Math.min(cutoff, keepFrom.at);
     const keepSeq = keepFrom === null ? Number.MAX_SAFE_INTEGER : keepFrom.seq;
     const chunked = async (table: "reports" | "health_reports") => {
