@@ -7,6 +7,7 @@ import type { Kysely } from "kysely";
 import type { BackendKind, Ctx } from "./context.js";
 import * as history from "./history.js";
 import * as keys from "./keys-audit.js";
+import * as machineReads from "./machine-reads.js";
 import * as machines from "./machines.js";
 import type { HealthInput, HelloInput, Lifecycle, ReportInput, Role } from "./records.js";
 import * as releases from "./releases.js";
@@ -58,14 +59,14 @@ export abstract class KyselyFleetStore implements FleetStore {
     return this.transaction((c) => machines.recordHealth(c, input, now));
   }
   desiredFor(machineId: string) {
-    return machines.desiredFor(this.read, machineId);
+    return machineReads.desiredFor(this.read, machineId);
   }
 
   getMachine(id: string) {
-    return machines.getMachine(this.read, id);
+    return machineReads.getMachine(this.read, id);
   }
   getMachines(ids: readonly string[]) {
-    return machines.getMachines(this.read, ids);
+    return machineReads.getMachines(this.read, ids);
   }
   machineReports(machineId: string, limit: number) {
     return history.machineReports(this.read, machineId, limit);
@@ -74,7 +75,7 @@ export abstract class KyselyFleetStore implements FleetStore {
     return history.latestHealthReport(this.read, machineId);
   }
   listMachines(filter: MachineFilter) {
-    return machines.listMachines(this.read, filter);
+    return machineReads.listMachines(this.read, filter);
   }
   registerMachine(
     input: { id: string; tags: string[]; lifecycle: Lifecycle | null },
