@@ -61,6 +61,11 @@ export const SYSTEM_PACKAGES: readonly SystemPackage[] = [
     why: "the systemd tier: the agent's unit in nspawn containers",
     present: exists("/usr/bin/systemd-nspawn"),
   },
+  {
+    pkg: "postgresql",
+    why: "the PostgreSQL store's tests",
+    present: exists("/usr/lib/postgresql/15/bin/initdb"),
+  },
   { pkg: "zsh", why: "checks `nixfleet completion zsh`", present: runs("zsh", "-fc", "exit 0") },
   {
     pkg: "fish",

@@ -22,6 +22,7 @@ export class UsageError extends Error {
 export interface ServeFlags {
   listen?: string | undefined;
   dbPath?: string | undefined;
+  databaseUrl?: string | undefined;
   tlsCert?: string | undefined;
   tlsKey?: string | undefined;
   clientCa?: string | undefined;
@@ -43,6 +44,8 @@ export interface ServeFlags {
 export interface ServeConfig {
   listen: HostPort;
   dbPath: string;
+  /** PostgreSQL instead of the SQLite file at dbPath (several replicas can share it). */
+  databaseUrl: string | null;
   tls: { cert: string; key: string; clientCa: string } | null;
   allowInsecure: boolean;
   metricsListen: HostPort | null;
@@ -75,6 +78,7 @@ export const DEFAULTS = {
 export const ENV: Record<keyof ServeFlags, string> = {
   listen: "NIXFLEET_CP_LISTEN",
   dbPath: "NIXFLEET_CP_DB_PATH",
+  databaseUrl: "NIXFLEET_CP_DATABASE_URL",
   tlsCert: "NIXFLEET_CP_TLS_CERT",
   tlsKey: "NIXFLEET_CP_TLS_KEY",
   clientCa: "NIXFLEET_CP_CLIENT_CA",
@@ -96,6 +100,7 @@ export const ENV: Record<keyof ServeFlags, string> = {
 const FLAG: Record<keyof ServeFlags, string> = {
   listen: "--listen",
   dbPath: "--db-path",
+  databaseUrl: "--database-url",
   tlsCert: "--tls-cert",
   tlsKey: "--tls-key",
   clientCa: "--client-ca",
@@ -165,6 +170,34 @@ function bool(flag: string, envName: string, value: string): boolean {
   throw new UsageError(flag, `${envName}=${JSON.stringify(value)} is not a boolean (use 1/0, true/false)`);
 }
 
+/**
+ * --database-url: a postgres:// (or postgresql://) URL, or nothing for the SQLite file. Giving
+ * both it and --db-path is refused: one of them would be silently ignored.
+ */
+export function parseDatabaseUrl(value: string | undefined, dbPathGiven: boolean): string | null {
+  if (value === undefined || value.trim() === "") return null;
+  let url: URL;
+  try {
+    url = new URL(value.trim());
+  } catch {
+    throw new UsageError(
+      "--database-url",
+      "is not a URL; expected postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+    );
+  }
+  if (url.protocol !== "postgres:" && url.protocol !== "postgresql:")
+    throw new UsageError(
+      "--database-url",
+      `must be a postgres:// URL (got ${url.protocol}//…); for SQLite use --db-path`,
+    );
+  if (dbPathGiven)
+    throw new UsageError(
+      "--database-url",
+      "and --db-path (NIXFLEET_CP_DB_PATH) both given; the control plane uses one database: drop one",
+    );
+  return value.trim();
+}
+
 export function resolveServeConfig(flags: ServeFlags, env: Record<string, string | undefined>): ServeConfig {
   const str = (key: keyof ServeFlags): string | undefined => {
     const given = flags[key];
@@ -220,6 +253,7 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
     );
   const dbPath = str("dbPath") ?? DEFAULTS.dbPath;
   if (dbPath.trim() === "") throw new UsageError("--db-path", "must not be empty");
+  const databaseUrl = parseDatabaseUrl(str("databaseUrl"), str("dbPath") !== undefined);
   const metricsListen = str("metricsListen");
   const dashboardListen = str("dashboardListen");
   const timeout = (key: "idleTimeout" | "headerTimeout" | "handshakeTimeout", fallback: number) => {
@@ -247,6 +281,7 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
   return {
     listen: parseHostPort("--listen", str("listen") ?? DEFAULTS.listen),
     dbPath,
+    databaseUrl,
     tls,
     allowInsecure,
     metricsListen: metricsListen ? parseHostPort("--metrics-listen", metricsListen) : null,

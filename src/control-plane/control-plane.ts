@@ -45,9 +45,9 @@ import { isStale, type LiveView } from "./services/convert.js";
 import { fleetServiceImpl } from "./services/fleet-service.js";
 import { Presence } from "./services/presence.js";
 import { DatabaseStartupError } from "./store/database.js";
+import { databaseName, openStore } from "./store/open.js";
 import type { MachineRecord } from "./store/records.js";
 import type { FleetStore } from "./store/repository.js";
-import { SqliteFleetStore } from "./store/sqlite-store.js";
 
 export interface HostPort {
   host: string;
@@ -57,6 +57,8 @@ export interface HostPort {
 export interface ControlPlaneOptions {
   listen: HostPort;
   dbPath: string;
+  /** PostgreSQL instead of the SQLite file at dbPath. */
+  databaseUrl?: string | null;
   /** Null only with allowInsecure. */
   tls: TlsOptions | null;
   allowInsecure: boolean;
@@ -299,7 +301,8 @@ export class ControlPlane {
   /** Opens and migrates the database, starts the executor, hub and pruner; then ready. */
   async initialize(): Promise<void> {
     const o = this.options;
-    const { store, migration } = await SqliteFleetStore.open({
+    const { store, migration } = await openStore({
+      databaseUrl: o.databaseUrl ?? null,
       path: o.dbPath,
       lockWaitMs: o.dbLockWaitMs ?? 60_000,
       onLockWait: (message) => this.log.warn({ dbPath: o.dbPath }, message),
@@ -312,7 +315,7 @@ export class ControlPlane {
     this.storeValue = store;
     if (migration.applied.length) {
       this.log.info(
-        { dbPath: o.dbPath, from: migration.from, to: migration.to },
+        { database: databaseName(o), from: migration.from, to: migration.to },
         `database migrated from schema version ${migration.from} to ${migration.to}`,
       );
     }
@@ -368,7 +371,7 @@ export class ControlPlane {
         url: this.url,
         metricsUrl: this.metricsUrl ?? undefined,
         dashboardUrl: this.dashboardUrl ?? undefined,
-        dbPath: this.options.dbPath,
+        database: databaseName(this.options),
       },
       "listening",
     );

@@ -13,8 +13,9 @@ import { ListApiKeysResponseSchema } from "../gen/nixfleet/v1/fleet_pb.js";
 import { generateSecret, hashSecret, newKeyId, ROLES } from "./auth/api-keys.js";
 import { UsageError } from "./config.js";
 import { apiKeyToProto } from "./services/convert.js";
+import { openStore } from "./store/open.js";
 import type { ApiKeyRecord, Role } from "./store/records.js";
-import { SqliteFleetStore } from "./store/sqlite-store.js";
+import type { FleetStore } from "./store/repository.js";
 
 export interface KeysIo {
   out: (line: string) => void;
@@ -56,8 +57,20 @@ function checkDatabase(dbPath: string, init: boolean): void {
   writeFileSync(dbPath, "", { mode: 0o600, flag: "wx" });
 }
 
-async function withStore<T>(dbPath: string, fn: (store: SqliteFleetStore) => Promise<T>): Promise<T> {
-  const { store } = await SqliteFleetStore.open({ path: dbPath, lockWaitMs: 30_000 });
+/** The SQLite file's path, or the PostgreSQL database (`--database-url`). */
+export type KeysDatabase = string | { databaseUrl: string };
+
+function checkTarget(db: KeysDatabase, init: boolean): void {
+  // A PostgreSQL database is created by its administrator; the first connection migrates it.
+  if (typeof db === "string") checkDatabase(db, init);
+}
+
+async function withStore<T>(db: KeysDatabase, fn: (store: FleetStore) => Promise<T>): Promise<T> {
+  const { store } = await openStore(
+    typeof db === "string"
+      ? { databaseUrl: null, path: db, lockWaitMs: 30_000 }
+      : { databaseUrl: db.databaseUrl, path: "" },
+  );
   try {
     return await fn(store);
   } finally {
@@ -68,7 +81,7 @@ async function withStore<T>(dbPath: string, fn: (store: SqliteFleetStore) => Pro
 const iso = (ms: number | null) => (ms === null ? "-" : new Date(ms).toISOString());
 
 export async function keysCreate(
-  dbPath: string,
+  dbPath: KeysDatabase,
   name: string,
   role: string,
   io: KeysIo,
@@ -78,7 +91,7 @@ export async function keysCreate(
   if (problem) throw new UsageError("--name", problem);
   if (!(ROLES as readonly string[]).includes(role))
     throw new UsageError("--role", `must be one of ${ROLES.join(", ")}, got ${JSON.stringify(role)}`);
-  checkDatabase(dbPath, opts.init ?? false);
+  checkTarget(dbPath, opts.init ?? false);
   const secret = generateSecret();
   const key = await withStore(dbPath, (store) =>
     store.createApiKey(
@@ -95,12 +108,12 @@ export async function keysCreate(
 }
 
 export async function keysList(
-  dbPath: string,
+  dbPath: KeysDatabase,
   includeRevoked: boolean,
   json: boolean,
   io: KeysIo,
 ): Promise<void> {
-  checkDatabase(dbPath, false);
+  checkTarget(dbPath, false);
   const keys: ApiKeyRecord[] = await withStore(dbPath, (store) => store.listApiKeys(includeRevoked));
   if (json) {
     // The API's own shape (protobuf JSON of ListApiKeysResponse), as `nixfleet keys list --json`
@@ -123,9 +136,9 @@ export async function keysList(
     );
 }
 
-export async function keysRevoke(dbPath: string, key: string, io: KeysIo): Promise<void> {
+export async function keysRevoke(dbPath: KeysDatabase, key: string, io: KeysIo): Promise<void> {
   if (!key) throw new UsageError("<key>", "give the id or name of the key to revoke");
-  checkDatabase(dbPath, false);
+  checkTarget(dbPath, false);
   const revoked = await withStore(dbPath, (store) => store.revokeApiKey(key, null, localActor(), Date.now()));
   io.out(`revoked API key ${revoked.name} (${revoked.id})`);
 }

@@ -13,13 +13,16 @@ import { loadTlsMaterial, TlsConfigError } from "../common/tls.js";
 import {
   DEFAULTS,
   ENV,
+  parseDatabaseUrl,
   resolveServeConfig,
   type ServeConfig,
   type ServeFlags,
   UsageError,
 } from "./config.js";
 import { ControlPlane } from "./control-plane.js";
-import { keysCreate, keysList, keysRevoke } from "./keys-command.js";
+import { type KeysDatabase, keysCreate, keysList, keysRevoke } from "./keys-command.js";
+import { migrateCommand } from "./migrate-command.js";
+import { TargetNotEmptyError } from "./store/copy.js";
 import { DatabaseStartupError } from "./store/database.js";
 import { AlreadyExistsError, ConflictError, NotFoundError } from "./store/errors.js";
 
@@ -75,6 +78,7 @@ async function serve(flags: ServeFlags): Promise<void> {
   const cp = new ControlPlane({
     listen: config.listen,
     dbPath: config.dbPath,
+    databaseUrl: config.databaseUrl,
     tls,
     allowInsecure: config.allowInsecure,
     metricsListen: config.metricsListen,
@@ -146,6 +150,7 @@ function program(): Command {
     );
   opt("--listen <host:port>", "listen", "address to listen on (port 0: pick a free port)", DEFAULTS.listen);
   opt("--db-path <file>", "dbPath", "SQLite database file", DEFAULTS.dbPath);
+  opt("--database-url <url>", "databaseUrl", "PostgreSQL database (postgres://…) instead of SQLite");
   opt("--tls-cert <file>", "tlsCert", "server certificate (PEM)");
   opt("--tls-key <file>", "tlsKey", "server private key (PEM)");
   opt("--client-ca <file>", "clientCa", "CA bundle (PEM) that signs agent client certificates");
@@ -219,6 +224,14 @@ function program(): Command {
     await serve(options);
   });
 
+  root
+    .command("migrate")
+    .description("copy a SQLite control-plane database into an empty PostgreSQL database")
+    .requiredOption("--from <sqlite:path>", "the SQLite database (sqlite:/var/lib/nixfleet-cp/state.db)")
+    .requiredOption("--to <url>", "the empty PostgreSQL database (postgres://user:password@host/db)")
+    .exitOverride()
+    .action(async (o: { from: string; to: string }) => migrateCommand(o.from, o.to, io));
+
   const keys = root
     .command("keys")
     .description("manage API keys in the database (run on the control-plane host)")
@@ -228,21 +241,34 @@ function program(): Command {
       "--db-path <file>",
       `SQLite database file [env NIXFLEET_CP_DB_PATH, default ${DEFAULTS.dbPath}]`,
     );
-  const dbPath = (o: { dbPath?: string }) =>
-    o.dbPath ?? process.env["NIXFLEET_CP_DB_PATH"] ?? DEFAULTS.dbPath;
+  const urlOption = () =>
+    new Option(
+      "--database-url <url>",
+      "PostgreSQL database instead of SQLite [env NIXFLEET_CP_DATABASE_URL]",
+    );
+  const dbPath = (o: { dbPath?: string; databaseUrl?: string }): KeysDatabase => {
+    const path = o.dbPath ?? process.env["NIXFLEET_CP_DB_PATH"];
+    const url = parseDatabaseUrl(
+      o.databaseUrl ?? process.env["NIXFLEET_CP_DATABASE_URL"],
+      path !== undefined,
+    );
+    return url ? { databaseUrl: url } : (path ?? DEFAULTS.dbPath);
+  };
   keys
     .command("create")
     .description("create a key and print its secret (alone) on stdout")
     .requiredOption("--name <name>", "key name (letters, digits, . _ -)")
     .requiredOption("--role <role>", "readonly, deploy or admin")
     .addOption(dbOption())
+    .addOption(urlOption())
     .option(
       "--init",
       "create the database when it does not exist yet (a fresh install); its directory must exist",
     )
     .exitOverride()
-    .action(async (o: { name: string; role: string; dbPath?: string; init?: boolean }) =>
-      keysCreate(dbPath(o), o.name, o.role, io, { init: o.init ?? false }),
+    .action(
+      async (o: { name: string; role: string; dbPath?: string; databaseUrl?: string; init?: boolean }) =>
+        keysCreate(dbPath(o), o.name, o.role, io, { init: o.init ?? false }),
     );
   keys
     .command("list")
@@ -250,8 +276,9 @@ function program(): Command {
     .option("--include-revoked", "also list revoked keys")
     .option("--json", "print JSON")
     .addOption(dbOption())
+    .addOption(urlOption())
     .exitOverride()
-    .action(async (o: { includeRevoked?: boolean; json?: boolean; dbPath?: string }) =>
+    .action(async (o: { includeRevoked?: boolean; json?: boolean; dbPath?: string; databaseUrl?: string }) =>
       keysList(dbPath(o), o.includeRevoked ?? false, o.json ?? false, io),
     );
   keys
@@ -259,8 +286,11 @@ function program(): Command {
     .description("revoke a key by id or name")
     .argument("<key>", "key id or name")
     .addOption(dbOption())
+    .addOption(urlOption())
     .exitOverride()
-    .action(async (key: string, o: { dbPath?: string }) => keysRevoke(dbPath(o), key, io));
+    .action(async (key: string, o: { dbPath?: string; databaseUrl?: string }) =>
+      keysRevoke(dbPath(o), key, io),
+    );
   return root;
 }
 
@@ -274,7 +304,7 @@ async function main(): Promise<void> {
       process.exit(2);
     }
     if (err instanceof UsageError) fail(2, err.message);
-    if (err instanceof DatabaseStartupError) fail(1, err.message);
+    if (err instanceof DatabaseStartupError || err instanceof TargetNotEmptyError) fail(1, err.message);
     if (err instanceof NotFoundError || err instanceof ConflictError || err instanceof AlreadyExistsError)
       fail(1, err.message);
     fail(1, (err as Error).stack ?? String(err));

@@ -145,6 +145,22 @@ describe("serve configuration", () => {
     );
   });
 
+  it("--database-url (NIXFLEET_CP_DATABASE_URL) picks PostgreSQL; a wrong scheme or both databases are refused", () => {
+    assert.equal(resolveServeConfig(tls, {}).databaseUrl, null);
+    const url = "postgres://cp:secret@db.example:5432/nixfleet";
+    assert.equal(resolveServeConfig({ ...tls, databaseUrl: url }, {}).databaseUrl, url);
+    assert.equal(resolveServeConfig(tls, { NIXFLEET_CP_DATABASE_URL: url }).databaseUrl, url);
+    assert.match(
+      usage({ ...tls, databaseUrl: "mysql://db/x" }),
+      /^--database-url: must be a postgres:\/\/ URL/,
+    );
+    assert.match(usage({ ...tls, databaseUrl: "db.example" }), /^--database-url: is not a URL/);
+    assert.match(
+      usage({ ...tls, databaseUrl: url }, { NIXFLEET_CP_DB_PATH: "/x.db" }),
+      /^--database-url: and --db-path .* both given/,
+    );
+  });
+
   it("parses host:port forms, including IPv6 and port 0", () => {
     assert.deepEqual(parseHostPort("--listen", "127.0.0.1:0"), { host: "127.0.0.1", port: 0 });
     assert.deepEqual(parseHostPort("--listen", "[::1]:8443"), { host: "::1", port: 8443 });

@@ -1,5 +1,6 @@
 /**
- * An in-process control plane on a real TLS socket (port 0, temp SQLite file, throwaway PKI),
+ * An in-process control plane on a real TLS socket (port 0, temp SQLite file — or a fresh
+ * PostgreSQL database with NIXFLEET_TEST_STORE=postgres — throwaway PKI),
  * with real Connect clients: gRPC over HTTP/2, Connect over HTTP/2 or HTTP/1.1, with or without
  * client certificates. Everything it opens is closed by close().
  */
@@ -22,6 +23,7 @@ import type { Role } from "../../src/control-plane/store/records.js";
 import { AgentService } from "../../src/gen/nixfleet/v1/agent_pb.js";
 import { FleetService } from "../../src/gen/nixfleet/v1/fleet_pb.js";
 import type { CertPair, Pki } from "../fixtures/pki.js";
+import { testDatabaseUrl } from "../fixtures/postgres.js";
 import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
 
 export type Protocol = "grpc" | "connect" | "connect-h1" | "grpc-web";
@@ -57,6 +59,7 @@ export class Harness {
     h.cp = new ControlPlane({
       listen: { host: "127.0.0.1", port: 0 },
       dbPath: join(dir, "state.db"),
+      databaseUrl: await testDatabaseUrl(dir),
       tls: options.allowInsecure
         ? null
         : {

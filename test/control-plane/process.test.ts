@@ -15,10 +15,14 @@ import Database from "better-sqlite3";
 import { RolloutStatus, RolloutStrategy } from "../../src/gen/nixfleet/v1/fleet_pb.js";
 import { Outcome } from "../../src/gen/nixfleet/v1/types_pb.js";
 import { createPki, type Pki } from "../fixtures/pki.js";
+import { TEST_STORE } from "../fixtures/postgres.js";
 import { makeTempDir, removeTempDir, tempDir } from "../fixtures/tmp.js";
 import { Clients } from "./harness.js";
 import { Feed, Inbox, storePath, waitFor } from "./helpers.js";
 import { type CpProcess, runCli, startCp, tlsArgs } from "./process.js";
+
+/** Tests of the SQLite file itself (its locks, its schema table) skip on PostgreSQL. */
+const sqliteOnly = TEST_STORE === "postgres" && "SQLite-specific (NIXFLEET_TEST_STORE=postgres)";
 
 describe("nixfleet-control-plane as a process", () => {
   const dir = makeTempDir();
@@ -131,7 +135,7 @@ describe("nixfleet-control-plane as a process", () => {
       await first.stop();
     });
 
-    it("a database from a newer control plane → exit 1 with what to do", async (t) => {
+    it("a database from a newer control plane → exit 1 with what to do", { skip: sqliteOnly }, async (t) => {
       const db = join(tempDir(t), "state.db");
       await adminKey(db);
       const raw = new Database(db);
@@ -184,7 +188,9 @@ describe("nixfleet-control-plane as a process", () => {
     assert.match(again.stderr, /no API key with id or name ops/);
   });
 
-  it("while the database is locked at start-up: bound, RPCs UNAVAILABLE, /readyz 503; then ready", async (t) => {
+  it("while the database is locked at start-up: bound, RPCs UNAVAILABLE, /readyz 503; then ready", {
+    skip: sqliteOnly,
+  }, async (t) => {
     // A fresh file another process holds locked: the server cannot even switch it to WAL yet.
     const db = join(tempDir(t), "state.db");
     const holder = new Database(db);

@@ -3,10 +3,11 @@
  * child process, waits for its "listening" log line, and stops it.
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import type { Pki } from "../fixtures/pki.js";
+import { testDatabaseUrl } from "../fixtures/postgres.js";
 import { programArgs } from "../fixtures/programs.js";
 import { waitFor } from "./helpers.js";
 
@@ -25,6 +26,21 @@ export interface CpProcess {
   stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+/**
+ * With NIXFLEET_TEST_STORE=postgres, `--db-path DIR/state.db` becomes `--database-url` of a fresh
+ * PostgreSQL database bound to DIR (the same one again for a restart on the same DIR); other
+ * paths (the usage-error cases) are left alone.
+ */
+async function backendArgs(args: readonly string[]): Promise<string[]> {
+  const out = [...args];
+  for (let i = 0; i < out.length - 1; i++) {
+    if (out[i] !== "--db-path" || basename(out[i + 1]!) !== "state.db") continue;
+    const url = await testDatabaseUrl(dirname(out[i + 1]!));
+    if (url) out.splice(i, 2, "--database-url", url);
+  }
+  return out;
+}
+
 export function tlsArgs(pki: Pki): string[] {
   return ["--tls-cert", pki.server.cert, "--tls-key", pki.server.key, "--client-ca", pki.ca];
 }
@@ -35,7 +51,8 @@ export async function runCli(
   env: Record<string, string> = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, [...programArgs("control-plane"), ...args], {
+    const argv = await backendArgs(args);
+    const { stdout, stderr } = await run(process.execPath, [...programArgs("control-plane"), ...argv], {
       cwd: REPO,
       env: { ...process.env, ...env },
       timeout: 60_000,
@@ -52,7 +69,8 @@ export async function startCp(
   args: string[],
   options: { env?: Record<string, string>; waitForMsg?: string; timeoutMs?: number } = {},
 ): Promise<CpProcess> {
-  const proc = spawn(process.execPath, [...programArgs("control-plane"), "serve", ...args], {
+  const argv = await backendArgs(args);
+  const proc = spawn(process.execPath, [...programArgs("control-plane"), "serve", ...argv], {
     cwd: REPO,
     env: { ...process.env, NIXFLEET_LOG_LEVEL: "", ...options.env },
     stdio: ["ignore", "pipe", "pipe"],

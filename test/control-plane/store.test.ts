@@ -10,6 +10,7 @@ import {
   schemaVersion,
 } from "../../src/control-plane/store/database.js";
 import { AlreadyExistsError, ConflictError, NotFoundError } from "../../src/control-plane/store/errors.js";
+import type { KyselyFleetStore } from "../../src/control-plane/store/kysely-store.js";
 import type { ReportInput } from "../../src/control-plane/store/records.js";
 import type { NewRollout } from "../../src/control-plane/store/repository.js";
 import { LATEST_SCHEMA_VERSION, MIGRATIONS } from "../../src/control-plane/store/schema.js";
@@ -17,6 +18,7 @@ import { SqliteFleetStore } from "../../src/control-plane/store/sqlite-store.js"
 import { Outcome } from "../../src/gen/nixfleet/v1/types_pb.js";
 import { tempDir } from "../fixtures/tmp.js";
 import { storePath } from "./helpers.js";
+import { BACKENDS, count } from "./store-backends.js";
 
 async function open(t: { after(fn: () => void): void }, path?: string) {
   const file = path ?? join(tempDir(t), "state.db");
@@ -41,10 +43,6 @@ function report(machineId: string, over: Partial<ReportInput> = {}): ReportInput
     agentTime: null,
     ...over,
   };
-}
-
-function auditCount(store: SqliteFleetStore): number {
-  return (store.db.prepare("SELECT count(*) AS n FROM audit_events").get() as { n: number }).n;
 }
 
 function rollout(
@@ -223,86 +221,6 @@ describe("database file and migrations", () => {
       (e: Error) => e instanceof DatabaseStartupError && /--db-path/.test(e.message),
     );
   });
-});
-
-describe("machines and desired generations", () => {
-  it("auto-registers on first report, syncs tags, activates a pre-registered machine, and audits it", async (t) => {
-    const { store } = await open(t);
-    const first = await store.recordReport(report("web-01", { tags: ["web", "eu", "web"] }), 1000);
-    assert.equal(first.registered, true);
-    assert.deepEqual(first.machine.tags, ["eu", "web"]);
-    assert.equal(first.machine.lifecycle, "active");
-    const again = await store.recordReport(report("web-01", { tags: ["db"] }), 2000);
-    assert.equal(again.registered, false);
-    assert.deepEqual(again.machine.tags, ["db"]);
-    await store.registerMachine({ id: "web-02", tags: ["web"], lifecycle: null }, "apikey:ops", 3000);
-    assert.equal((await store.getMachine("web-02"))?.lifecycle, "pending");
-    assert.equal((await store.recordReport(report("web-02"), 4000)).machine.lifecycle, "active");
-    const actions = (
-      await store.listAudit({
-        actor: null,
-        action: null,
-        target: null,
-        since: null,
-        beforeId: null,
-        limit: 100,
-      })
-    ).map((a) => `${a.actor} ${a.action} ${a.target}`);
-    assert.ok(actions.includes("machine:web-01 machine.register web-01"));
-    assert.ok(actions.includes("machine:web-01 machine.tags web-01"));
-    assert.ok(actions.includes("machine:web-02 machine.lifecycle web-02"));
-  });
-
-  it("a report without an outcome keeps the last outcome; health is summarised per machine", async (t) => {
-    const { store } = await open(t);
-    await store.recordReport(report("web-01", { outcome: Outcome.DEPLOYED, message: "deployed" }), 1000);
-    await store.recordReport(
-      report("web-01", { outcome: Outcome.UNSPECIFIED, message: "health-check" }),
-      2000,
-    );
-    const g = storePath("web-01", 0);
-    await store.recordHealth(
-      {
-        machineId: "web-01",
-        generation: g,
-        allPassed: true,
-        results: [{ name: "nginx", kind: 1, passed: false, durationMs: 1, message: "" }],
-        postApply: false,
-        deploymentId: "",
-        agentTime: null,
-      },
-      3000,
-    );
-    const m = (await store.getMachine("web-01"))!;
-    assert.equal(m.lastOutcome, Outcome.DEPLOYED);
-    assert.equal(m.lastMessage, "deployed");
-    // all_passed=true with a failing result is not trusted.
-    assert.deepEqual(m.health, { generation: g, allPassed: false, at: 3000, failing: ["nginx"] });
-  });
-
-  it("revisions increase on every assignment, even to the same path, and across re-opening", async (t) => {
-    const dir = tempDir(t);
-    const file = join(dir, "state.db");
-    const a = await SqliteFleetStore.open({ path: file });
-    await a.store.recordReport(report("web-01"), 1000);
-    const p = storePath("sys", 1);
-    const r1 = (
-      await a.store.setDesired({ machineId: "web-01", storePath: p, cacheUrl: "" }, "apikey:x", 2000)
-    ).change.desired!.revision;
-    const r2 = (
-      await a.store.setDesired(
-        { machineId: "web-01", storePath: p, cacheUrl: "https://c.example" },
-        "apikey:x",
-        3000,
-      )
-    ).change.desired!.revision;
-    await a.store.close();
-    const { store } = await open(t, file);
-    const r3 = (await store.setDesired({ machineId: "web-01", storePath: p, cacheUrl: "" }, "apikey:x", 4000))
-      .change.desired!.revision;
-    assert.ok(r1 < r2 && r2 < r3, `${r1} < ${r2} < ${r3}`);
-    assert.equal((await store.desiredFor("web-01")).desired?.cacheUrl, "");
-  });
 
   it("revisions never fall below the clock, so a database restored from an old backup cannot repeat one", async (t) => {
     const dir = tempDir(t);
@@ -329,293 +247,404 @@ describe("machines and desired generations", () => {
     ).change.desired!.revision;
     assert.ok(early < seen && seen < after, `${early} < ${seen} < ${after}`);
   });
-
-  it("persists cache_url with the desired generation", async (t) => {
-    const dir = tempDir(t);
-    const file = join(dir, "state.db");
-    const a = await SqliteFleetStore.open({ path: file });
-    await a.store.recordReport(report("web-01"), 1000);
-    await a.store.setDesired(
-      { machineId: "web-01", storePath: storePath("sys"), cacheUrl: "https://cache.example.org" },
-      "apikey:x",
-      2000,
-    );
-    await a.store.close();
-    const { store } = await open(t, file);
-    assert.equal((await store.desiredFor("web-01")).desired?.cacheUrl, "https://cache.example.org");
-  });
-
-  it("refuses to assign to an unknown machine and writes nothing", async (t) => {
-    const { store } = await open(t);
-    const before = auditCount(store);
-    await assert.rejects(
-      store.setDesired({ machineId: "ghost", storePath: storePath("x"), cacheUrl: "" }, "apikey:x", 1),
-      NotFoundError,
-    );
-    assert.equal(auditCount(store), before);
-    assert.equal((await store.desiredFor("ghost")).desired, null);
-  });
-
-  it("enforces lifecycle transitions inside the transaction", async (t) => {
-    const { store } = await open(t);
-    await store.recordReport(report("web-01"), 1000);
-    await store.setLifecycle("web-01", "decommissioned", "apikey:x", 2000);
-    await assert.rejects(
-      store.setLifecycle("web-01", "active", "apikey:x", 3000),
-      (e: Error) => e instanceof ConflictError && /terminal/.test(e.message),
-    );
-    await assert.rejects(store.setLifecycle("ghost", "active", "apikey:x", 3000), NotFoundError);
-    assert.equal((await store.setLifecycle("web-01", "decommissioned", "apikey:x", 4000)).changed, false);
-  });
-
-  it("lists machines by ALL and ANY tags, lifecycle and page", async (t) => {
-    const { store } = await open(t);
-    await store.recordReport(report("a", { tags: ["web", "eu"] }), 1);
-    await store.recordReport(report("b", { tags: ["web", "us"] }), 2);
-    await store.recordReport(report("c", { tags: ["db", "eu"] }), 3);
-    await store.setLifecycle("c", "maintenance", "x", 4);
-    const ids = async (f: Partial<Parameters<SqliteFleetStore["listMachines"]>[0]>) =>
-      (
-        await store.listMachines({ tags: [], match: "all", lifecycle: null, afterId: null, limit: 100, ...f })
-      ).map((m) => m.id);
-    assert.deepEqual(await ids({ tags: ["web", "eu"] }), ["a"]);
-    assert.deepEqual(await ids({ tags: ["web", "eu"], match: "any" }), ["a", "b", "c"]);
-    assert.deepEqual(await ids({ tags: ["eu", "eu"] }), ["a", "c"]);
-    assert.deepEqual(await ids({ lifecycle: "maintenance" }), ["c"]);
-    assert.deepEqual(await ids({ afterId: "a", limit: 1 }), ["b"]);
-  });
 });
 
-describe("releases, rollouts and keys", () => {
-  async function fleet(store: SqliteFleetStore, ...ids: string[]) {
-    for (const id of ids) await store.recordReport(report(id), 1);
-    const release = await store.createRelease(
-      {
-        id: "rel-1",
-        entries: ids.map((h) => ({
-          hostname: h,
-          storePath: storePath(h, 2),
-          platform: "x86_64-linux",
-          tags: [],
-        })),
-        cacheUrl: "",
-        flakeRef: "",
-        flakeRev: "",
-      },
-      "apikey:ci",
-      2,
-    );
-    return release;
-  }
+for (const backend of BACKENDS) {
+  const fresh = async (t: { after(fn: () => void | Promise<void>): void }) =>
+    backend.open(t, await backend.location(t));
+  const suite = (name: string, fn: () => void) =>
+    describe(`${name} (${backend.name})`, { skip: backend.skip }, fn);
 
-  it("a release referenced by a rollout cannot be deleted; an unreferenced one can", async (t) => {
-    const { store } = await open(t);
-    await fleet(store, "a");
-    await store.createRollout(rollout("r-1", "rel-1", [[["a", storePath("a", 2)]]]), "apikey:x", 3);
-    await assert.rejects(
-      store.deleteRelease("rel-1", "x", 4),
-      (e: Error) => e instanceof ConflictError && /referenced by rollout r-1/.test(e.message),
-    );
-    await store.createRelease(
-      {
-        id: "rel-2",
-        entries: [{ hostname: "a", storePath: storePath("a"), platform: "", tags: [] }],
-        cacheUrl: "",
-        flakeRef: "",
-        flakeRev: "",
-      },
-      "x",
-      5,
-    );
-    await store.deleteRelease("rel-2", "x", 6);
-    assert.equal(await store.getRelease("rel-2"), undefined);
-    assert.deepEqual(
-      store.db.prepare("SELECT count(*) AS n FROM release_entries WHERE release_id = 'rel-2'").get(),
-      { n: 0 },
-    );
-    await assert.rejects(store.deleteRelease("rel-2", "x", 7), NotFoundError);
+  suite("machines and desired generations", () => {
+    it("auto-registers on first report, syncs tags, activates a pre-registered machine, and audits it", async (t) => {
+      const store = await fresh(t);
+      const first = await store.recordReport(report("web-01", { tags: ["web", "eu", "web"] }), 1000);
+      assert.equal(first.registered, true);
+      assert.deepEqual(first.machine.tags, ["eu", "web"]);
+      assert.equal(first.machine.lifecycle, "active");
+      const again = await store.recordReport(report("web-01", { tags: ["db"] }), 2000);
+      assert.equal(again.registered, false);
+      assert.deepEqual(again.machine.tags, ["db"]);
+      await store.registerMachine({ id: "web-02", tags: ["web"], lifecycle: null }, "apikey:ops", 3000);
+      assert.equal((await store.getMachine("web-02"))?.lifecycle, "pending");
+      assert.equal((await store.recordReport(report("web-02"), 4000)).machine.lifecycle, "active");
+      const actions = (
+        await store.listAudit({
+          actor: null,
+          action: null,
+          target: null,
+          since: null,
+          beforeId: null,
+          limit: 100,
+        })
+      ).map((a) => `${a.actor} ${a.action} ${a.target}`);
+      assert.ok(actions.includes("machine:web-01 machine.register web-01"));
+      assert.ok(actions.includes("machine:web-01 machine.tags web-01"));
+      assert.ok(actions.includes("machine:web-02 machine.lifecycle web-02"));
+    });
+
+    it("a report without an outcome keeps the last outcome; health is summarised per machine", async (t) => {
+      const store = await fresh(t);
+      await store.recordReport(report("web-01", { outcome: Outcome.DEPLOYED, message: "deployed" }), 1000);
+      await store.recordReport(
+        report("web-01", { outcome: Outcome.UNSPECIFIED, message: "health-check" }),
+        2000,
+      );
+      const g = storePath("web-01", 0);
+      await store.recordHealth(
+        {
+          machineId: "web-01",
+          generation: g,
+          allPassed: true,
+          results: [{ name: "nginx", kind: 1, passed: false, durationMs: 1, message: "" }],
+          postApply: false,
+          deploymentId: "",
+          agentTime: null,
+        },
+        3000,
+      );
+      const m = (await store.getMachine("web-01"))!;
+      assert.equal(m.lastOutcome, Outcome.DEPLOYED);
+      assert.equal(m.lastMessage, "deployed");
+      // all_passed=true with a failing result is not trusted.
+      assert.deepEqual(m.health, { generation: g, allPassed: false, at: 3000, failing: ["nginx"] });
+    });
+
+    it("revisions increase on every assignment, even to the same path, and across re-opening", async (t) => {
+      const file = await backend.location(t);
+      const a = { store: await backend.open(t, file) };
+      await a.store.recordReport(report("web-01"), 1000);
+      const p = storePath("sys", 1);
+      const r1 = (
+        await a.store.setDesired({ machineId: "web-01", storePath: p, cacheUrl: "" }, "apikey:x", 2000)
+      ).change.desired!.revision;
+      const r2 = (
+        await a.store.setDesired(
+          { machineId: "web-01", storePath: p, cacheUrl: "https://c.example" },
+          "apikey:x",
+          3000,
+        )
+      ).change.desired!.revision;
+      await a.store.close();
+      const store = await backend.open(t, file);
+      const r3 = (
+        await store.setDesired({ machineId: "web-01", storePath: p, cacheUrl: "" }, "apikey:x", 4000)
+      ).change.desired!.revision;
+      assert.ok(r1 < r2 && r2 < r3, `${r1} < ${r2} < ${r3}`);
+      assert.equal((await store.desiredFor("web-01")).desired?.cacheUrl, "");
+    });
+
+    it("persists cache_url with the desired generation", async (t) => {
+      const file = await backend.location(t);
+      const a = { store: await backend.open(t, file) };
+      await a.store.recordReport(report("web-01"), 1000);
+      await a.store.setDesired(
+        { machineId: "web-01", storePath: storePath("sys"), cacheUrl: "https://cache.example.org" },
+        "apikey:x",
+        2000,
+      );
+      await a.store.close();
+      const store = await backend.open(t, file);
+      assert.equal((await store.desiredFor("web-01")).desired?.cacheUrl, "https://cache.example.org");
+    });
+
+    it("refuses to assign to an unknown machine and writes nothing", async (t) => {
+      const store = await fresh(t);
+      const before = await count(store, "audit_events");
+      await assert.rejects(
+        store.setDesired({ machineId: "ghost", storePath: storePath("x"), cacheUrl: "" }, "apikey:x", 1),
+        NotFoundError,
+      );
+      assert.equal(await count(store, "audit_events"), before);
+      assert.equal((await store.desiredFor("ghost")).desired, null);
+    });
+
+    it("enforces lifecycle transitions inside the transaction", async (t) => {
+      const store = await fresh(t);
+      await store.recordReport(report("web-01"), 1000);
+      await store.setLifecycle("web-01", "decommissioned", "apikey:x", 2000);
+      await assert.rejects(
+        store.setLifecycle("web-01", "active", "apikey:x", 3000),
+        (e: Error) => e instanceof ConflictError && /terminal/.test(e.message),
+      );
+      await assert.rejects(store.setLifecycle("ghost", "active", "apikey:x", 3000), NotFoundError);
+      assert.equal((await store.setLifecycle("web-01", "decommissioned", "apikey:x", 4000)).changed, false);
+    });
+
+    it("lists machines by ALL and ANY tags, lifecycle and page", async (t) => {
+      const store = await fresh(t);
+      await store.recordReport(report("a", { tags: ["web", "eu"] }), 1);
+      await store.recordReport(report("b", { tags: ["web", "us"] }), 2);
+      await store.recordReport(report("c", { tags: ["db", "eu"] }), 3);
+      await store.setLifecycle("c", "maintenance", "x", 4);
+      const ids = async (f: Partial<Parameters<KyselyFleetStore["listMachines"]>[0]>) =>
+        (
+          await store.listMachines({
+            tags: [],
+            match: "all",
+            lifecycle: null,
+            afterId: null,
+            limit: 100,
+            ...f,
+          })
+        ).map((m) => m.id);
+      assert.deepEqual(await ids({ tags: ["web", "eu"] }), ["a"]);
+      assert.deepEqual(await ids({ tags: ["web", "eu"], match: "any" }), ["a", "b", "c"]);
+      assert.deepEqual(await ids({ tags: ["eu", "eu"] }), ["a", "c"]);
+      assert.deepEqual(await ids({ lifecycle: "maintenance" }), ["c"]);
+      assert.deepEqual(await ids({ afterId: "a", limit: 1 }), ["b"]);
+    });
   });
 
-  it("a release write that fails half-way leaves nothing behind", async (t) => {
-    const { store } = await open(t);
-    const entry = { hostname: "a", storePath: storePath("a"), platform: "", tags: [] };
-    await assert.rejects(
-      store.createRelease(
-        { id: "rel-dup", entries: [entry, entry], cacheUrl: "", flakeRef: "", flakeRev: "" },
+  suite("releases, rollouts and keys", () => {
+    async function fleet(store: KyselyFleetStore, ...ids: string[]) {
+      for (const id of ids) await store.recordReport(report(id), 1);
+      const release = await store.createRelease(
+        {
+          id: "rel-1",
+          entries: ids.map((h) => ({
+            hostname: h,
+            storePath: storePath(h, 2),
+            platform: "x86_64-linux",
+            tags: [],
+          })),
+          cacheUrl: "",
+          flakeRef: "",
+          flakeRev: "",
+        },
+        "apikey:ci",
+        2,
+      );
+      return release;
+    }
+
+    it("a release referenced by a rollout cannot be deleted; an unreferenced one can", async (t) => {
+      const store = await fresh(t);
+      await fleet(store, "a");
+      await store.createRollout(rollout("r-1", "rel-1", [[["a", storePath("a", 2)]]]), "apikey:x", 3);
+      await assert.rejects(
+        store.deleteRelease("rel-1", "x", 4),
+        (e: Error) => e instanceof ConflictError && /referenced by rollout r-1/.test(e.message),
+      );
+      await store.createRelease(
+        {
+          id: "rel-2",
+          entries: [{ hostname: "a", storePath: storePath("a"), platform: "", tags: [] }],
+          cacheUrl: "",
+          flakeRef: "",
+          flakeRev: "",
+        },
         "x",
-        1,
-      ),
-    );
-    assert.equal(await store.getRelease("rel-dup"), undefined);
-    assert.equal(auditCount(store), 0);
-  });
+        5,
+      );
+      await store.deleteRelease("rel-2", "x", 6);
+      assert.equal(await store.getRelease("rel-2"), undefined);
+      assert.deepEqual(
+        await store.kysely
+          .selectFrom("release_entries")
+          .select("hostname")
+          .where("release_id", "=", "rel-2")
+          .execute(),
+        [],
+      );
+      await assert.rejects(store.deleteRelease("rel-2", "x", 7), NotFoundError);
+    });
 
-  it("one active rollout per machine: a second is refused and nothing of it is stored", async (t) => {
-    const { store } = await open(t);
-    await fleet(store, "a", "b");
-    await store.createRollout(rollout("r-1", "rel-1", [[["a", storePath("a", 2)]]]), "x", 3);
-    await assert.rejects(
-      store.createRollout(
-        rollout("r-2", "rel-1", [
-          [
-            ["b", storePath("b", 2)],
-            ["a", storePath("a", 2)],
-          ],
-        ]),
+    it("a release write that fails half-way leaves nothing behind", async (t) => {
+      const store = await fresh(t);
+      const entry = { hostname: "a", storePath: storePath("a"), platform: "", tags: [] };
+      await assert.rejects(
+        store.createRelease(
+          { id: "rel-dup", entries: [entry, entry], cacheUrl: "", flakeRef: "", flakeRev: "" },
+          "x",
+          1,
+        ),
+      );
+      assert.equal(await store.getRelease("rel-dup"), undefined);
+      assert.equal(await count(store, "audit_events"), 0);
+    });
+
+    it("one active rollout per machine: a second is refused and nothing of it is stored", async (t) => {
+      const store = await fresh(t);
+      await fleet(store, "a", "b");
+      await store.createRollout(rollout("r-1", "rel-1", [[["a", storePath("a", 2)]]]), "x", 3);
+      await assert.rejects(
+        store.createRollout(
+          rollout("r-2", "rel-1", [
+            [
+              ["b", storePath("b", 2)],
+              ["a", storePath("a", 2)],
+            ],
+          ]),
+          "x",
+          4,
+        ),
+        (e: Error) =>
+          e instanceof ConflictError &&
+          /machine a is already in active rollout r-1 \(running\)/.test(e.message),
+      );
+      assert.equal(await store.getRollout("r-2"), undefined);
+      // The unique index is the backstop even if a caller skipped the check.
+      await assert.rejects(
+        store.kysely
+          .insertInto("rollout_machines")
+          .values({
+            rollout_id: "r-1",
+            machine_id: "a",
+            batch_index: 0,
+            position: 1,
+            target_generation: "x",
+            active: 1,
+          })
+          .execute(),
+      );
+      // Once the first ends, the machine is free again.
+      await store.endRollout(
+        "r-1",
+        { status: "cancelled", revert: false, reason: "test", actor: "x", from: ["running", "paused"] },
+        5,
+      );
+      await store.createRollout(rollout("r-3", "rel-1", [[["a", storePath("a", 2)]]]), "x", 6);
+    });
+
+    it("records previous desired generations once; revert restores them (clearing where there were none)", async (t) => {
+      const store = await fresh(t);
+      await fleet(store, "a", "b");
+      const g1 = storePath("a", 1);
+      await store.setDesired({ machineId: "a", storePath: g1, cacheUrl: "https://old.example" }, "x", 3);
+      await store.createRollout(
+        rollout("r-1", "rel-1", [[["a", storePath("a", 2)]], [["b", storePath("b", 2)]]]),
         "x",
         4,
-      ),
-      (e: Error) =>
-        e instanceof ConflictError &&
-        /machine a is already in active rollout r-1 \(running\)/.test(e.message),
-    );
-    assert.equal(await store.getRollout("r-2"), undefined);
-    // The unique index is the backstop even if a caller skipped the check.
-    assert.throws(() =>
-      store.db
-        .prepare(
-          "INSERT INTO rollout_machines (rollout_id, machine_id, batch_index, position, target_generation, active) VALUES ('r-1', 'a', 0, 1, 'x', 1)",
-        )
-        .run(),
-    );
-    // Once the first ends, the machine is free again.
-    await store.endRollout(
-      "r-1",
-      { status: "cancelled", revert: false, reason: "test", actor: "x", from: ["running", "paused"] },
-      5,
-    );
-    await store.createRollout(rollout("r-3", "rel-1", [[["a", storePath("a", 2)]]]), "x", 6);
-  });
-
-  it("records previous desired generations once; revert restores them (clearing where there were none)", async (t) => {
-    const { store } = await open(t);
-    await fleet(store, "a", "b");
-    const g1 = storePath("a", 1);
-    await store.setDesired({ machineId: "a", storePath: g1, cacheUrl: "https://old.example" }, "x", 3);
-    await store.createRollout(
-      rollout("r-1", "rel-1", [[["a", storePath("a", 2)]], [["b", storePath("b", 2)]]]),
-      "x",
-      4,
-    );
-    const start0 = (await store.startBatch("r-1", 0, 5))!;
-    assert.deepEqual(
-      start0.changes.map((c) => [c.machineId, c.desired?.storePath]),
-      [["a", storePath("a", 2)]],
-    );
-    assert.equal(await store.startBatch("r-1", 0, 6), null, "a deploying batch is not started twice");
-    // SetDesiredGeneration is refused while the machine is in the rollout.
-    await assert.rejects(
-      store.setDesired({ machineId: "a", storePath: g1, cacheUrl: "" }, "x", 7),
-      /in active rollout r-1/,
-    );
-    await assert.rejects(store.clearDesired("a", "x", 7), /in active rollout r-1/);
-    assert.ok(
+      );
+      const start0 = (await store.startBatch("r-1", 0, 5))!;
+      assert.deepEqual(
+        start0.changes.map((c) => [c.machineId, c.desired?.storePath]),
+        [["a", storePath("a", 2)]],
+      );
+      assert.equal(await store.startBatch("r-1", 0, 6), null, "a deploying batch is not started twice");
+      // SetDesiredGeneration is refused while the machine is in the rollout.
+      await assert.rejects(
+        store.setDesired({ machineId: "a", storePath: g1, cacheUrl: "" }, "x", 7),
+        /in active rollout r-1/,
+      );
+      await assert.rejects(store.clearDesired("a", "x", 7), /in active rollout r-1/);
+      assert.ok(
+        await store.finishBatch(
+          "r-1",
+          0,
+          start0.rollout.batches[0]!.startedSeq!,
+          { passed: true, message: "ok" },
+          8,
+        ),
+      );
+      const start1 = (await store.startBatch("r-1", 1, 9))!;
+      // Batch 2 fails and pauses; resume re-deploys it and must keep the recorded previous.
       await store.finishBatch(
         "r-1",
-        0,
-        start0.rollout.batches[0]!.startedSeq!,
-        { passed: true, message: "ok", last: false, pause: false },
-        8,
-      ),
-    );
-    const start1 = (await store.startBatch("r-1", 1, 9))!;
-    // Batch 2 fails and pauses; resume re-deploys it and must keep the recorded previous.
-    await store.finishBatch(
-      "r-1",
-      1,
-      start1.rollout.batches[1]!.startedSeq!,
-      { passed: false, message: "b failed", last: false, pause: true },
-      10,
-    );
-    assert.equal((await store.getRollout("r-1"))?.status, "paused");
-    await store.resumeRollout("r-1", "apikey:ops", 11);
-    const again = (await store.startBatch("r-1", 1, 12))!;
-    assert.ok(
-      again.changes[0]!.desired!.revision > start0.changes[0]!.desired!.revision,
-      "a re-deploy gets a new revision",
-    );
-    const r = (await store.getRollout("r-1"))!;
-    assert.equal(r.batches[1]!.machines[0]!.previousGeneration, null, "b had nothing before the rollout");
-    const ended = await store.endRollout(
-      "r-1",
-      { status: "cancelled", revert: true, reason: "test", actor: "apikey:ops", from: ["running", "paused"] },
-      13,
-    );
-    assert.deepEqual(
-      ended.changes.map((c) => [c.machineId, c.desired?.storePath ?? null, c.desired?.cacheUrl ?? null]),
-      [
-        ["a", g1, "https://old.example"],
-        ["b", null, null],
-      ],
-    );
-    assert.equal((await store.desiredFor("a")).desired?.storePath, g1);
-    assert.equal((await store.desiredFor("b")).desired, null);
-    assert.equal((await store.desiredFor("a")).inActiveRollout, false);
-    assert.deepEqual(
-      (await store.getRollout("r-1"))!.batches.map((b) => b.status),
-      ["succeeded", "cancelled"],
-    );
-  });
+        1,
+        start1.rollout.batches[1]!.startedSeq!,
+        { passed: false, message: "b failed" },
+        10,
+      );
+      assert.equal((await store.getRollout("r-1"))?.status, "paused");
+      await store.resumeRollout("r-1", "apikey:ops", 11);
+      const again = (await store.startBatch("r-1", 1, 12))!;
+      assert.ok(
+        again.changes[0]!.desired!.revision > start0.changes[0]!.desired!.revision,
+        "a re-deploy gets a new revision",
+      );
+      const r = (await store.getRollout("r-1"))!;
+      assert.equal(r.batches[1]!.machines[0]!.previousGeneration, null, "b had nothing before the rollout");
+      const ended = await store.endRollout(
+        "r-1",
+        {
+          status: "cancelled",
+          revert: true,
+          reason: "test",
+          actor: "apikey:ops",
+          from: ["running", "paused"],
+        },
+        13,
+      );
+      assert.deepEqual(
+        ended.changes.map((c) => [c.machineId, c.desired?.storePath ?? null, c.desired?.cacheUrl ?? null]),
+        [
+          ["a", g1, "https://old.example"],
+          ["b", null, null],
+        ],
+      );
+      assert.equal((await store.desiredFor("a")).desired?.storePath, g1);
+      assert.equal((await store.desiredFor("b")).desired, null);
+      assert.equal((await store.desiredFor("a")).inActiveRollout, false);
+      assert.deepEqual(
+        (await store.getRollout("r-1"))!.batches.map((b) => b.status),
+        ["succeeded", "cancelled"],
+      );
+    });
 
-  it("API keys: unique live names, immediate revocation, last use recorded, no self-revocation", async (t) => {
-    const { store } = await open(t);
-    const k = await store.createApiKey(
-      { id: "key-1", name: "ci", role: "deploy", hash: "h1" },
-      "local:root",
-      1,
-    );
-    assert.equal(k.lastUsedAt, null);
-    await assert.rejects(
-      store.createApiKey({ id: "key-2", name: "ci", role: "admin", hash: "h2" }, "x", 2),
-      AlreadyExistsError,
-    );
-    assert.equal((await store.authenticateApiKey("h1", 3))?.lastUsedAt, 3);
-    assert.equal((await store.listApiKeys(false))[0]?.lastUsedAt, 3);
-    await assert.rejects(store.revokeApiKey("ci", "key-1", "apikey:ci", 4), /cannot revoke itself/);
-    await store.revokeApiKey("ci", null, "local:root", 5);
-    assert.equal(await store.authenticateApiKey("h1", 6), undefined);
-    await assert.rejects(store.revokeApiKey("key-1", null, "x", 7), /already revoked/);
-    await assert.rejects(store.revokeApiKey("nope", null, "x", 7), NotFoundError);
-    // The name is free again once revoked.
-    await store.createApiKey({ id: "key-3", name: "ci", role: "readonly", hash: "h3" }, "x", 8);
-    assert.deepEqual(
-      (await store.listApiKeys(true)).map((x) => [x.id, x.revokedAt !== null]),
-      [
-        ["key-1", true],
-        ["key-3", false],
-      ],
-    );
-  });
+    it("API keys: unique live names, immediate revocation, last use recorded, no self-revocation", async (t) => {
+      const store = await fresh(t);
+      const k = await store.createApiKey(
+        { id: "key-1", name: "ci", role: "deploy", hash: "h1" },
+        "local:root",
+        1,
+      );
+      assert.equal(k.lastUsedAt, null);
+      await assert.rejects(
+        store.createApiKey({ id: "key-2", name: "ci", role: "admin", hash: "h2" }, "x", 2),
+        AlreadyExistsError,
+      );
+      assert.equal((await store.authenticateApiKey("h1", 3))?.lastUsedAt, 3);
+      assert.equal((await store.listApiKeys(false))[0]?.lastUsedAt, 3);
+      await assert.rejects(store.revokeApiKey("ci", "key-1", "apikey:ci", 4), /cannot revoke itself/);
+      await store.revokeApiKey("ci", null, "local:root", 5);
+      assert.equal(await store.authenticateApiKey("h1", 6), undefined);
+      await assert.rejects(store.revokeApiKey("key-1", null, "x", 7), /already revoked/);
+      await assert.rejects(store.revokeApiKey("nope", null, "x", 7), NotFoundError);
+      // The name is free again once revoked.
+      await store.createApiKey({ id: "key-3", name: "ci", role: "readonly", hash: "h3" }, "x", 8);
+      assert.deepEqual(
+        (await store.listApiKeys(true)).map((x) => [x.id, x.revokedAt !== null]),
+        [
+          ["key-1", true],
+          ["key-3", false],
+        ],
+      );
+    });
 
-  it("prunes old reports but keeps what a deploying batch still needs", async (t) => {
-    const { store } = await open(t);
-    await fleet(store, "a");
-    for (const at of [10, 20, 30, 40]) await store.recordReport(report("a"), at);
-    await store.recordHealth(
-      {
-        machineId: "a",
-        generation: storePath("a"),
-        allPassed: true,
-        results: [],
-        postApply: false,
-        deploymentId: "",
-        agentTime: null,
-      },
-      15,
-    );
-    const none = await store.prune(12);
-    assert.ok(none.reports >= 1, "reports before the cutoff are gone");
-    await store.createRollout(rollout("r-1", "rel-1", [[["a", storePath("a", 2)]]]), "x", 50);
-    await store.startBatch("r-1", 0, 25);
-    const kept = await store.prune(1000);
-    const left = store.db.prepare("SELECT received_at FROM reports ORDER BY received_at").all() as {
-      received_at: number;
-    }[];
-    assert.deepEqual(
-      left.map((r) => r.received_at),
-      [30, 40],
-      "reports after the batch start survive",
-    );
-    assert.equal(kept.healthReports, 1);
+    it("prunes old reports but keeps what a deploying batch still needs", async (t) => {
+      const store = await fresh(t);
+      await fleet(store, "a");
+      for (const at of [10, 20, 30, 40]) await store.recordReport(report("a"), at);
+      await store.recordHealth(
+        {
+          machineId: "a",
+          generation: storePath("a"),
+          allPassed: true,
+          results: [],
+          postApply: false,
+          deploymentId: "",
+          agentTime: null,
+        },
+        15,
+      );
+      const none = await store.prune(12);
+      assert.ok(none.reports >= 1, "reports before the cutoff are gone");
+      await store.createRollout(rollout("r-1", "rel-1", [[["a", storePath("a", 2)]]]), "x", 50);
+      await store.startBatch("r-1", 0, 25);
+      const kept = await store.prune(1000);
+      const left = await store.kysely
+        .selectFrom("reports")
+        .select("received_at")
+        .orderBy("received_at")
+        .execute();
+      assert.deepEqual(
+        left.map((r) => r.received_at),
+        [30, 40],
+        "reports after the batch start survive",
+      );
+      assert.equal(kept.healthReports, 1);
+    });
   });
-});
+}

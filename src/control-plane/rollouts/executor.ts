@@ -151,8 +151,6 @@ export class RolloutExecutor {
             {
               passed,
               message: verdictMessage(decision.verdict, gates!),
-              last: decision.kind === "batch-passed" && decision.next === null,
-              pause: decision.kind === "batch-failed" && decision.onFailure === "pause",
             },
             clock.now(),
           );

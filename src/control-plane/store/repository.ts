@@ -3,7 +3,8 @@
  * executor call these methods and never see SQL; every method that changes more than one row is
  * one transaction, including the audit event that records it. Methods are asynchronous so a
  * networked backend (PostgreSQL, for several replicas) can implement the same interface; the
- * embedded SQLite implementation is sqlite-store.ts.
+ * embedded SQLite implementation is sqlite-store.ts, the PostgreSQL one
+ * postgres-store.ts; both are kysely-store.ts, the queries written once.
  */
 import type { HealthEvidence, OutcomeEvidence } from "../rollouts/gate.js";
 import type {
@@ -203,14 +204,15 @@ export interface FleetStore {
     now: number,
   ): Promise<RolloutEventRecord[]>;
   /**
-   * Ends a deploying batch (passed or failed). Failing with on_failure PAUSE also pauses the
-   * rollout; passing the last batch completes it. Null when the state moved on meanwhile.
+   * Ends a deploying batch (passed or failed) as rollouts/decisions.ts planFinishBatch decides
+   * from the stored rollout: failing pauses it (on_failure PAUSE) or fails and reverts it
+   * (REVERT); passing the last batch completes it. Null when the state moved on meanwhile.
    */
   finishBatch(
     rolloutId: string,
     index: number,
     startedSeq: number,
-    result: { passed: boolean; message: string; last: boolean; pause: boolean },
+    result: { passed: boolean; message: string },
     now: number,
   ): Promise<RolloutChange | null>;
   pauseRollout(id: string, reason: string, actor: string, now: number): Promise<RolloutChange>;

@@ -1,0 +1,236 @@
+/**
+ * FleetStore over Kysely: the one implementation of the repository for both backends. Each
+ * method that writes is one transaction (its audit and rollout events included); the subclasses
+ * (sqlite-store.ts, postgres-store.ts) only open the connection and say how a transaction starts.
+ */
+import type { Kysely } from "kysely";
+import type { BackendKind, Ctx } from "./context.js";
+import * as history from "./history.js";
+import * as keys from "./keys-audit.js";
+import * as machineReads from "./machine-reads.js";
+import * as machines from "./machines.js";
+import type { HealthInput, HelloInput, Lifecycle, ReportInput, Role } from "./records.js";
+import * as releases from "./releases.js";
+import type {
+  AuditFilter,
+  EndRolloutOptions,
+  FleetCounts,
+  FleetStore,
+  MachineFilter,
+  MachineGateUpdate,
+  NewRelease,
+  NewRollout,
+  ReleaseFilter,
+  RolloutFilter,
+} from "./repository.js";
+import * as rolloutReads from "./rollout-reads.js";
+import * as rollouts from "./rollouts.js";
+import type { Tables } from "./tables.js";
+
+/** Rows deleted per prune transaction, so pruning never holds a write lock for long. */
+const PRUNE_CHUNK = 5000;
+
+export abstract class KyselyFleetStore implements FleetStore {
+  protected constructor(
+    readonly kysely: Kysely<Tables>,
+    readonly kind: BackendKind,
+  ) {}
+
+  /** Runs `fn` in one transaction; a throw rolls everything back. */
+  protected abstract transaction<T>(fn: (ctx: Ctx) => Promise<T>): Promise<T>;
+
+  abstract close(): Promise<void>;
+
+  private get read(): Ctx {
+    return { q: this.kysely, kind: this.kind };
+  }
+
+  async ping(): Promise<void> {
+    await this.kysely.selectFrom("revision_counter").select("id").executeTakeFirst();
+  }
+
+  recordHello(input: HelloInput, now: number) {
+    return this.transaction((c) => machines.recordHello(c, input, now));
+  }
+  recordReport(input: ReportInput, now: number) {
+    return this.transaction((c) => machines.recordReport(c, input, now));
+  }
+  recordHealth(input: HealthInput, now: number) {
+    return this.transaction((c) => machines.recordHealth(c, input, now));
+  }
+  desiredFor(machineId: string) {
+    return machineReads.desiredFor(this.read, machineId);
+  }
+
+  getMachine(id: string) {
+    return machineReads.getMachine(this.read, id);
+  }
+  getMachines(ids: readonly string[]) {
+    return machineReads.getMachines(this.read, ids);
+  }
+  machineReports(machineId: string, limit: number) {
+    return history.machineReports(this.read, machineId, limit);
+  }
+  latestHealthReport(machineId: string) {
+    return history.latestHealthReport(this.read, machineId);
+  }
+  listMachines(filter: MachineFilter) {
+    return machineReads.listMachines(this.read, filter);
+  }
+  registerMachine(
+    input: { id: string; tags: string[]; lifecycle: Lifecycle | null },
+    actor: string,
+    now: number,
+  ) {
+    return this.transaction((c) => machines.registerMachine(c, input, actor, now));
+  }
+  setLifecycle(id: string, lifecycle: Lifecycle, actor: string, now: number) {
+    return this.transaction((c) => machines.setLifecycle(c, id, lifecycle, actor, now));
+  }
+  setDesired(input: { machineId: string; storePath: string; cacheUrl: string }, actor: string, now: number) {
+    return this.transaction((c) => machines.setDesired(c, input, actor, now));
+  }
+  clearDesired(machineId: string, actor: string, now: number) {
+    return this.transaction((c) => machines.clearDesired(c, machineId, actor, now));
+  }
+
+  createRelease(input: NewRelease, actor: string, now: number) {
+    return this.transaction((c) => releases.createRelease(c, input, actor, now));
+  }
+  getRelease(id: string) {
+    return releases.getRelease(this.read, id);
+  }
+  listReleases(filter: ReleaseFilter) {
+    return releases.listReleases(this.read, filter);
+  }
+  deleteRelease(id: string, actor: string, now: number) {
+    return this.transaction((c) => releases.deleteRelease(c, id, actor, now));
+  }
+
+  createRollout(input: NewRollout, actor: string, now: number) {
+    return this.transaction((c) => rollouts.createRollout(c, input, actor, now));
+  }
+  getRollout(id: string) {
+    return rolloutReads.getRollout(this.read, id);
+  }
+  listRollouts(filter: RolloutFilter) {
+    return rolloutReads.listRollouts(this.read, filter);
+  }
+  rolloutEvents(id: string, afterId: number, limit: number) {
+    return rolloutReads.rolloutEvents(this.read, id, afterId, limit);
+  }
+  runningRolloutIds() {
+    return rolloutReads.runningRolloutIds(this.read);
+  }
+  gateEvidence(rolloutId: string, batchIndex: number) {
+    return rolloutReads.gateEvidence(this.read, rolloutId, batchIndex);
+  }
+  startBatch(rolloutId: string, index: number, now: number) {
+    return this.transaction((c) => rollouts.startBatch(c, rolloutId, index, now));
+  }
+  recordGate(
+    rolloutId: string,
+    index: number,
+    startedSeq: number,
+    gates: readonly MachineGateUpdate[],
+    now: number,
+  ) {
+    return this.transaction((c) => rollouts.recordGate(c, rolloutId, index, startedSeq, gates, now));
+  }
+  finishBatch(
+    rolloutId: string,
+    index: number,
+    startedSeq: number,
+    result: { passed: boolean; message: string },
+    now: number,
+  ) {
+    return this.transaction((c) => rollouts.finishBatch(c, rolloutId, index, startedSeq, result, now));
+  }
+  pauseRollout(id: string, reason: string, actor: string, now: number) {
+    return this.transaction((c) => rollouts.pauseRollout(c, id, reason, actor, now));
+  }
+  resumeRollout(id: string, actor: string, now: number) {
+    return this.transaction((c) => rollouts.resumeRollout(c, id, actor, now));
+  }
+  endRollout(id: string, options: EndRolloutOptions, now: number) {
+    return this.transaction((c) => rollouts.endRollout(c, id, options, now));
+  }
+
+  createApiKey(input: { id: string; name: string; role: Role; hash: string }, actor: string, now: number) {
+    return this.transaction((c) => keys.createApiKey(c, input, actor, now));
+  }
+  listApiKeys(includeRevoked: boolean) {
+    return keys.listApiKeys(this.read, includeRevoked);
+  }
+  revokeApiKey(key: string, callerId: string | null, actor: string, now: number) {
+    return this.transaction((c) => keys.revokeApiKey(c, key, callerId, actor, now));
+  }
+  authenticateApiKey(hash: string, now: number) {
+    return this.transaction((c) => keys.authenticateApiKey(c, hash, now));
+  }
+  listAudit(filter: AuditFilter) {
+    return keys.listAudit(this.read, filter);
+  }
+
+  async fleetCounts(): Promise<FleetCounts> {
+    const byLifecycle: Record<Lifecycle, number> = {
+      pending: 0,
+      active: 0,
+      maintenance: 0,
+      decommissioned: 0,
+    };
+    let total = 0;
+    const rows = await this.kysely
+      .selectFrom("machines")
+      .select((eb) => ["lifecycle", eb.fn.countAll<number>().as("n")])
+      .groupBy("lifecycle")
+      .execute();
+    for (const row of rows) {
+      byLifecycle[row.lifecycle] = Number(row.n);
+      total += Number(row.n);
+    }
+    const inSync = await this.kysely
+      .selectFrom("machines as m")
+      .innerJoin("desired_generations as d", "d.machine_id", "m.id")
+      .select((eb) => eb.fn.countAll<number>().as("n"))
+      .whereRef("m.current_generation", "=", "d.store_path")
+      .executeTakeFirstOrThrow();
+    return {
+      total,
+      byLifecycle,
+      inSync: Number(inSync.n),
+      activeRollouts: await rolloutReads.activeRolloutCount(this.read),
+    };
+  }
+
+  async prune(cutoff: number): Promise<{ reports: number; healthReports: number }> {
+    // Evidence a deploying batch may still count is kept: stored after its start (by sequence)
+    // or, should the wall clock have stepped back, received after its start time.
+    const keepFrom = await rolloutReads.oldestDeployingStart(this.read);
+    const effective = keepFrom === null ? cutoff : Math.min(cutoff, keepFrom.at);
+    const keepSeq = keepFrom === null ? Number.MAX_SAFE_INTEGER : keepFrom.seq;
+    const chunked = async (table: "reports" | "health_reports") => {
+      let deleted = 0;
+      for (;;) {
+        const result = await this.transaction((c) =>
+          c.q
+            .deleteFrom(table)
+            .where("id", "in", (eb) =>
+              eb
+                .selectFrom(table)
+                .select("id")
+                .where("received_at", "<", effective)
+                .where("seq", "<=", keepSeq)
+                .orderBy("id")
+                .limit(PRUNE_CHUNK),
+            )
+            .executeTakeFirst(),
+        );
+        const n = Number(result.numDeletedRows);
+        deleted += n;
+        if (n < PRUNE_CHUNK) return deleted;
+      }
+    };
+    return { reports: await chunked("reports"), healthReports: await chunked("health_reports") };
+  }
+}

@@ -1,0 +1,335 @@
+/**
+ * Writing machines, tags, desired generations, reports and health reports (machine-reads.ts
+ * reads them).
+ */
+import { sql } from "kysely";
+import { lifecycleAfterContact, lifecycleTransitionProblem } from "../registry/lifecycle.js";
+import { audit, type Ctx, chunks, nextRevision, nextSeq } from "./context.js";
+import { ConflictError, NotFoundError } from "./errors.js";
+import { getMachine } from "./machine-reads.js";
+import type {
+  AgentContactResult,
+  DesiredChange,
+  DesiredRecord,
+  HealthInput,
+  HelloInput,
+  Lifecycle,
+  MachineRecord,
+  ReportInput,
+} from "./records.js";
+
+async function currentTags(ctx: Ctx, id: string): Promise<string[]> {
+  const rows = await ctx.q
+    .selectFrom("machine_tags")
+    .select("tag")
+    .where("machine_id", "=", id)
+    .orderBy("tag")
+    .execute();
+  return rows.map((r) => r.tag);
+}
+
+/** Replaces a machine's tags; returns the old list when they changed. */
+async function replaceTags(ctx: Ctx, id: string, tags: readonly string[]): Promise<string[] | null> {
+  const next = [...new Set(tags)].sort();
+  const old = await currentTags(ctx, id);
+  if (old.length === next.length && old.every((t, i) => t === next[i])) return null;
+  await ctx.q.deleteFrom("machine_tags").where("machine_id", "=", id).execute();
+  for (const part of chunks(next)) {
+    await ctx.q
+      .insertInto("machine_tags")
+      .values(part.map((tag) => ({ machine_id: id, tag })))
+      .execute();
+  }
+  return old;
+}
+
+function tagList(tags: readonly string[]): string {
+  return [...new Set(tags)].sort().join(",") || "(none)";
+}
+
+/**
+ * Makes sure an agent that authenticated as `id` has a machine row: registers it (ACTIVE) on
+ * first contact and moves a pre-registered (PENDING) machine to ACTIVE. Audited, because both
+ * change what rollouts may target. ON CONFLICT: two replicas may see a first contact at once.
+ */
+async function ensureAgentMachine(ctx: Ctx, id: string, now: number): Promise<boolean> {
+  const actor = `machine:${id}`;
+  const row = await ctx.q.selectFrom("machines").select("lifecycle").where("id", "=", id).executeTakeFirst();
+  if (!row) {
+    const inserted = await ctx.q
+      .insertInto("machines")
+      .values({ id, lifecycle: "active", registered_at: now })
+      .onConflict((oc) => oc.column("id").doNothing())
+      .returning("id")
+      .executeTakeFirst();
+    if (inserted) {
+      await audit(ctx, now, actor, "machine.register", id, "registered on first contact (lifecycle active)");
+      return true;
+    }
+    // Another replica registered it since the read: take it from there.
+    return ensureAgentMachine(ctx, id, now);
+  }
+  const next = lifecycleAfterContact(row.lifecycle);
+  if (next !== row.lifecycle) {
+    const moved = await ctx.q
+      .updateTable("machines")
+      .set({ lifecycle: next })
+      .where("id", "=", id)
+      .where("lifecycle", "=", row.lifecycle)
+      .executeTakeFirst();
+    if (moved.numUpdatedRows > 0n)
+      await audit(ctx, now, actor, "machine.lifecycle", id, `${row.lifecycle} -> ${next} (first contact)`);
+  }
+  return false;
+}
+
+async function syncAgentTags(ctx: Ctx, id: string, tags: readonly string[] | null, now: number) {
+  if (tags === null) return;
+  const old = await replaceTags(ctx, id, tags);
+  if (old) await audit(ctx, now, `machine:${id}`, "machine.tags", id, `${tagList(old)} -> ${tagList(tags)}`);
+}
+
+/** `column` unless `value` is empty (agents that do not say keep what is stored). */
+function keepIfEmpty(column: "current_generation" | "agent_version", value: string) {
+  return value === "" ? sql.ref<string>(column) : sql.val(value);
+}
+
+export async function recordHello(ctx: Ctx, input: HelloInput, now: number): Promise<AgentContactResult> {
+  const registered = await ensureAgentMachine(ctx, input.machineId, now);
+  await syncAgentTags(ctx, input.machineId, input.tags, now);
+  await ctx.q
+    .updateTable("machines")
+    .set({
+      last_seen: now,
+      current_generation: keepIfEmpty("current_generation", input.currentGeneration),
+      agent_version: keepIfEmpty("agent_version", input.agentVersion),
+    })
+    .where("id", "=", input.machineId)
+    .execute();
+  return { machine: (await getMachine(ctx, input.machineId))!, registered };
+}
+
+export async function recordReport(ctx: Ctx, input: ReportInput, now: number): Promise<AgentContactResult> {
+  const registered = await ensureAgentMachine(ctx, input.machineId, now);
+  await syncAgentTags(ctx, input.machineId, input.tags, now);
+  const hasOutcome = input.outcome !== 0;
+  await ctx.q
+    .updateTable("machines")
+    .set({
+      last_seen: now,
+      last_report_at: now,
+      uptime_seconds: input.uptimeSeconds,
+      current_generation: keepIfEmpty("current_generation", input.currentGeneration),
+      agent_version: keepIfEmpty("agent_version", input.agentVersion),
+      ...(hasOutcome ? { last_outcome: input.outcome, last_message: input.message } : {}),
+    })
+    .where("id", "=", input.machineId)
+    .execute();
+  const machine = (await getMachine(ctx, input.machineId))!;
+  // The sequence last: its lock is held until commit, so as briefly as possible.
+  await ctx.q
+    .insertInto("reports")
+    .values({
+      machine_id: input.machineId,
+      received_at: now,
+      seq: await nextSeq(ctx),
+      current_generation: input.currentGeneration,
+      desired_generation: input.desiredGeneration,
+      desired_revision: input.desiredRevision,
+      outcome: input.outcome,
+      success: input.success ? 1 : 0,
+      message: input.message,
+      deployment_id: input.deploymentId,
+      agent_time: input.agentTime,
+    })
+    .execute();
+  return { machine, registered };
+}
+
+export async function recordHealth(ctx: Ctx, input: HealthInput, now: number): Promise<AgentContactResult> {
+  const registered = await ensureAgentMachine(ctx, input.machineId, now);
+  const failing = input.results.filter((r) => !r.passed).map((r) => r.name);
+  // A report claiming all_passed with a failing result in it is not trusted as passing.
+  const allPassed = input.allPassed && failing.length === 0 ? 1 : 0;
+  await ctx.q
+    .updateTable("machines")
+    .set({
+      last_seen: now,
+      health_generation: input.generation,
+      health_all_passed: allPassed,
+      health_at: now,
+      health_failing: JSON.stringify(failing),
+    })
+    .where("id", "=", input.machineId)
+    .execute();
+  const machine = (await getMachine(ctx, input.machineId))!;
+  // The sequence last: its lock is held until commit, so as briefly as possible.
+  await ctx.q
+    .insertInto("health_reports")
+    .values({
+      machine_id: input.machineId,
+      received_at: now,
+      seq: await nextSeq(ctx),
+      generation: input.generation,
+      all_passed: allPassed,
+      results: JSON.stringify(input.results),
+      post_apply: input.postApply ? 1 : 0,
+      deployment_id: input.deploymentId,
+      agent_time: input.agentTime,
+    })
+    .execute();
+  return { machine, registered };
+}
+
+async function lifecycleOf(ctx: Ctx, id: string): Promise<Lifecycle | undefined> {
+  let query = ctx.q.selectFrom("machines").select("lifecycle").where("id", "=", id);
+  if (ctx.kind === "postgres") query = query.forUpdate();
+  return (await query.executeTakeFirst())?.lifecycle;
+}
+
+export async function registerMachine(
+  ctx: Ctx,
+  input: { id: string; tags: string[]; lifecycle: Lifecycle | null },
+  actor: string,
+  now: number,
+): Promise<{ machine: MachineRecord; created: boolean }> {
+  const existing = await lifecycleOf(ctx, input.id);
+  if (!existing) {
+    const lifecycle = input.lifecycle ?? "pending";
+    await ctx.q.insertInto("machines").values({ id: input.id, lifecycle, registered_at: now }).execute();
+    await replaceTags(ctx, input.id, input.tags);
+    await audit(
+      ctx,
+      now,
+      actor,
+      "machine.register",
+      input.id,
+      `lifecycle ${lifecycle}, tags ${tagList(input.tags)}`,
+    );
+    return { machine: (await getMachine(ctx, input.id))!, created: true };
+  }
+  if (input.lifecycle !== null && input.lifecycle !== existing) {
+    const problem = lifecycleTransitionProblem(existing, input.lifecycle);
+    if (problem) throw new ConflictError(`machine ${input.id}: ${problem}`);
+    await ctx.q
+      .updateTable("machines")
+      .set({ lifecycle: input.lifecycle })
+      .where("id", "=", input.id)
+      .execute();
+    await audit(ctx, now, actor, "machine.lifecycle", input.id, `${existing} -> ${input.lifecycle}`);
+  }
+  const old = await replaceTags(ctx, input.id, input.tags);
+  if (old)
+    await audit(ctx, now, actor, "machine.tags", input.id, `${tagList(old)} -> ${tagList(input.tags)}`);
+  return { machine: (await getMachine(ctx, input.id))!, created: false };
+}
+
+export async function setLifecycle(
+  ctx: Ctx,
+  id: string,
+  lifecycle: Lifecycle,
+  actor: string,
+  now: number,
+): Promise<{ machine: MachineRecord; changed: boolean }> {
+  const current = await lifecycleOf(ctx, id);
+  if (!current) throw new NotFoundError(`machine ${id} is not registered`);
+  const problem = lifecycleTransitionProblem(current, lifecycle);
+  if (problem) throw new ConflictError(`machine ${id}: ${problem}`);
+  if (current === lifecycle) return { machine: (await getMachine(ctx, id))!, changed: false };
+  await ctx.q.updateTable("machines").set({ lifecycle }).where("id", "=", id).execute();
+  await audit(ctx, now, actor, "machine.lifecycle", id, `${current} -> ${lifecycle}`);
+  return { machine: (await getMachine(ctx, id))!, changed: true };
+}
+
+async function refuseIfInActiveRollout(ctx: Ctx, machineId: string, what: string): Promise<void> {
+  const row = await ctx.q
+    .selectFrom("rollout_machines as rm")
+    .innerJoin("rollouts as r", "r.id", "rm.rollout_id")
+    .select(["rm.rollout_id", "r.status"])
+    .where("rm.machine_id", "=", machineId)
+    .where("rm.active", "=", 1)
+    .executeTakeFirst();
+  if (row) {
+    throw new ConflictError(
+      `cannot ${what} of machine ${machineId}: it is in active rollout ${row.rollout_id} (${row.status}); ` +
+        "cancel that rollout (or let it finish) first",
+    );
+  }
+}
+
+/** Writes a desired generation with a fresh revision (no checks; callers hold the transaction). */
+export async function writeDesired(
+  ctx: Ctx,
+  machineId: string,
+  storePath: string,
+  cacheUrl: string,
+  rolloutId: string,
+  setBy: string,
+  now: number,
+): Promise<DesiredRecord> {
+  const revision = await nextRevision(ctx, now);
+  const row = {
+    store_path: storePath,
+    cache_url: cacheUrl,
+    revision,
+    rollout_id: rolloutId,
+    set_by: setBy,
+    set_at: now,
+  };
+  await ctx.q
+    .insertInto("desired_generations")
+    .values({ machine_id: machineId, ...row })
+    .onConflict((oc) => oc.column("machine_id").doUpdateSet(row))
+    .execute();
+  return { storePath, cacheUrl, revision, rolloutId, setBy, setAt: now };
+}
+
+async function requireMachine(ctx: Ctx, id: string, message: string): Promise<void> {
+  if ((await lifecycleOf(ctx, id)) === undefined) throw new NotFoundError(message);
+}
+
+export async function setDesired(
+  ctx: Ctx,
+  input: { machineId: string; storePath: string; cacheUrl: string },
+  actor: string,
+  now: number,
+): Promise<{ machine: MachineRecord; change: DesiredChange }> {
+  await requireMachine(
+    ctx,
+    input.machineId,
+    `machine ${input.machineId} is not registered; register it or let its agent report first`,
+  );
+  await refuseIfInActiveRollout(ctx, input.machineId, "set the desired generation");
+  const desired = await writeDesired(ctx, input.machineId, input.storePath, input.cacheUrl, "", actor, now);
+  await audit(
+    ctx,
+    now,
+    actor,
+    "desired.set",
+    input.machineId,
+    `${input.storePath}${input.cacheUrl ? ` from ${input.cacheUrl}` : ""} (revision ${desired.revision})`,
+  );
+  return {
+    machine: (await getMachine(ctx, input.machineId))!,
+    change: { machineId: input.machineId, desired },
+  };
+}
+
+export async function clearDesired(
+  ctx: Ctx,
+  machineId: string,
+  actor: string,
+  now: number,
+): Promise<{ machine: MachineRecord; change: DesiredChange | null }> {
+  await requireMachine(ctx, machineId, `machine ${machineId} is not registered`);
+  await refuseIfInActiveRollout(ctx, machineId, "clear the desired generation");
+  const existing = await ctx.q
+    .selectFrom("desired_generations")
+    .select("store_path")
+    .where("machine_id", "=", machineId)
+    .executeTakeFirst();
+  if (!existing) return { machine: (await getMachine(ctx, machineId))!, change: null };
+  await ctx.q.deleteFrom("desired_generations").where("machine_id", "=", machineId).execute();
+  await audit(ctx, now, actor, "desired.clear", machineId, `was ${existing.store_path}`);
+  return { machine: (await getMachine(ctx, machineId))!, change: { machineId, desired: null } };
+}

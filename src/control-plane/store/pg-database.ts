@@ -1,0 +1,120 @@
+/**
+ * Connecting to PostgreSQL and bringing its schema up to date. Several control planes (replicas)
+ * may start at once against one database: migrations run under a transaction-scoped advisory
+ * lock, and each re-reads the version once it holds the lock, so exactly one applies them.
+ */
+import pg from "pg";
+import { DatabaseStartupError, type MigrationResult, pendingMigrations } from "./database.js";
+import { PG_MIGRATIONS } from "./pg-schema.js";
+import type { Migration } from "./schema.js";
+
+/** Any constant both the migrator and an operator's `pg_locks` query can recognise ("nixfleet"). */
+const MIGRATION_LOCK = 0x6e697866;
+
+/** PostgreSQL's BIGINT (oid 20) as a JS number: times in ms and sequence positions fit easily. */
+const INT8_OID = 20;
+
+export interface OpenPostgresOptions {
+  url: string;
+  /** Connections this process keeps at most. */
+  poolSize?: number;
+  migrations?: readonly Migration[];
+  now?: () => number;
+}
+
+/** The URL with its password hidden, for messages and logs. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "(an unparsable database URL)";
+  }
+}
+
+export function createPool(url: string, max = 10): pg.Pool {
+  return new pg.Pool({
+    connectionString: url,
+    max,
+    types: {
+      getTypeParser: ((oid: number, format?: "text" | "binary") =>
+        oid === INT8_OID ? (v: string) => Number(v) : pg.types.getTypeParser(oid, format)) as never,
+    },
+  });
+}
+
+async function schemaVersion(client: pg.PoolClient): Promise<number> {
+  const table = await client.query("SELECT to_regclass('schema_version') AS t");
+  if (table.rows[0].t === null) return 0;
+  const row = await client.query("SELECT max(version) AS v FROM schema_version");
+  return Number(row.rows[0].v ?? 0);
+}
+
+export async function applyPgMigrations(
+  pool: pg.Pool,
+  migrations: readonly Migration[] = PG_MIGRATIONS,
+  now: () => number = Date.now,
+): Promise<MigrationResult> {
+  const client = await pool.connect();
+  try {
+    const from = await schemaVersion(client);
+    const applied: Migration[] = [];
+    for (const migration of pendingMigrations(from, migrations)) {
+      await client.query("BEGIN");
+      try {
+        await client.query("SELECT pg_advisory_xact_lock($1)", [MIGRATION_LOCK]);
+        await client.query(
+          "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        );
+        // Another replica may have migrated while we waited for the lock.
+        if ((await schemaVersion(client)) < migration.version) {
+          await client.query(migration.sql);
+          await client.query("INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)", [
+            migration.version,
+            migration.name,
+            now(),
+          ]);
+          applied.push(migration);
+        }
+        await client.query("COMMIT");
+      } catch (err) {
+        await client.query("ROLLBACK").catch(() => {});
+        throw new DatabaseStartupError(
+          `migration ${migration.version} (${migration.name}) failed: ${(err as Error).message}; ` +
+            `the database was left at schema version ${await schemaVersion(client)}`,
+        );
+      }
+    }
+    return { from, to: await schemaVersion(client), applied };
+  } finally {
+    client.release();
+  }
+}
+
+/** Connects (checking the server answers) and migrates; resolves when the database is usable. */
+export async function openPostgres(
+  options: OpenPostgresOptions,
+): Promise<{ pool: pg.Pool; migration: MigrationResult }> {
+  const where = redactUrl(options.url);
+  const pool = createPool(options.url, options.poolSize);
+  // An idle connection the server drops (restart, failover) must not crash the process.
+  pool.on("error", () => {});
+  try {
+    await pool.query("SELECT 1");
+  } catch (err) {
+    await pool.end().catch(() => {});
+    throw new DatabaseStartupError(
+      `cannot connect to the database ${where}: ${(err as Error).message}; ` +
+        "check --database-url (NIXFLEET_CP_DATABASE_URL): host, port, user, password and database name",
+    );
+  }
+  try {
+    const migration = await applyPgMigrations(pool, options.migrations ?? PG_MIGRATIONS, options.now);
+    return { pool, migration };
+  } catch (err) {
+    await pool.end().catch(() => {});
+    if (err instanceof DatabaseStartupError) throw err;
+    throw new DatabaseStartupError(`cannot use the database ${where}: ${(err as Error).message}`);
+  }
+}

@@ -1,0 +1,433 @@
+/**
+ * Rollouts, their batches, per-machine gate state and rollout events: loading and saving only.
+ * What a transaction writes — finishing a batch, pausing, failing and reverting, ending — is
+ * decided by the pure functions in ../rollouts/decisions.ts over the rows loaded here, and the
+ * event texts come from ../rollouts/texts.ts. Mutations run inside the caller's transaction; on
+ * PostgreSQL they first lock the rollout's row, so two replicas never interleave on one rollout.
+ */
+import {
+  gateChanges,
+  type PlannedEvent,
+  planEndRollout,
+  planFinishBatch,
+  planPause,
+  planResume,
+  type RolloutPlan,
+  type TouchedMachine,
+} from "../rollouts/decisions.js";
+import * as text from "../rollouts/texts.js";
+import { audit, type Ctx, chunks, nextSeq } from "./context.js";
+import { ConflictError, NotFoundError } from "./errors.js";
+import { writeDesired } from "./machines.js";
+import type { DesiredChange, RolloutEventRecord } from "./records.js";
+import type { EndRolloutOptions, MachineGateUpdate, NewRollout, RolloutChange } from "./repository.js";
+import { batchRow, getRollout, requireRollout, rolloutRow, toEvent } from "./rollout-reads.js";
+
+async function addEvents(ctx: Ctx, rolloutId: string, events: readonly PlannedEvent[], now: number) {
+  const out: RolloutEventRecord[] = [];
+  for (const e of events) {
+    const row = await ctx.q
+      .insertInto("rollout_events")
+      .values({
+        rollout_id: rolloutId,
+        type: e.type,
+        batch_index: e.batchIndex,
+        machine_id: e.machineId,
+        message: e.message,
+        actor: e.actor,
+        created_at: now,
+      })
+      .returningAll()
+      .executeTakeFirstOrThrow();
+    out.push(toEvent(row));
+  }
+  return out;
+}
+
+async function touchedMachines(ctx: Ctx, rolloutId: string): Promise<TouchedMachine[]> {
+  const rows = await ctx.q
+    .selectFrom("rollout_machines")
+    .select([
+      "machine_id",
+      "previous_recorded",
+      "previous_generation",
+      "previous_cache_url",
+      "previous_rollout_id",
+    ])
+    .where("rollout_id", "=", rolloutId)
+    .where("previous_recorded", "=", 1)
+    .orderBy("batch_index")
+    .orderBy("position")
+    .execute();
+  return rows.map((r) => ({
+    machineId: r.machine_id,
+    previousRecorded: r.previous_recorded === 1,
+    previousGeneration: r.previous_generation,
+    previousCacheUrl: r.previous_cache_url,
+    previousRolloutId: r.previous_rollout_id,
+  }));
+}
+
+/** Saves a plan decided by ../rollouts/decisions.ts (callers hold the transaction). */
+async function applyPlan(
+  ctx: Ctx,
+  rolloutId: string,
+  plan: RolloutPlan,
+  now: number,
+): Promise<RolloutChange> {
+  if (plan.batch) {
+    await ctx.q
+      .updateTable("rollout_batches")
+      .set({ status: plan.batch.status, completed_at: now })
+      .where("rollout_id", "=", rolloutId)
+      .where("batch_index", "=", plan.batch.index)
+      .execute();
+  }
+  const changes: DesiredChange[] = [];
+  for (const r of plan.revert) {
+    if (r.previous === null) {
+      await ctx.q.deleteFrom("desired_generations").where("machine_id", "=", r.machineId).execute();
+      changes.push({ machineId: r.machineId, desired: null });
+    } else {
+      const { storePath, cacheUrl, rolloutId: previousRollout } = r.previous;
+      const desired = await writeDesired(
+        ctx,
+        r.machineId,
+        storePath,
+        cacheUrl,
+        previousRollout,
+        "executor",
+        now,
+      );
+      changes.push({ machineId: r.machineId, desired });
+    }
+  }
+  if (plan.cancelUnfinished) {
+    await ctx.q
+      .updateTable("rollout_batches")
+      .set({ status: "cancelled", completed_at: now })
+      .where("rollout_id", "=", rolloutId)
+      .where("status", "in", ["pending", "deploying"])
+      .execute();
+  }
+  await ctx.q
+    .updateTable("rollouts")
+    .set(
+      plan.status
+        ? { status: plan.status.status, status_reason: plan.status.reason, updated_at: now }
+        : { updated_at: now },
+    )
+    .where("id", "=", rolloutId)
+    .execute();
+  if (plan.releaseMachines) {
+    await ctx.q
+      .updateTable("rollout_machines")
+      .set({ active: 0 })
+      .where("rollout_id", "=", rolloutId)
+      .where("active", "=", 1)
+      .execute();
+  }
+  const events = await addEvents(ctx, rolloutId, plan.events, now);
+  for (const a of plan.audits) await audit(ctx, now, a.actor, a.action, rolloutId, a.detail);
+  return { rollout: (await getRollout(ctx, rolloutId))!, events, changes };
+}
+
+export async function createRollout(
+  ctx: Ctx,
+  input: NewRollout,
+  actor: string,
+  now: number,
+): Promise<RolloutChange> {
+  const release = await ctx.q
+    .selectFrom("releases")
+    .select("id")
+    .where("id", "=", input.releaseId)
+    .executeTakeFirst();
+  if (!release) throw new NotFoundError(`release ${input.releaseId} does not exist`);
+  const ids = input.batches.flat().map((m) => m.machineId);
+  for (const part of chunks(ids)) {
+    const busy = await ctx.q
+      .selectFrom("rollout_machines as rm")
+      .innerJoin("rollouts as r", "r.id", "rm.rollout_id")
+      .select(["rm.machine_id", "rm.rollout_id", "r.status"])
+      .where("rm.active", "=", 1)
+      .where("rm.machine_id", "in", part)
+      .orderBy("rm.machine_id")
+      .limit(1)
+      .executeTakeFirst();
+    if (busy) {
+      throw new ConflictError(
+        `machine ${busy.machine_id} is already in active rollout ${busy.rollout_id} (${busy.status}); finish, pause and cancel, or wait for it first`,
+      );
+    }
+  }
+  await ctx.q
+    .insertInto("rollouts")
+    .values({
+      id: input.id,
+      release_id: input.releaseId,
+      status: "running",
+      status_reason: "",
+      target_tags: JSON.stringify(input.targetTags),
+      target_hosts: JSON.stringify(input.targetHosts),
+      strategy: input.strategy,
+      batch_sizes: JSON.stringify(input.batchSizes),
+      failure_threshold: input.failureThreshold,
+      on_failure: input.onFailure,
+      health_timeout_seconds: input.healthTimeoutSeconds,
+      soak_seconds: input.soakSeconds,
+      cache_url: input.cacheUrl,
+      current_batch: 0,
+      created_at: now,
+      updated_at: now,
+      created_by: actor,
+    })
+    .execute();
+  if (input.batches.length) {
+    await ctx.q
+      .insertInto("rollout_batches")
+      .values(
+        input.batches.map((_, index) => ({
+          rollout_id: input.id,
+          batch_index: index,
+          status: "pending" as const,
+        })),
+      )
+      .execute();
+  }
+  const rows = input.batches.flatMap((batch, index) =>
+    batch.map((m, position) => ({
+      rollout_id: input.id,
+      machine_id: m.machineId,
+      batch_index: index,
+      position,
+      target_generation: m.targetGeneration,
+      active: 1,
+    })),
+  );
+  try {
+    for (const part of chunks(rows)) await ctx.q.insertInto("rollout_machines").values(part).execute();
+  } catch (err) {
+    // Another replica's rollout claimed one of these machines since the check above.
+    if (isUniqueViolation(err))
+      throw new ConflictError("one of the machines was just claimed by another active rollout; retry");
+    throw err;
+  }
+  const message = text.created(input);
+  const events = await addEvents(
+    ctx,
+    input.id,
+    [{ type: "created", batchIndex: null, machineId: "", message, actor }],
+    now,
+  );
+  await audit(ctx, now, actor, "rollout.create", input.id, text.createdAudit(input.releaseId, message));
+  return { rollout: (await getRollout(ctx, input.id))!, events, changes: [] };
+}
+
+function isUniqueViolation(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return code === "23505" || code === "SQLITE_CONSTRAINT_UNIQUE";
+}
+
+export async function startBatch(
+  ctx: Ctx,
+  rolloutId: string,
+  index: number,
+  now: number,
+): Promise<RolloutChange | null> {
+  const rollout = await rolloutRow(ctx, rolloutId, true);
+  if (rollout?.status !== "running") return null;
+  const batch = await batchRow(ctx, rolloutId, index);
+  if (!batch || batch.status === "deploying" || batch.status === "succeeded") return null;
+  const machines = await ctx.q
+    .selectFrom("rollout_machines")
+    .select(["machine_id", "target_generation", "previous_recorded"])
+    .where("rollout_id", "=", rolloutId)
+    .where("batch_index", "=", index)
+    .orderBy("position")
+    .execute();
+  const changes: DesiredChange[] = [];
+  for (const m of machines) {
+    if (m.previous_recorded === 0) {
+      // Recorded once: a resumed batch keeps it, so a revert restores what was there before.
+      const previous = await ctx.q
+        .selectFrom("desired_generations")
+        .select(["store_path", "cache_url", "rollout_id"])
+        .where("machine_id", "=", m.machine_id)
+        .executeTakeFirst();
+      await ctx.q
+        .updateTable("rollout_machines")
+        .set({
+          previous_recorded: 1,
+          previous_generation: previous?.store_path ?? null,
+          previous_cache_url: previous?.cache_url ?? null,
+          previous_rollout_id: previous?.rollout_id ?? null,
+        })
+        .where("rollout_id", "=", rolloutId)
+        .where("machine_id", "=", m.machine_id)
+        .execute();
+    }
+    const desired = await writeDesired(
+      ctx,
+      m.machine_id,
+      m.target_generation,
+      rollout.cache_url,
+      rolloutId,
+      "executor",
+      now,
+    );
+    changes.push({ machineId: m.machine_id, desired });
+  }
+  await ctx.q
+    .updateTable("rollout_machines")
+    .set({ gate_state: "pending", gate_reason: "" })
+    .where("rollout_id", "=", rolloutId)
+    .where("batch_index", "=", index)
+    .execute();
+  await ctx.q
+    .updateTable("rollouts")
+    .set({ current_batch: index, status_reason: "", updated_at: now })
+    .where("id", "=", rolloutId)
+    .execute();
+  const total = await ctx.q
+    .selectFrom("rollout_batches")
+    .select((eb) => eb.fn.countAll<number>().as("n"))
+    .where("rollout_id", "=", rolloutId)
+    .executeTakeFirstOrThrow();
+  const again = !(batch.status === "pending" && batch.started_at === null);
+  const message = text.batchStarted(
+    index,
+    Number(total.n),
+    again,
+    machines.map((m) => m.machine_id),
+  );
+  const events = await addEvents(
+    ctx,
+    rolloutId,
+    [{ type: "batch_started", batchIndex: index, machineId: "", message, actor: "executor" }],
+    now,
+  );
+  await audit(ctx, now, "executor", "rollout.batch_start", rolloutId, message);
+  // The start's place in the evidence sequence last: only evidence committed after this
+  // transaction counts for the batch.
+  await ctx.q
+    .updateTable("rollout_batches")
+    .set({ status: "deploying", started_at: now, started_seq: await nextSeq(ctx), completed_at: null })
+    .where("rollout_id", "=", rolloutId)
+    .where("batch_index", "=", index)
+    .execute();
+  return { rollout: (await getRollout(ctx, rolloutId))!, events, changes };
+}
+
+export async function recordGate(
+  ctx: Ctx,
+  rolloutId: string,
+  index: number,
+  startedSeq: number,
+  gates: readonly MachineGateUpdate[],
+  now: number,
+): Promise<RolloutEventRecord[]> {
+  await rolloutRow(ctx, rolloutId, true);
+  const batch = await batchRow(ctx, rolloutId, index);
+  if (batch?.status !== "deploying" || batch.started_seq !== startedSeq) return [];
+  const stored = await ctx.q
+    .selectFrom("rollout_machines")
+    .select(["machine_id", "gate_state", "gate_reason"])
+    .where("rollout_id", "=", rolloutId)
+    .where("batch_index", "=", index)
+    .execute();
+  const { writes, events } = gateChanges(
+    new Map(stored.map((s) => [s.machine_id, { state: s.gate_state, reason: s.gate_reason }])),
+    gates,
+    index,
+  );
+  for (const g of writes) {
+    await ctx.q
+      .updateTable("rollout_machines")
+      .set({ gate_state: g.state, gate_reason: g.reason })
+      .where("rollout_id", "=", rolloutId)
+      .where("machine_id", "=", g.machineId)
+      .execute();
+  }
+  if (events.length)
+    await ctx.q.updateTable("rollouts").set({ updated_at: now }).where("id", "=", rolloutId).execute();
+  return addEvents(ctx, rolloutId, events, now);
+}
+
+export async function finishBatch(
+  ctx: Ctx,
+  rolloutId: string,
+  index: number,
+  startedSeq: number,
+  result: { passed: boolean; message: string },
+  now: number,
+): Promise<RolloutChange | null> {
+  const rollout = await rolloutRow(ctx, rolloutId, true);
+  if (!rollout) return null;
+  const batch = await batchRow(ctx, rolloutId, index);
+  const count = await ctx.q
+    .selectFrom("rollout_batches")
+    .select((eb) => eb.fn.countAll<number>().as("n"))
+    .where("rollout_id", "=", rolloutId)
+    .executeTakeFirstOrThrow();
+  const plan = planFinishBatch({
+    rollout: { status: rollout.status, onFailure: rollout.on_failure, batchCount: Number(count.n) },
+    batch: batch && { index: batch.batch_index, status: batch.status, startedSeq: batch.started_seq },
+    startedSeq,
+    passed: result.passed,
+    message: result.message,
+    touched: result.passed ? [] : await touchedMachines(ctx, rolloutId),
+  });
+  return plan ? applyPlan(ctx, rolloutId, plan, now) : null;
+}
+
+export async function pauseRollout(
+  ctx: Ctx,
+  id: string,
+  reason: string,
+  actor: string,
+  now: number,
+): Promise<RolloutChange> {
+  const row = await requireRollout(ctx, id);
+  const decided = planPause(id, row.status, row.current_batch, reason, actor);
+  if ("problem" in decided) throw new ConflictError(decided.problem);
+  return applyPlan(ctx, id, decided.plan, now);
+}
+
+export async function resumeRollout(
+  ctx: Ctx,
+  id: string,
+  actor: string,
+  now: number,
+): Promise<RolloutChange> {
+  const row = await requireRollout(ctx, id);
+  const batch = await batchRow(ctx, id, row.current_batch);
+  const decided = planResume(id, row.status, row.current_batch, batch?.status, actor);
+  if ("problem" in decided) throw new ConflictError(decided.problem);
+  if (decided.resetBatch !== null) {
+    await ctx.q
+      .updateTable("rollout_batches")
+      .set({ status: "pending", completed_at: null })
+      .where("rollout_id", "=", id)
+      .where("batch_index", "=", decided.resetBatch)
+      .execute();
+  }
+  return applyPlan(ctx, id, decided.plan, now);
+}
+
+export async function endRollout(
+  ctx: Ctx,
+  id: string,
+  options: EndRolloutOptions,
+  now: number,
+): Promise<RolloutChange> {
+  const row = await requireRollout(ctx, id);
+  const decided = planEndRollout({
+    id,
+    status: row.status,
+    options,
+    touched: options.revert ? await touchedMachines(ctx, id) : [],
+  });
+  if ("problem" in decided) throw new ConflictError(decided.problem);
+  return applyPlan(ctx, id, decided.plan, now);
+}
