@@ -18,6 +18,7 @@ import {
 } from "../../src/gen/nixfleet/v1/fleet_pb.js";
 import { MachineLifecycle } from "../../src/gen/nixfleet/v1/types_pb.js";
 import { Fleet, waitFor } from "../fixtures/fleet.js";
+import { TEST_NIX_CONFIG } from "../fixtures/nix.js";
 import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
 
 const P = (n: number, name = "nixos-system-x") =>
@@ -385,7 +386,7 @@ describe("nixfleet CLI against a real control plane", () => {
     const cache = `file://${join(dir, "flake-cache")}`;
     const r = await fleet.cli(
       ["release", "create", "--flake", `path:${flakeDir}`, "--hosts", "flake-web-*", "--push-to", cache],
-      { env: { NIX_CONFIG: "substituters =\nsandbox = false\nexperimental-features = nix-command flakes" } },
+      { env: { NIX_CONFIG: `${TEST_NIX_CONFIG} flakes` } },
     );
     assert.equal(r.code, 0, r.stderr);
     const rel = (
@@ -405,7 +406,7 @@ describe("nixfleet CLI against a real control plane", () => {
       ["release", "create", "--flake", `path:${flakeDir}`, "--hosts", "mail-*"],
       {
         human: true,
-        env: { NIX_CONFIG: "substituters =\nsandbox = false\nexperimental-features = nix-command flakes" },
+        env: { NIX_CONFIG: `${TEST_NIX_CONFIG} flakes` },
       },
     );
     assert.equal(noMatch.code, 2);
