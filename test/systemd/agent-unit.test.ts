@@ -80,11 +80,7 @@ describe("systemd tier: the agent unit", tier, () => {
         const pidBefore = await am.mainPid();
         // revert: should this test fail, its rollout ends instead of pausing and holding the machine.
         const deploying = am.deploy(label, "90s", "revert");
-        await waitFor(
-          `${label}'s switch to start`,
-          () => m.switchLog().some((e) => e.path === target && e.event === "start"),
-          90_000,
-        );
+        await waitFor(`${label}'s switch to start`, () => m.activations(target).length > 0, 90_000);
         const [unit] = await waitFor("the transient switch unit", async () => {
           const units = await am.switchUnits();
           return units.length > 0 ? units : undefined;
@@ -114,7 +110,7 @@ describe("systemd tier: the agent unit", tier, () => {
         assert.equal(await m.currentSystem(), target);
         assert.equal(m.profile(), target);
         assert.equal(m.bootDefault(), target);
-        const starts = m.switchLog().filter((e) => e.path === target && e.event === "start");
+        const starts = m.activations(target);
         assert.equal(starts.length, 1, "the restarted agent did not switch a second time");
         assert.equal(await m.isActive(AGENT_UNIT), "active");
         assert.deepEqual(await am.switchUnits(), [], "--collect: the finished switch unit is gone");
