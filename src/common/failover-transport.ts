@@ -88,30 +88,18 @@ export class FailoverTransport implements Transport {
     input: MessageInitShape<I>,
     contextValues?: ContextValues,
   ): Promise<UnaryResponse<I, O>> {
-    const start = this.index;
-    let lastError: unknown;
-    for (let tried = 0; tried < this.endpoints.length; tried++) {
-      const i = (start + tried) % this.endpoints.length;
-      try {
-        const response = await this.endpoints[i]!.transport.unary(
-          method,
-          signal,
-          timeoutMs,
-          header,
-          input,
-          contextValues,
-        );
-        this.markWorking(i);
-        return response;
-      } catch (err) {
-        if (signal?.aborted || !isUnreachable(err)) throw err;
-        this.markFailed(i, err);
-        lastError = err;
-        // A deadline is the whole call's budget: spent on this URL, not retried on the next.
-        if (ConnectError.from(err).code === Code.DeadlineExceeded) break;
-      }
-    }
-    throw lastError;
+    return this.eachEndpoint(signal, async (i) => {
+      const response = await this.endpoints[i]!.transport.unary(
+        method,
+        signal,
+        timeoutMs,
+        header,
+        input,
+        contextValues,
+      );
+      this.markWorking(i);
+      return response;
+    });
   }
 
   async stream<I extends DescMessage, O extends DescMessage>(
@@ -127,24 +115,37 @@ export class FailoverTransport implements Transport {
     }
     const request: MessageInitShape<I>[] = [];
     for await (const m of input) request.push(m);
+    return this.eachEndpoint(signal, async (i) => {
+      const response = await this.endpoints[i]!.transport.stream(
+        method,
+        signal,
+        timeoutMs,
+        header,
+        replay(request),
+        contextValues,
+      );
+      // Wait for the first answer: until then, another URL may still take the call.
+      const messages = response.message[Symbol.asyncIterator]();
+      const first = await messages.next();
+      this.markWorking(i);
+      return { ...response, message: this.rest(i, first, messages) };
+    });
+  }
+
+  /**
+   * Runs `call` on each endpoint in turn, from the one that last answered, until one answers.
+   * Only unreachability moves on; a deadline is the whole call's budget, spent on that URL.
+   */
+  private async eachEndpoint<T>(
+    signal: AbortSignal | undefined,
+    call: (i: number) => Promise<T>,
+  ): Promise<T> {
     const start = this.index;
     let lastError: unknown;
     for (let tried = 0; tried < this.endpoints.length; tried++) {
       const i = (start + tried) % this.endpoints.length;
       try {
-        const response = await this.endpoints[i]!.transport.stream(
-          method,
-          signal,
-          timeoutMs,
-          header,
-          replay(request),
-          contextValues,
-        );
-        // Wait for the first answer: until then, another URL may still take the call.
-        const messages = response.message[Symbol.asyncIterator]();
-        const first = await messages.next();
-        this.markWorking(i);
-        return { ...response, message: this.rest(i, first, messages) };
+        return await call(i);
       } catch (err) {
         if (signal?.aborted || !isUnreachable(err)) throw err;
         this.markFailed(i, err);
