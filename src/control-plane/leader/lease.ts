@@ -8,6 +8,14 @@
  * otherwise, so "the stored epoch equals mine" means "nobody has led since I became leader".
  */
 
+/**
+ * The lease's default TTL. A killed leader is replaced within about TTL + TTL/3 (its lease runs
+ * out, then the next claim of another replica takes it); a leader whose renewals stall for a TTL
+ * (database failover, a long pause) loses it. Six seconds: takeover within ~8 s, and a primary
+ * failover of a few seconds rides through.
+ */
+export const DEFAULT_EXECUTOR_LEASE_MS = 6000;
+
 export interface LeaseRow {
   /** The holding replica's instance id ('' before anyone held it). */
   holder: string;
