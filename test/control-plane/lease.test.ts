@@ -4,7 +4,9 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { resolveServeConfig, UsageError } from "../../src/control-plane/config.js";
 import {
+  DEFAULT_EXECUTOR_LEASE_MS,
   decideLease,
   decideRelease,
   epochCurrent,
@@ -101,5 +103,30 @@ describe("epochCurrent", () => {
     assert.equal(epochCurrent(row("a", 5, 0), 5), true);
     assert.equal(epochCurrent(row("b", 6, 0), 5), false);
     assert.equal(epochCurrent(row("a", 5, 0), 6), false);
+  });
+});
+
+describe("--executor-lease (NIXFLEET_CP_EXECUTOR_LEASE)", () => {
+  const tls = { tlsCert: "/c.pem", tlsKey: "/k.pem", clientCa: "/ca.pem" };
+  it("defaults to a few seconds; takes seconds or a duration, the flag over the variable", () => {
+    assert.equal(resolveServeConfig(tls, {}).executorLeaseMs, DEFAULT_EXECUTOR_LEASE_MS);
+    assert.equal(DEFAULT_EXECUTOR_LEASE_MS, 6000);
+    assert.equal(resolveServeConfig(tls, { NIXFLEET_CP_EXECUTOR_LEASE: "10" }).executorLeaseMs, 10_000);
+    assert.equal(
+      resolveServeConfig({ ...tls, executorLease: "1500ms" }, { NIXFLEET_CP_EXECUTOR_LEASE: "10" })
+        .executorLeaseMs,
+      1500,
+    );
+  });
+  it("refuses a lease too short to renew, naming the flag", () => {
+    assert.throws(
+      () => resolveServeConfig({ ...tls, executorLease: "100ms" }, {}),
+      (e: Error) =>
+        e instanceof UsageError && /^--executor-lease: must be between 0.3 and 600 seconds/.test(e.message),
+    );
+    assert.throws(
+      () => resolveServeConfig(tls, { NIXFLEET_CP_EXECUTOR_LEASE: "soon" }),
+      (e: Error) => e instanceof UsageError && /^--executor-lease: expected a number/.test(e.message),
+    );
   });
 });
