@@ -5,6 +5,8 @@
  * refused and stops leading. (A SIGKILLed leader: leadership-process.test.ts.)
  */
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import https from "node:https";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -45,6 +47,17 @@ describe("executor leadership on PostgreSQL (in-process replicas)", { skip }, ()
     }
     return out;
   }
+
+  /** GET /readyz over TLS with the test CA; the status code. */
+  const readyz = (h: Harness) =>
+    new Promise<number | undefined>((resolve, reject) => {
+      https
+        .get(`${h.url}/readyz`, { ca: readFileSync(pki.ca) }, (res) => {
+          res.resume();
+          resolve(res.statusCode);
+        })
+        .on("error", reject);
+    });
 
   const leaders = (hs: readonly Harness[]) => hs.filter((h) => h.cp.leadership.leading);
   const gauge = async (h: Harness, name: string) => {
@@ -87,7 +100,7 @@ describe("executor leadership on PostgreSQL (in-process replicas)", { skip }, ()
     assert.equal(await gauge(leader!, "nixfleet_control_plane_executor_epoch"), 1);
     for (const f of followers) {
       assert.equal(await gauge(f, "nixfleet_control_plane_executor_leader"), 0);
-      assert.equal((await fetch(`${f.url}/readyz`).catch(() => null))?.status ?? 200, 200);
+      assert.equal(await readyz(f), 200, "a follower stays ready");
     }
     assert.ok(leader!.logLines.some((l) => l.includes("became executor leader (epoch 1)")));
     for (const f of followers) assert.ok(!f.logLines.some((l) => l.includes("became executor leader")));
