@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { DEFAULT_EXECUTOR_LEASE_MS } from "../../src/control-plane/leader/lease.js";
+import type { KyselyFleetStore } from "../../src/control-plane/store/kysely-store.js";
 import {
   BatchStatus,
   RolloutEventType,
@@ -146,8 +147,7 @@ describe("executor leadership on PostgreSQL (in-process replicas)", { skip }, ()
     assert.equal(a!.cp.leadership.epoch, 1);
     // What another replica does when it acquires the lease after this one stalled (GC pause,
     // SIGSTOP) past its expiry: holder and epoch change under it.
-    const store = a!.cp
-      .store as unknown as import("../../src/control-plane/store/kysely-store.js").KyselyFleetStore;
+    const store = a!.cp.store as KyselyFleetStore;
     await store.kysely
       .withTables<{ executor_lease: { id: number; holder: string; epoch: number; expires_at: number } }>()
       .updateTable("executor_lease")
@@ -178,5 +178,25 @@ describe("executor leadership on PostgreSQL (in-process replicas)", { skip }, ()
       (await a!.fleet("readonly").getRollout({ rolloutId })).rollout!.batches[0]!.status,
       BatchStatus.PENDING,
     );
+  });
+});
+
+describe("executor leadership on SQLite", () => {
+  it("the one process always leads, unfenced, without touching the lease", async () => {
+    const dir = makeTempDir();
+    const h = await Harness.start(createPki(join(dir, "pki")), { databaseUrl: null });
+    try {
+      assert.equal(h.cp.leadership.leading, true);
+      assert.equal(h.cp.leadership.epoch, null);
+      const text = await h.cp.metrics.render();
+      assert.match(text, /^nixfleet_control_plane_executor_leader 1$/m);
+      assert.match(text, /^nixfleet_control_plane_executor_epoch 0$/m);
+      assert.ok(!h.logLines.some((l) => l.includes("executor leader")));
+      const store = h.cp.store as KyselyFleetStore;
+      assert.deepEqual(await store.executorLease(), { holder: "", epoch: 0, expiresAt: 0 });
+    } finally {
+      await h.close();
+      removeTempDir(dir);
+    }
   });
 });
