@@ -77,10 +77,12 @@ export class ExecutorLeadership {
     return this.election?.holderId ?? null;
   }
 
-  /** Handed to the executor: a write of `epoch` was refused by the fence. */
+  /**
+   * Handed to the executor: a write of `epoch` was refused by the fence. The election steps down
+   * (and onFollow stops the executor) unless it has meanwhile started a newer term.
+   */
   fenced(epoch: number): void {
     this.election?.deposed(epoch);
-    this.changed(null);
   }
 
   /**
