@@ -1,7 +1,8 @@
 /**
  * Three real `nixfleet-control-plane serve` processes on one PostgreSQL database: the executor
  * leader is SIGKILLed while a batch is deploying; another replica takes over once the lease runs
- * out and finishes the rollout, each batch started exactly once.
+ * out and finishes the rollout, each batch started exactly once. Then the new leader is frozen
+ * (SIGSTOP) past its lease: the last replica takes over, and the woken one steps down.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -130,5 +131,20 @@ describe("executor leadership across processes (PostgreSQL)", { skip: postgresUn
     );
     const audit = await fleet.listAuditEvents({ action: "rollout.batch_start", target: rolloutId });
     assert.equal(audit.events.length, 2);
+
+    // The new leader freezes (SIGSTOP: a GC pause, a suspended VM) past its lease: the last
+    // replica takes over; the frozen one, woken, steps down instead of carrying on.
+    const last = successor === b ? c : b;
+    successor.proc.kill("SIGSTOP");
+    try {
+      await waitFor("the last replica to lead", () => becameLeader(last).length > 0, 30_000);
+    } finally {
+      successor.proc.kill("SIGCONT");
+    }
+    assert.deepEqual(becameLeader(last), [3]);
+    await waitFor("the woken replica to step down", () =>
+      successor.logs().some((l) => String(l["msg"]).startsWith("lost executor leadership")),
+    );
+    assert.deepEqual(becameLeader(successor), [2], "it did not lead again");
   });
 });

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { KyselyFleetStore } from "../../src/control-plane/store/kysely-store.js";
-import { StaleEpochError } from "../../src/control-plane/store/lease.js";
+import { claimLease, StaleEpochError } from "../../src/control-plane/store/lease.js";
 import { Outcome } from "../../src/gen/nixfleet/v1/types_pb.js";
 import { storePath } from "./helpers.js";
 import { BACKENDS, count } from "./store-backends.js";
@@ -118,6 +118,39 @@ for (const backend of BACKENDS) {
       const acquired = claims.filter((c) => c.kind === "acquire");
       assert.equal(acquired.length, 1, JSON.stringify(claims));
       assert.equal((await stores[0]!.executorLease()).epoch, 1);
+    });
+
+    it("a replica frozen inside a lease transaction is cut off by the server, so the takeover is not blocked until it wakes", {
+      skip: backend.name === "sqlite",
+    }, async (t) => {
+      const location = await backend.location(t);
+      const [frozen, other] = [await backend.open(t, location), await backend.open(t, location)];
+      let frozenEnded = false;
+      let thaw = () => {};
+      // A claim of a 100 ms lease whose process then stops, its transaction open, holding the row.
+      const stuck = frozen.kysely
+        .transaction()
+        .execute(async (trx) => {
+          await claimLease({ q: trx, kind: "postgres" }, "frozen", 100, Date.now());
+          await new Promise<void>((resolve) => {
+            thaw = resolve;
+            setTimeout(resolve, 60_000).unref();
+          });
+          await trx.selectFrom("machines").select("id").execute();
+        })
+        .then(
+          () => "committed",
+          (err: Error) => err.message,
+        )
+        .finally(() => {
+          frozenEnded = true;
+        });
+      await new Promise((r) => setTimeout(r, 200));
+      const taken = await other.claimExecutorLease("other", 60_000, Date.now());
+      assert.equal(frozenEnded, false, "the frozen process has not woken up");
+      assert.deepEqual([taken.kind, taken.row.holder], ["acquire", "other"]);
+      thaw();
+      assert.match(await stuck, /terminat|connection/i, "its transaction was ended, not committed");
     });
 
     it("a deposed leader's startBatch is refused and writes nothing", async (t) => {

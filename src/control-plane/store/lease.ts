@@ -41,12 +41,28 @@ type LeaseTables = {
 
 const leaseDb = (ctx: Ctx) => ctx.q.withTables<LeaseTables>();
 
+/**
+ * A replica frozen (SIGSTOP, a long pause, cut off by the network) inside a transaction that holds
+ * the lease row would block every takeover until it wakes. Transactions that lock the row tell
+ * PostgreSQL to end them once they sit idle this long — a healthy one is idle for milliseconds
+ * between its statements — so a frozen holder delays a takeover by at most this much.
+ */
+export const FROZEN_TRANSACTION_MS = 5000;
+
 async function loadLease(ctx: Ctx, lock: "update" | "share"): Promise<LeaseRow> {
-  let query = leaseDb(ctx)
+  const base = leaseDb(ctx)
     .selectFrom("executor_lease")
     .select(["holder", "epoch", "expires_at"])
     .where("id", "=", 1);
-  if (ctx.kind === "postgres") query = lock === "update" ? query.forUpdate() : query.forShare();
+  const query =
+    ctx.kind === "postgres"
+      ? (lock === "update" ? base.forUpdate() : base.forShare()).select(
+          // For this transaction only (is_local), in the same round trip.
+          sql<string>`set_config('idle_in_transaction_session_timeout', ${String(FROZEN_TRANSACTION_MS)}, true)`.as(
+            "frozen_guard",
+          ),
+        )
+      : base;
   const row = await query.executeTakeFirst();
   // Seeded by the migration; a missing row means the schema was tampered with.
   if (!row) throw new Error("the executor_lease row is missing (schema damaged?)");

@@ -100,6 +100,10 @@ export async function openPostgres(
   const pool = createPool(options.url, options.poolSize);
   // An idle connection the server drops (restart, failover) must not crash the process.
   pool.on("error", () => {});
+  // Nor one checked out and between statements when the server ends it (a restart, or the
+  // idle-in-transaction timeout a frozen executor leader meets, store/lease.ts): the next query
+  // on it fails instead, its transaction rolls back, and the pool drops it.
+  pool.on("connect", (client) => client.on("error", () => {}));
   try {
     await pool.query("SELECT 1");
   } catch (err) {
