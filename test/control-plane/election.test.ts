@@ -118,6 +118,19 @@ describe("LeaseElection", () => {
     await e.stop();
   });
 
+  it("a lease that moved to a new epoch of its own ends the old term first, and the new one still expires", async () => {
+    const store = new ScriptedLease([granted("acquire", 1), granted("acquire", 3)]);
+    const { e, events } = election(store, { ttlMs: 200, renewMs: 5 });
+    await e.start();
+    await waitFor("the new term", () => e.epoch === 3);
+    assert.deepEqual(events, ["lead 1", "follow", "lead 3"]);
+    // Renewals now fail: the new term's deadline must still end it.
+    store.answers = [new Error("connection refused")];
+    await waitFor("it to step down", () => !e.leading);
+    assert.deepEqual(events, ["lead 1", "follow", "lead 3", "follow"]);
+    await e.stop();
+  });
+
   it("stop() gives a held lease back, and nothing when following", async () => {
     const leading = new ScriptedLease([granted("acquire", 7)]);
     const a = election(leading);

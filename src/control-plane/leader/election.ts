@@ -136,9 +136,10 @@ export class LeaseElection {
         );
       return;
     }
+    if (this.epochValue !== null && this.epochValue !== claim.row.epoch)
+      this.stepDown(`the lease moved to epoch ${claim.row.epoch}`);
     this.armDeadline(deadline);
     if (this.epochValue === claim.row.epoch) return;
-    if (this.epochValue !== null) this.stepDown(`the lease moved to epoch ${claim.row.epoch}`);
     this.epochValue = claim.row.epoch;
     this.o.logger.info(
       { epoch: claim.row.epoch, holder: this.o.holderId, leaseMs: this.o.ttlMs },
