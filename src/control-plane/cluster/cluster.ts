@@ -91,6 +91,11 @@ export class Cluster {
     await this.bus.stop();
   }
 
+  /** Resolves once shared presence was written and read again (no-op with one replica). */
+  async refreshPresence(): Promise<void> {
+    await this.shared?.refresh();
+  }
+
   /** The machine's stream is open here, or on another live replica. */
   connected(machineId: string): boolean {
     return this.o.hub.isConnected(machineId) || (this.shared?.connectedElsewhere(machineId) ?? false);

@@ -98,6 +98,12 @@ export class SharedPresence {
     return this.view.get(machineId)?.lastHeard ?? null;
   }
 
+  /** Resolves after a flush that started after this call (what is in the table now is read). */
+  async refresh(): Promise<void> {
+    await this.flushing;
+    await this.flush();
+  }
+
   /** Writes what changed here and reads everyone's; one at a time. */
   flush(): Promise<void> {
     this.flushing ??= this.doFlush().finally(() => {
