@@ -7,6 +7,7 @@ import { parseDuration } from "../common/duration.js";
 import { isLogLevel, LOG_LEVELS } from "../common/logger.js";
 import type { HostPort } from "./control-plane.js";
 import { type ConnectionTimeouts, DEFAULT_CONNECTION_TIMEOUTS } from "./http/connection-timeouts.js";
+import { DEFAULT_EXECUTOR_LEASE_MS } from "./leader/lease.js";
 
 export class UsageError extends Error {
   constructor(
@@ -33,6 +34,7 @@ export interface ServeFlags {
   staleAfter?: string | undefined;
   pollHint?: string | undefined;
   executorTick?: string | undefined;
+  executorLease?: string | undefined;
   heartbeatInterval?: string | undefined;
   reportRetention?: string | undefined;
   logLevel?: string | undefined;
@@ -54,6 +56,8 @@ export interface ServeConfig {
   staleAfterSeconds: number;
   pollHintSeconds: number;
   executorTickMs: number;
+  /** PostgreSQL: how long an executor leader's lease lasts without renewal (renewed every third). */
+  executorLeaseMs: number;
   heartbeatIntervalSeconds: number;
   reportRetentionHours: number;
   logLevel: string;
@@ -66,6 +70,7 @@ export const DEFAULTS = {
   staleAfter: 300,
   pollHint: 5,
   executorTick: 2,
+  executorLease: DEFAULT_EXECUTOR_LEASE_MS / 1000,
   heartbeatInterval: 15,
   reportRetention: 168,
   logLevel: "info",
@@ -89,6 +94,7 @@ export const ENV: Record<keyof ServeFlags, string> = {
   staleAfter: "NIXFLEET_CP_STALE_AFTER",
   pollHint: "NIXFLEET_CP_POLL_HINT",
   executorTick: "NIXFLEET_CP_EXECUTOR_TICK",
+  executorLease: "NIXFLEET_CP_EXECUTOR_LEASE",
   heartbeatInterval: "NIXFLEET_CP_HEARTBEAT_INTERVAL",
   reportRetention: "NIXFLEET_CP_REPORT_RETENTION",
   logLevel: "NIXFLEET_CP_LOG_LEVEL",
@@ -111,6 +117,7 @@ const FLAG: Record<keyof ServeFlags, string> = {
   staleAfter: "--stale-after",
   pollHint: "--poll-hint",
   executorTick: "--executor-tick",
+  executorLease: "--executor-lease",
   heartbeatInterval: "--heartbeat-interval",
   reportRetention: "--report-retention",
   logLevel: "--log-level",
@@ -291,6 +298,10 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
     pollHintSeconds: num("pollHint", DEFAULTS.pollHint, { min: 1, max: 3600, integer: true }),
     executorTickMs: Math.round(
       1000 * num("executorTick", DEFAULTS.executorTick, { min: 0.05, max: 600, integer: false }),
+    ),
+    // Claims go out every third of it; below 0.3 s a busy database would make leaders flap.
+    executorLeaseMs: Math.round(
+      1000 * num("executorLease", DEFAULTS.executorLease, { min: 0.3, max: 600, integer: false }),
     ),
     heartbeatIntervalSeconds,
     reportRetentionHours: num("reportRetention", DEFAULTS.reportRetention, {

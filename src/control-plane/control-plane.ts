@@ -34,6 +34,8 @@ import {
 } from "./http/listener.js";
 import { plainRoutesHandler } from "./http/plain-routes.js";
 import { restCompatHandler } from "./http/rest-compat.js";
+import { ExecutorLeadership } from "./leader/leadership.js";
+import { DEFAULT_EXECUTOR_LEASE_MS } from "./leader/lease.js";
 import { ControlPlaneMetrics } from "./metrics.js";
 import { PushHub } from "./push/hub.js";
 import { registerReflection } from "./reflection.js";
@@ -72,6 +74,8 @@ export interface ControlPlaneOptions {
   staleAfterSeconds: number;
   pollHintSeconds: number;
   executorTickMs: number;
+  /** Executor lease TTL on PostgreSQL (renewed every third of it); default DEFAULT_EXECUTOR_LEASE_MS. */
+  executorLeaseMs?: number;
   heartbeatIntervalSeconds: number;
   reportRetentionHours: number;
   logger: Logger;
@@ -109,6 +113,7 @@ export class ControlPlane {
   /** The bus to the other replicas and shared presence (one replica with SQLite). */
   readonly cluster: Cluster;
   private executorValue: RolloutExecutor | null = null;
+  private leadershipValue: ExecutorLeadership | null = null;
   private readonly intake: AgentIntake;
   private readonly log: Logger;
 
@@ -162,6 +167,12 @@ export class ControlPlane {
   get executor(): RolloutExecutor {
     if (!this.executorValue) throw new ConnectError("the executor is not running", Code.Unavailable);
     return this.executorValue;
+  }
+
+  /** Whether (and with which epoch) this process runs the executor; valid once initialized. */
+  get leadership(): ExecutorLeadership {
+    if (!this.leadershipValue) throw new Error("the control plane is not initialized");
+    return this.leadershipValue;
   }
 
   get url(): string {
@@ -364,10 +375,21 @@ export class ControlPlane {
       notifier: this.notifier,
       logger: this.log,
       tickMs: o.executorTickMs,
+      onFenced: (epoch) => this.leadershipValue?.fenced(epoch),
+    });
+    this.leadershipValue = new ExecutorLeadership({
+      kind: store.kind,
+      store,
+      executor: this.executorValue,
+      registry: this.metrics.registry,
+      logger: this.log,
+      clock: this.clock,
+      leaseMs: o.executorLeaseMs ?? DEFAULT_EXECUTOR_LEASE_MS,
     });
     this.hub.start();
     this.phaseValue = "ready";
     this.executorValue.start();
+    await this.leadershipValue.start();
     const prune = () => {
       const cutoff = this.clock.now() - o.reportRetentionHours * 3600_000;
       store
@@ -413,6 +435,7 @@ export class ControlPlane {
       this.dashboardListener?.close(deadline),
     ]);
     await this.executorValue?.stop();
+    await this.leadershipValue?.stop();
     await this.cluster.stop();
     await this.storeValue?.close();
     this.log.info("stopped");

@@ -87,6 +87,7 @@ async function serve(flags: ServeFlags): Promise<void> {
     staleAfterSeconds: config.staleAfterSeconds,
     pollHintSeconds: config.pollHintSeconds,
     executorTickMs: config.executorTickMs,
+    executorLeaseMs: config.executorLeaseMs,
     heartbeatIntervalSeconds: config.heartbeatIntervalSeconds,
     reportRetentionHours: config.reportRetentionHours,
     connectionTimeouts: config.connectionTimeouts,
@@ -183,6 +184,12 @@ function program(): Command {
     "executorTick",
     "how often rollouts are checked for timeouts",
     DEFAULTS.executorTick,
+  );
+  opt(
+    "--executor-lease <seconds>",
+    "executorLease",
+    "PostgreSQL: executor leader lease; another replica takes over this long after the leader dies",
+    DEFAULTS.executorLease,
   );
   opt(
     "--heartbeat-interval <seconds>",

@@ -35,9 +35,9 @@ export interface ClusterOptions {
   presenceFlushMs?: number;
 }
 
-/** Unique per process, readable in logs and in cluster_replicas: host, pid and a random tail. */
+/** Unique per start, readable in logs and in cluster_replicas: host:pid:random, like the executor lease holder. */
 export function newReplicaId(): string {
-  return `${hostname()}/${process.pid}/${randomBytes(3).toString("hex")}`;
+  return `${hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`;
 }
 
 export class Cluster {

@@ -7,9 +7,15 @@
  *
  * Evaluations run one at a time (a single queue); repeated requests for a rollout already
  * waiting in the queue coalesce, so a burst of reports from one batch costs one evaluation.
+ *
+ * It acts only while this process leads (lead()/follow(), from ../leader/): with several replicas
+ * on one database exactly one leads, and kicks and ticks elsewhere are cheap no-ops — so kick()
+ * may be called on every replica. Each write carries the term's epoch; one refused by the fence
+ * (another replica has led since) ends this process's term at once (onFenced).
  */
 import type { Logger } from "../../common/logger.js";
 import type { Clock } from "../clock.js";
+import { StaleEpochError } from "../store/lease.js";
 import type { FleetStore } from "../store/repository.js";
 import { type BatchVerdict, classifyMachine, type MachineGate } from "./gate.js";
 import type { RolloutNotifier } from "./notifier.js";
@@ -22,6 +28,13 @@ export interface ExecutorOptions {
   notifier: RolloutNotifier;
   logger: Logger;
   tickMs: number;
+  /** An executor write of `epoch` was refused: another replica leads now. */
+  onFenced?: (epoch: number) => void;
+}
+
+/** One term of leadership: the epoch fencing its writes (null: the sole process on SQLite). */
+interface Term {
+  epoch: number | null;
 }
 
 /** A bound on steps per evaluation; a rollout needs at most two per batch. */
@@ -32,8 +45,28 @@ export class RolloutExecutor {
   private readonly queued = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
+  private term: Term | null = null;
 
   constructor(private readonly o: ExecutorOptions) {}
+
+  /** Whether this process runs rollouts now. */
+  get leading(): boolean {
+    return this.term !== null;
+  }
+
+  /**
+   * Starts acting as the leader of `epoch` (null: unfenced, the sole process on SQLite) and
+   * evaluates every running rollout at once — whatever the previous leader left half done.
+   */
+  lead(epoch: number | null): void {
+    this.term = { epoch };
+    void this.tick();
+  }
+
+  /** Stops acting: kicks become no-ops, and an evaluation in progress ends before its next write. */
+  follow(): void {
+    this.term = null;
+  }
 
   start(): void {
     if (this.timer || this.stopped) return;
@@ -54,7 +87,7 @@ export class RolloutExecutor {
 
   /** Evaluates every running rollout (timeouts, soak, and anything a restart left half done). */
   async tick(): Promise<void> {
-    if (this.stopped) return;
+    if (this.stopped || !this.term) return;
     let ids: string[];
     try {
       ids = await this.o.store.runningRolloutIds();
@@ -65,18 +98,27 @@ export class RolloutExecutor {
     await Promise.all(ids.map((id) => this.kick(id)));
   }
 
-  /** Schedules an evaluation of a rollout; resolves when it has run. */
+  /**
+   * Schedules an evaluation of a rollout; resolves when it has run. Not leading: resolves at once
+   * and does nothing (the leader evaluates the rollout on its own kick or tick).
+   */
   kick(rolloutId: string): Promise<void> {
-    if (this.stopped) return Promise.resolve();
+    if (this.stopped || !this.term) return Promise.resolve();
     const waiting = this.queued.get(rolloutId);
     if (waiting) return waiting;
     const run = this.chain.then(async () => {
       this.queued.delete(rolloutId);
-      if (this.stopped) return;
+      const term = this.term;
+      if (this.stopped || !term) return;
       try {
-        await this.evaluate(rolloutId);
+        await this.evaluate(rolloutId, term);
       } catch (err) {
-        this.o.logger.error({ err, rolloutId }, "rollout evaluation failed; it is retried on the next tick");
+        if (err instanceof StaleEpochError) this.fenced(term, err);
+        else
+          this.o.logger.error(
+            { err, rolloutId },
+            "rollout evaluation failed; it is retried on the next tick",
+          );
       }
     });
     this.queued.set(rolloutId, run);
@@ -84,9 +126,21 @@ export class RolloutExecutor {
     return run;
   }
 
-  private async evaluate(rolloutId: string): Promise<void> {
+  private fenced(term: Term, err: StaleEpochError): void {
+    this.o.logger.error(
+      { epoch: err.epoch, currentEpoch: err.current.epoch, holder: err.current.holder },
+      `${err.message}; nothing was written, and this replica stops acting as the executor leader`,
+    );
+    if (this.term === term) this.term = null;
+    this.o.onFenced?.(err.epoch);
+  }
+
+  private async evaluate(rolloutId: string, term: Term): Promise<void> {
     const { store, clock } = this.o;
+    const { epoch } = term;
     for (let step = 0; step < MAX_STEPS; step++) {
+      // Deposed meanwhile (follow()): stop before deciding anything more.
+      if (this.term !== term) return;
       const rollout = await store.getRollout(rolloutId);
       if (rollout?.status !== "running") return;
       const batch = rollout.batches[rollout.currentBatch];
@@ -128,20 +182,27 @@ export class RolloutExecutor {
         case "complete":
           return;
         case "start-batch": {
-          const change = await store.startBatch(rolloutId, decision.index, clock.now());
+          const change = await store.startBatch(rolloutId, decision.index, clock.now(), epoch);
           if (!change) return;
           this.o.notifier.applied(change);
           continue;
         }
         case "wait": {
-          const events = await store.recordGate(rolloutId, decision.index, batch!.startedSeq!, gates!, now);
+          const events = await store.recordGate(
+            rolloutId,
+            decision.index,
+            batch!.startedSeq!,
+            gates!,
+            now,
+            epoch,
+          );
           this.o.notifier.applied({ rollout, events, changes: [] });
           return;
         }
         case "batch-passed":
         case "batch-failed": {
           const startedSeq = batch!.startedSeq!;
-          const events = await store.recordGate(rolloutId, decision.index, startedSeq, gates!, now);
+          const events = await store.recordGate(rolloutId, decision.index, startedSeq, gates!, now, epoch);
           this.o.notifier.applied({ rollout, events, changes: [] });
           const passed = decision.kind === "batch-passed";
           const change = await store.finishBatch(
@@ -153,6 +214,7 @@ export class RolloutExecutor {
               message: verdictMessage(decision.verdict, gates!),
             },
             clock.now(),
+            epoch,
           );
           if (!change) return;
           this.o.notifier.applied(change);

@@ -7,6 +7,7 @@ import type { Kysely } from "kysely";
 import type { BackendKind, Ctx } from "./context.js";
 import * as history from "./history.js";
 import * as keys from "./keys-audit.js";
+import * as lease from "./lease.js";
 import * as machineReads from "./machine-reads.js";
 import * as machines from "./machines.js";
 import type { HealthInput, HelloInput, Lifecycle, ReportInput, Role } from "./records.js";
@@ -125,8 +126,8 @@ export abstract class KyselyFleetStore implements FleetStore {
   gateEvidence(rolloutId: string, batchIndex: number) {
     return rolloutReads.gateEvidence(this.read, rolloutId, batchIndex);
   }
-  startBatch(rolloutId: string, index: number, now: number) {
-    return this.transaction((c) => rollouts.startBatch(c, rolloutId, index, now));
+  startBatch(rolloutId: string, index: number, now: number, epoch: number | null = null) {
+    return this.transaction((c) => rollouts.startBatch(c, rolloutId, index, now, epoch));
   }
   recordGate(
     rolloutId: string,
@@ -134,8 +135,9 @@ export abstract class KyselyFleetStore implements FleetStore {
     startedSeq: number,
     gates: readonly MachineGateUpdate[],
     now: number,
+    epoch: number | null = null,
   ) {
-    return this.transaction((c) => rollouts.recordGate(c, rolloutId, index, startedSeq, gates, now));
+    return this.transaction((c) => rollouts.recordGate(c, rolloutId, index, startedSeq, gates, now, epoch));
   }
   finishBatch(
     rolloutId: string,
@@ -143,8 +145,19 @@ export abstract class KyselyFleetStore implements FleetStore {
     startedSeq: number,
     result: { passed: boolean; message: string },
     now: number,
+    epoch: number | null = null,
   ) {
-    return this.transaction((c) => rollouts.finishBatch(c, rolloutId, index, startedSeq, result, now));
+    return this.transaction((c) => rollouts.finishBatch(c, rolloutId, index, startedSeq, result, now, epoch));
+  }
+
+  claimExecutorLease(holder: string, ttlMs: number, now: number) {
+    return this.transaction((c) => lease.claimLease(c, holder, ttlMs, now));
+  }
+  releaseExecutorLease(holder: string, epoch: number, now: number) {
+    return this.transaction((c) => lease.releaseLease(c, holder, epoch, now));
+  }
+  executorLease() {
+    return lease.readLease(this.read);
   }
   pauseRollout(id: string, reason: string, actor: string, now: number) {
     return this.transaction((c) => rollouts.pauseRollout(c, id, reason, actor, now));

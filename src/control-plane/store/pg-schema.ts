@@ -206,6 +206,21 @@ CREATE INDEX audit_by_target ON audit_events (target, id);
   },
   {
     version: 2,
+    name: "the executor lease: which replica runs the rollout executor, and its fencing epoch",
+    // One row: the replica holding it runs the executor until expires_at (the database's clock,
+    // in ms); epoch grows by one with every change of holder and fences the executor's writes.
+    sql: `
+CREATE TABLE executor_lease (
+  id         INTEGER PRIMARY KEY CHECK (id = 1),
+  holder     TEXT NOT NULL,
+  epoch      BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL
+);
+INSERT INTO executor_lease (id, holder, epoch, expires_at) VALUES (1, '', 0, 0);
+`,
+  },
+  {
+    version: 3,
     name: "replicas and shared presence (several control planes on one database)",
     // Written every few seconds by each replica (cluster/shared-presence.ts), never copied by
     // migrate: presence is live state. No foreign key: a poll may come before registration.

@@ -6,7 +6,9 @@
  * embedded SQLite implementation is sqlite-store.ts, the PostgreSQL one
  * postgres-store.ts; both are kysely-store.ts, the queries written once.
  */
+import type { LeaseRow } from "../leader/lease.js";
 import type { HealthEvidence, OutcomeEvidence } from "../rollouts/gate.js";
+import type { LeaseClaim } from "./lease.js";
 import type {
   AgentContactResult,
   ApiKeyRecord,
@@ -190,8 +192,17 @@ export interface FleetStore {
    * generation the first time, assigns the target with a fresh revision, stamps started_at (wall
    * time) and started_seq (its place in the evidence sequence).
    * Returns null when the rollout is no longer running or the batch is not startable.
+   *
+   * `epoch` (here and in recordGate, finishBatch): the executor leader's fencing epoch; the write
+   * throws StaleEpochError (store/lease.ts), writing nothing, when another replica has led since.
+   * Null only for the sole process on SQLite, which is always the leader.
    */
-  startBatch(rolloutId: string, index: number, now: number): Promise<RolloutChange | null>;
+  startBatch(
+    rolloutId: string,
+    index: number,
+    now: number,
+    epoch?: number | null,
+  ): Promise<RolloutChange | null>;
   /**
    * Stores the gate's per-machine states; returns MACHINE_HEALTHY/UNHEALTHY events for changes.
    * Refused (nothing stored) unless the batch is still deploying from the start `startedSeq`.
@@ -202,6 +213,7 @@ export interface FleetStore {
     startedSeq: number,
     gates: readonly MachineGateUpdate[],
     now: number,
+    epoch?: number | null,
   ): Promise<RolloutEventRecord[]>;
   /**
    * Ends a deploying batch (passed or failed) as rollouts/decisions.ts planFinishBatch decides
@@ -214,10 +226,18 @@ export interface FleetStore {
     startedSeq: number,
     result: { passed: boolean; message: string },
     now: number,
+    epoch?: number | null,
   ): Promise<RolloutChange | null>;
   pauseRollout(id: string, reason: string, actor: string, now: number): Promise<RolloutChange>;
   resumeRollout(id: string, actor: string, now: number): Promise<RolloutChange>;
   endRollout(id: string, options: EndRolloutOptions, now: number): Promise<RolloutChange>;
+
+  // --- executor leadership (../leader/): one lease row, decided by ../leader/lease.ts
+  /** Takes, renews or (another replica holding it) leaves the lease, in one transaction. */
+  claimExecutorLease(holder: string, ttlMs: number, now: number): Promise<LeaseClaim>;
+  /** Expires the lease now if `holder` still holds it at `epoch` (a clean shutdown). */
+  releaseExecutorLease(holder: string, epoch: number, now: number): Promise<boolean>;
+  executorLease(): Promise<LeaseRow>;
 
   // --- API keys
   createApiKey(

@@ -4,6 +4,8 @@
  * decided by the pure functions in ../rollouts/decisions.ts over the rows loaded here, and the
  * event texts come from ../rollouts/texts.ts. Mutations run inside the caller's transaction; on
  * PostgreSQL they first lock the rollout's row, so two replicas never interleave on one rollout.
+ * The executor's writes (startBatch, recordGate, finishBatch) carry the leader's epoch and are
+ * refused first thing when another replica has led since (store/lease.ts); operator writes are not.
  */
 import {
   gateChanges,
@@ -18,6 +20,7 @@ import {
 import * as text from "../rollouts/texts.js";
 import { audit, type Ctx, chunks, nextSeq } from "./context.js";
 import { ConflictError, NotFoundError } from "./errors.js";
+import { assertEpoch } from "./lease.js";
 import { writeDesired } from "./machines.js";
 import type { DesiredChange, RolloutEventRecord } from "./records.js";
 import type { EndRolloutOptions, MachineGateUpdate, NewRollout, RolloutChange } from "./repository.js";
@@ -234,7 +237,9 @@ export async function startBatch(
   rolloutId: string,
   index: number,
   now: number,
+  epoch: number | null = null,
 ): Promise<RolloutChange | null> {
+  await assertEpoch(ctx, epoch);
   const rollout = await rolloutRow(ctx, rolloutId, true);
   if (rollout?.status !== "running") return null;
   const batch = await batchRow(ctx, rolloutId, index);
@@ -326,7 +331,9 @@ export async function recordGate(
   startedSeq: number,
   gates: readonly MachineGateUpdate[],
   now: number,
+  epoch: number | null = null,
 ): Promise<RolloutEventRecord[]> {
+  await assertEpoch(ctx, epoch);
   await rolloutRow(ctx, rolloutId, true);
   const batch = await batchRow(ctx, rolloutId, index);
   if (batch?.status !== "deploying" || batch.started_seq !== startedSeq) return [];
@@ -361,7 +368,9 @@ export async function finishBatch(
   startedSeq: number,
   result: { passed: boolean; message: string },
   now: number,
+  epoch: number | null = null,
 ): Promise<RolloutChange | null> {
+  await assertEpoch(ctx, epoch);
   const rollout = await rolloutRow(ctx, rolloutId, true);
   if (!rollout) return null;
   const batch = await batchRow(ctx, rolloutId, index);

@@ -229,6 +229,21 @@ CREATE INDEX reports_by_machine_seq ON reports (machine_id, seq);
 CREATE INDEX health_by_machine_generation_seq ON health_reports (machine_id, generation, seq);
 `,
   },
+  {
+    version: 3,
+    name: "the executor lease: which replica runs the rollout executor, and its fencing epoch",
+    // One row. On SQLite one process owns the file, so it is never claimed there (the process is
+    // always the leader); the table exists so both backends have one schema.
+    sql: `
+CREATE TABLE executor_lease (
+  id         INTEGER PRIMARY KEY CHECK (id = 1),
+  holder     TEXT NOT NULL,
+  epoch      INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL
+) STRICT;
+INSERT INTO executor_lease (id, holder, epoch, expires_at) VALUES (1, '', 0, 0);
+`,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
