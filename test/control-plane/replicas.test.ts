@@ -1,7 +1,8 @@
 /**
  * Two control planes (in-process, real sockets, real clients) on one PostgreSQL database: what
  * one replica commits reaches the agents whose Session the other holds; presence is shared, so
- * either replica shows a machine connected to the other as connected and fresh; a dead replica's
+ * either replica shows a machine connected to the other as connected and fresh (a poll answered
+ * elsewhere does not move its session); a dead replica's
  * sessions stop counting; a LISTEN connection killed mid-way loses nothing.
  */
 import assert from "node:assert/strict";
@@ -82,6 +83,15 @@ describe("replicas on one PostgreSQL database", { skip: postgresUnavailable() },
     const status = await a.fleet("readonly").getFleetStatus({ tags: ["replicas"] });
     const row = status.machines.find((m) => m.machineId === "rp-02");
     assert.equal(row?.connected, true, "fleet status on A agrees");
+    // A poll of the same machine answered by A moves its last contact, never its session to A.
+    await a.agent("rp-02").getDesiredGeneration({ machineId: "rp-02" });
+    await a.cp.cluster.refreshPresence();
+    await b.cp.cluster.refreshPresence();
+    const [held] = (
+      await admin.query("SELECT replica_id, connected FROM cluster_presence WHERE machine_id = 'rp-02'")
+    ).rows;
+    assert.deepEqual(held, { replica_id: b.cp.cluster.bus.replicaId, connected: true });
+    assert.equal((await onA()).connected, true);
     feed.end();
     await inbox.finished;
     await waitFor("A to see rp-02 gone", async () => !(await onA()).connected);

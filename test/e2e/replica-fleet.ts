@@ -10,6 +10,7 @@ import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import type { Client } from "@connectrpc/connect";
+import pg from "pg";
 import type { FleetService } from "../../src/gen/nixfleet/v1/fleet_pb.js";
 import { Clients } from "../control-plane/harness.js";
 import { BinaryCache, type CacheServer } from "../fixtures/cache.js";
@@ -164,6 +165,34 @@ export class ReplicaFleet {
   /** Which replica (index) a URL is. */
   replicaOf(url: string | undefined): number {
     return this.replicas.findIndex((r) => r.url === url);
+  }
+
+  /** Runs a query on the fleet's database (what an operator's psql would see). */
+  async sql<R extends Record<string, unknown>>(text: string, values: unknown[] = []): Promise<R[]> {
+    const client = new pg.Client({ connectionString: this.databaseUrl });
+    await client.connect();
+    try {
+      return (await client.query<R>(text, values)).rows;
+    } finally {
+      await client.end();
+    }
+  }
+
+  /** The process id of replica `i` now (from its latest log line). */
+  pid(i: number): number | undefined {
+    return this.replicas[i]!.lines.findLast((l) => typeof l["pid"] === "number")?.["pid"] as
+      | number
+      | undefined;
+  }
+
+  /** Which running replica holds the executor lease (holder ids are host:pid:random), and its epoch. */
+  async leader(): Promise<{ index: number; epoch: number }> {
+    const [row] = await this.sql<{ holder: string; epoch: string; live: boolean }>(
+      "SELECT holder, epoch, expires_at > (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS live FROM executor_lease",
+    );
+    const pid = row?.live ? Number(row.holder.split(":").at(-2)) : Number.NaN;
+    const index = this.replicas.findIndex((r, i) => r.running && this.pid(i) === pid);
+    return { index, epoch: Number(row?.epoch ?? 0) };
   }
 
   /** A FleetService client to replica `i` with the admin key. */

@@ -1,8 +1,9 @@
 /**
  * End-to-end, issue 9's acceptance: three real control-plane processes on one PostgreSQL, real
  * agents (real Nix) spread over them, each given all three URLs. A canary rollout created on one
- * replica completes with pushes crossing replicas; a replica restarted sends its agents to the
- * next URL and nothing is lost. Agents poll once an hour: only a push (or a reconnect's hello)
+ * replica completes with pushes crossing replicas; SIGKILL of the executor leader mid-batch lets
+ * another replica finish the rollout, no machine assigned twice, audit intact; a replica restarted
+ * sends its agents to the next URL and nothing is lost. Agents poll once an hour: only a push (or a reconnect's hello)
  * can deliver an assignment within these tests.
  */
 import assert from "node:assert/strict";
@@ -30,7 +31,8 @@ describe("e2e: three replicas on one PostgreSQL", { skip: postgresUnavailable() 
       dir,
       replicas: 3,
       hosts: HOSTS,
-      systems: [{ label: "v2" }, { label: "v3" }],
+      // v3's switch waits for a gate the test opens: a batch held open while its leader is killed.
+      systems: [{ label: "v2" }, { label: "v3", gate: true }, { label: "v4" }],
     });
     for (const h of HOSTS) fleet.startAgent(h.name);
   });
@@ -44,8 +46,8 @@ describe("e2e: three replicas on one PostgreSQL", { skip: postgresUnavailable() 
   const holder = (name: string) =>
     fleet.replicas.findIndex((r) => r.running && hostOf(r.url) === hostOf(fleet.streamUrl(name)));
 
-  async function release(label: string): Promise<string> {
-    const { release } = await fleet.fleet(0).createRelease({
+  async function release(label: string, via = 0): Promise<string> {
+    const { release } = await fleet.fleet(via).createRelease({
       entries: HOSTS.map((h) => ({ hostname: h.name, storePath: fleet.host(h.name).systems[label]!.path })),
       cacheUrl: fleet.cacheServer.url,
     });
@@ -158,31 +160,122 @@ describe("e2e: three replicas on one PostgreSQL", { skip: postgresUnavailable() 
   );
 
   it(
-    "replica 2 restarted: its agents reconnect to the next URL, a rollout made meanwhile reaches them, nothing is lost",
+    "SIGKILL of the executor leader mid-batch: another replica takes over and finishes; no machine assigned twice, audit intact",
+    { timeout: 400_000 },
+    () =>
+      fleet.explain(async () => {
+        const before = await waitFor("a leader", async () => {
+          const l = await fleet.leader();
+          return l.index >= 0 ? l : undefined;
+        });
+        // Created through a follower: the leader hears of it over the bus.
+        const via = (before.index + 1) % 3;
+        const { rollout } = await fleet.fleet(via).createRollout({
+          releaseId: await release("v3", via),
+          target: { tags: ["rep"] },
+          strategy: RolloutStrategy.CANARY,
+          healthTimeoutSeconds: 300,
+        });
+        const id = rollout!.id;
+        const canary = rollout!.batches[0]!.machines[0]!.machineId;
+        await waitFor(
+          `${canary}'s switch to v3 to start`,
+          () =>
+            fleet
+              .host(canary)
+              .host.switchLog()
+              .some((e) => e.event === "start" && e.path.includes("-v3")),
+          120_000,
+        );
+        fleet.host(canary).host.releaseGate("v3");
+        const rest = HOSTS.map((h) => h.name).filter((n) => n !== canary);
+        await waitFor(
+          "batch 2's switches to start (and wait at their gate)",
+          () =>
+            rest.every((n) =>
+              fleet
+                .host(n)
+                .host.switchLog()
+                .some((e) => e.event === "start" && e.path.includes("-v3")),
+            ),
+          180_000,
+        );
+        // Mid-batch: batch 2 is deploying, its switches are held. Kill the leader.
+        const { index: killed } = await fleet.leader();
+        assert.ok(killed >= 0, "someone leads");
+        const listen = fleet.replicas[killed]!.listenAddress;
+        await fleet.replicas[killed]!.stop("SIGKILL");
+        const after = await waitFor(
+          "another replica to take the executor lease",
+          async () => {
+            const l = await fleet.leader();
+            return l.index >= 0 && l.index !== killed ? l : undefined;
+          },
+          60_000,
+        );
+        assert.ok(after.epoch > before.epoch, `epoch ${before.epoch} → ${after.epoch}`);
+        for (const n of rest) fleet.host(n).host.releaseGate("v3");
+        const done = await rolloutOn(
+          after.index,
+          id,
+          "to complete under the new leader",
+          (r) => r.rollout?.status === RolloutStatus.COMPLETED,
+        );
+        assertIntactHistory(done, 2);
+        // Each machine got v3 with one revision: nobody re-assigned a batch across the takeover.
+        for (const h of HOSTS) {
+          const v3 = fleet.host(h.name).systems["v3"]!.path;
+          const revisions = new Set(fleet.pushes(h.name, v3).map((l) => l["revision"]));
+          assert.equal(revisions.size, 1, `${h.name} was assigned v3 once: ${[...revisions].join(", ")}`);
+          assert.equal(fleet.host(h.name).host.current(), v3);
+        }
+        const audit = await fleet.sql<{ action: string; n: string }>(
+          "SELECT action, count(*) AS n FROM audit_events WHERE target = $1 GROUP BY action",
+          [id],
+        );
+        const count = (action: string) => Number(audit.find((a) => a.action === action)?.n ?? 0);
+        assert.equal(count("rollout.create"), 1, JSON.stringify(audit));
+        assert.equal(count("rollout.batch_start"), 2, JSON.stringify(audit));
+        // Back to three replicas for what follows.
+        await fleet.replicas[killed]!.start(listen, 120_000);
+      }),
+  );
+
+  it(
+    "a replica restarted: its agents reconnect to the next URL, a rollout made meanwhile reaches them, nothing is lost",
     { timeout: 300_000 },
     () =>
       fleet.explain(async () => {
-        const moved = HOSTS.filter((h) => holder(h.name) === 2).map((h) => h.name);
-        assert.ok(moved.length >= 1, "replica 2 holds some agent");
-        const replica = fleet.replicas[2]!;
+        // The replica holding the most agents (after the leader kill, agents may have moved).
+        const held = [0, 1, 2].map((i) => HOSTS.filter((h) => holder(h.name) === i).map((h) => h.name));
+        const target = held.reduce((best, names, i) => (names.length > held[best]!.length ? i : best), 0);
+        const moved = held[target]!;
+        assert.ok(moved.length >= 1, "some replica holds agents");
+        const other = (target + 1) % 3;
+        const replica = fleet.replicas[target]!;
         const listen = replica.listenAddress;
         await replica.stop("SIGTERM");
         await waitFor(
-          "replica 2's agents to reconnect elsewhere",
-          () => moved.every((name) => holder(name) >= 0 && holder(name) !== 2),
+          `replica ${target}'s agents to reconnect elsewhere`,
+          () => moved.every((name) => holder(name) >= 0 && holder(name) !== target),
           60_000,
         );
-        // Created on replica 1 while replica 2 is down; the agents it pushes to are on 0 and 1.
-        const { rollout } = await fleet.fleet(1).createRollout({
-          releaseId: await release("v3"),
+        // Created on another replica while this one is down; it pushes to agents held anywhere.
+        const { rollout } = await fleet.fleet(other).createRollout({
+          releaseId: await release("v4", other),
           target: { tags: ["rep"] },
           strategy: RolloutStrategy.ALL_AT_ONCE,
           healthTimeoutSeconds: 120,
         });
-        await rolloutOn(1, rollout!.id, "to complete", (r) => r.rollout?.status === RolloutStatus.COMPLETED);
+        await rolloutOn(
+          other,
+          rollout!.id,
+          "to complete",
+          (r) => r.rollout?.status === RolloutStatus.COMPLETED,
+        );
         await replica.start(listen, 120_000);
         const after = await rolloutOn(
-          2,
+          target,
           rollout!.id,
           "to show completed on the restarted replica",
           (r) => r.rollout?.status === RolloutStatus.COMPLETED,
@@ -191,7 +284,7 @@ describe("e2e: three replicas on one PostgreSQL", { skip: postgresUnavailable() 
         const status = await waitFor(
           "the restarted replica to show every machine connected and in sync",
           async () => {
-            const s = await fleet.fleet(2).getFleetStatus({ tags: ["rep"] });
+            const s = await fleet.fleet(target).getFleetStatus({ tags: ["rep"] });
             return s.machines.length === 4 && s.machines.every((m) => m.connected && m.inSync)
               ? s
               : undefined;
@@ -199,12 +292,12 @@ describe("e2e: three replicas on one PostgreSQL", { skip: postgresUnavailable() 
           60_000,
         );
         for (const m of status.machines) {
-          const v3 = fleet.host(m.machineId).systems["v3"]!.path;
-          assert.equal(m.currentGeneration, v3);
-          assert.equal(fleet.host(m.machineId).host.current(), v3);
+          const v4 = fleet.host(m.machineId).systems["v4"]!.path;
+          assert.equal(m.currentGeneration, v4);
+          assert.equal(fleet.host(m.machineId).host.current(), v4);
         }
-        const rollouts = await fleet.fleet(2).listRollouts({});
-        assert.equal(rollouts.rollouts.length, 2, "both rollouts, on every replica");
+        const rollouts = await fleet.fleet(target).listRollouts({});
+        assert.equal(rollouts.rollouts.length, 3, "every rollout, on every replica");
         assert.ok(rollouts.rollouts.every((r) => r.status === RolloutStatus.COMPLETED));
       }),
   );
