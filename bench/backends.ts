@@ -1,9 +1,11 @@
 /**
  * The store backends side by side (`npm run bench -- --backend sqlite,postgres`): unary
  * GetDesiredGeneration, Report throughput and the push fan-out of one rollout batch, measured the
- * same way on the embedded SQLite store (one process) and on PostgreSQL (two replicas: the
- * rollout is created on the first, every Session stream is held by the second, so each push
- * crosses replicas through LISTEN/NOTIFY). Ratios are PostgreSQL / SQLite.
+ * same way on the embedded SQLite store (one process) and on PostgreSQL (two replicas). On
+ * PostgreSQL half the Session streams are held by the executor's leader and half by the other
+ * replica, so one batch measures both the store's cost (leader's streams, against SQLite) and the
+ * cost of crossing replicas through LISTEN/NOTIFY (the other's, against the leader's). Ratios are
+ * PostgreSQL / SQLite, and cross-replica / same-replica.
  */
 import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
@@ -11,6 +13,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import pg from "pg";
 import { FleetService, RolloutStrategy } from "../src/gen/nixfleet/v1/fleet_pb.js";
 import type { Pki } from "../test/fixtures/pki.js";
 import { postgresUnavailable, sharedPostgres } from "../test/fixtures/postgres.js";
@@ -24,8 +27,12 @@ export interface BackendFigures {
   backend: Backend;
   unaryRps: number;
   reportRps: number;
+  /** Streams held by the replica running the executor (the only one with SQLite). */
   fanoutP50Ms: number;
   fanoutP99Ms: number;
+  /** PostgreSQL: streams held by the other replica (each push crossed replicas). */
+  crossP50Ms?: number;
+  crossP99Ms?: number;
   missing: number;
 }
 
@@ -52,7 +59,13 @@ export function backendsFromArgs(argv: readonly string[]): Backend[] {
 
 const pct = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor(xs.length * p))] ?? Number.NaN;
 
-async function startReplica(o: BackendOptions, dbArgs: string[]): Promise<{ cp: Child; url: string }> {
+interface Replica {
+  cp: Child;
+  url: string;
+  pid: number;
+}
+
+async function startReplica(o: BackendOptions, dbArgs: string[]): Promise<Replica> {
   const cp = lineChild(process.execPath, [
     ...programArgs("control-plane"),
     "serve",
@@ -68,15 +81,58 @@ async function startReplica(o: BackendOptions, dbArgs: string[]): Promise<{ cp: 
     "--heartbeat-interval",
     "10",
   ]);
-  const line = await cp.waitLine((l) => l.includes('"msg":"listening"'));
-  return { cp, url: JSON.parse(line).url as string };
+  const line = JSON.parse(await cp.waitLine((l) => l.includes('"msg":"listening"')));
+  return { cp, url: line.url as string, pid: line.pid as number };
+}
+
+/** The replica holding the executor lease (its holder id is host:pid:random). */
+async function leaderOf(databaseUrl: string, replicas: Replica[]): Promise<number> {
+  const client = new pg.Client({ connectionString: databaseUrl });
+  await client.connect();
+  try {
+    for (let i = 0; i < 100; i++) {
+      const { rows } = await client.query("SELECT holder FROM executor_lease");
+      const pid = Number(
+        String(rows[0]?.holder ?? "")
+          .split(":")
+          .at(-2),
+      );
+      const index = replicas.findIndex((r) => r.pid === pid);
+      if (index >= 0) return index;
+      await sleep(100);
+    }
+    throw new Error("no replica took the executor lease");
+  } finally {
+    await client.end();
+  }
+}
+
+/** A load-generator child holding `n` Session streams to `url`; returns it and its machine names. */
+async function streams(o: BackendOptions, label: string, n: number, url: string) {
+  const minted = mintClientCerts(o.pki, `bk-${label}-`, n);
+  const certsFile = join(o.dir, `backend-${label}-certs.json`);
+  writeFileSync(certsFile, JSON.stringify(minted));
+  const argsFile = join(o.dir, `backend-${label}-agents.json`);
+  writeFileSync(
+    argsFile,
+    JSON.stringify({
+      certsFile,
+      ca: o.pki.ca,
+      heartbeatMs: 10_000,
+      backoffMaxMs: 30_000,
+      roundTimeoutMs: 60_000,
+    }),
+  );
+  const agents = child("agents.ts", [argsFile]);
+  await agents.command(`connect ${url}`);
+  return { agents, names: minted.certs.map((c) => c.cn) };
 }
 
 export async function measureBackend(o: BackendOptions, backend: Backend): Promise<BackendFigures> {
-  const dbArgs =
-    backend === "sqlite"
-      ? ["--db-path", join(o.dir, `backend-${backend}.db`)]
-      : ["--database-url", await (await sharedPostgres()).database()];
+  const databaseUrl = backend === "postgres" ? await (await sharedPostgres()).database() : null;
+  const dbArgs = databaseUrl
+    ? ["--database-url", databaseUrl]
+    : ["--db-path", join(o.dir, `backend-${backend}.db`)];
   const key = execFileSync(
     process.execPath,
     [
@@ -95,49 +151,37 @@ export async function measureBackend(o: BackendOptions, backend: Backend): Promi
     .toString()
     .trim();
   const replicas = [await startReplica(o, dbArgs)];
-  if (backend === "postgres") replicas.push(await startReplica(o, dbArgs));
-  const [first, last] = [replicas[0]!, replicas.at(-1)!];
-  const client = createClient(
-    FleetService,
-    createGrpcTransport({
-      baseUrl: first.url,
-      nodeOptions: { ca: readFileSync(o.pki.ca) },
-      interceptors: [
-        (next) => (req) => {
-          req.header.set("authorization", `Bearer ${key}`);
-          return next(req);
-        },
-      ],
-    }),
-  );
-  let agents: Child | null = null;
+  if (databaseUrl) replicas.push(await startReplica(o, dbArgs));
+  const groups: { agents: Child; names: string[] }[] = [];
   try {
-    const minted = mintClientCerts(o.pki, `bk-${backend.slice(0, 2)}-`, o.streams);
-    const names = minted.certs.map((c) => c.cn);
-    const certsFile = join(o.dir, `backend-${backend}-certs.json`);
-    writeFileSync(certsFile, JSON.stringify(minted));
-    const argsFile = join(o.dir, `backend-${backend}-agents.json`);
-    writeFileSync(
-      argsFile,
-      JSON.stringify({
-        certsFile,
-        ca: o.pki.ca,
-        heartbeatMs: 10_000,
-        backoffMaxMs: 30_000,
-        roundTimeoutMs: 60_000,
+    const leader = databaseUrl ? replicas[await leaderOf(databaseUrl, replicas)]! : replicas[0]!;
+    const other = replicas.find((r) => r !== leader);
+    const client = createClient(
+      FleetService,
+      createGrpcTransport({
+        baseUrl: leader.url,
+        nodeOptions: { ca: readFileSync(o.pki.ca) },
+        interceptors: [
+          (next) => (req) => {
+            req.header.set("authorization", `Bearer ${key}`);
+            return next(req);
+          },
+        ],
       }),
     );
-    agents = child("agents.ts", [argsFile]);
+    const perGroup = other ? Math.max(1, Math.floor(o.streams / 2)) : o.streams;
     o.log(
-      `${backend}: ${o.streams} Session streams on ${backend === "postgres" ? "the second replica" : "it"}…`,
+      `${backend}: ${perGroup} Session streams on the executor's replica${other ? `, ${perGroup} on the other` : ""}…`,
     );
-    await agents.command(`connect ${last.url}`);
+    groups.push(await streams(o, `${backend.slice(0, 2)}l`, perGroup, leader.url));
+    if (other) groups.push(await streams(o, `${backend.slice(0, 2)}o`, perGroup, other.url));
+    const names = groups.flatMap((g) => g.names);
 
     o.log(`${backend}: unary GetDesiredGeneration…`);
     const cert = o.pki.client(names[0]!);
     const load = child("load.ts", [
       JSON.stringify({
-        url: first.url,
+        url: leader.url,
         target: "grpc",
         machineId: names[0],
         ca: o.pki.ca,
@@ -151,8 +195,8 @@ export async function measureBackend(o: BackendOptions, backend: Backend): Promi
     const unary = JSON.parse(load.lines.at(-1)!) as { rps: number; errors: number; lastError: string };
     if (unary.errors) throw new Error(`${backend}: unary errors (last: ${unary.lastError})`);
 
-    const p50: number[] = [];
-    const p99: number[] = [];
+    const p50 = groups.map(() => [] as number[]);
+    const p99 = groups.map(() => [] as number[]);
     let missing = 0;
     for (let r = 1; r <= o.rounds; r++) {
       const marker = `bk${backend}r${r}x`;
@@ -164,8 +208,10 @@ export async function measureBackend(o: BackendOptions, backend: Backend): Promi
             .replace(/[eotu]/g, "0")}-nixos-system-${marker}`,
         })),
       });
-      await agents.command(`arm ${marker}`);
-      const done = agents.waitLine((l) => l.includes('"event":"round"'), agents.lines.length);
+      for (const g of groups) await g.agents.command(`arm ${marker}`);
+      const done = groups.map((g) =>
+        g.agents.waitLine((l) => l.includes('"event":"round"'), g.agents.lines.length),
+      );
       const t0 = Date.now();
       const { rollout } = await client.createRollout({
         releaseId: release!.id,
@@ -173,18 +219,20 @@ export async function measureBackend(o: BackendOptions, backend: Backend): Promi
         strategy: RolloutStrategy.ALL_AT_ONCE,
         healthTimeoutSeconds: 3600,
       });
-      const round = JSON.parse(await done) as { received: number[]; missing: number };
-      const lat = round.received.map((t) => t - t0).sort((a, b) => a - b);
-      p50.push(pct(lat, 0.5));
-      p99.push(pct(lat, 0.99));
-      missing += round.missing;
-      o.log(`${backend}: fan-out round ${r}: p99 ${pct(lat, 0.99)} ms, ${round.missing} missing`);
+      for (const [i, line] of (await Promise.all(done)).entries()) {
+        const round = JSON.parse(line) as { received: number[]; missing: number };
+        const lat = round.received.map((t) => t - t0).sort((a, b) => a - b);
+        p50[i]!.push(pct(lat, 0.5));
+        p99[i]!.push(pct(lat, 0.99));
+        missing += round.missing;
+      }
+      o.log(`${backend}: fan-out round ${r}: p99 ${p99.map((x) => `${x.at(-1)} ms`).join(" (leader's) / ")}`);
       await client.cancelRollout({ rolloutId: rollout!.id });
       await sleep(500);
     }
 
     o.log(`${backend}: Report throughput…`);
-    const report = await agents.command(`report ${o.seconds} ${o.concurrency}`);
+    const report = await groups[0]!.agents.command(`report ${o.seconds} ${o.concurrency}`);
     if (Number(report["errors"]))
       throw new Error(`${backend}: Report errors (last: ${String(report["lastError"])})`);
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -192,14 +240,15 @@ export async function measureBackend(o: BackendOptions, backend: Backend): Promi
       backend,
       unaryRps: unary.rps,
       reportRps: Number(report["rps"]),
-      fanoutP50Ms: median(p50),
-      fanoutP99Ms: median(p99),
+      fanoutP50Ms: median(p50[0]!),
+      fanoutP99Ms: median(p99[0]!),
+      ...(other ? { crossP50Ms: median(p50[1]!), crossP99Ms: median(p99[1]!) } : {}),
       missing,
     };
   } finally {
-    if (agents) {
-      agents.proc.stdin!.end("quit\n");
-      await agents.exited;
+    for (const g of groups) {
+      g.agents.proc.stdin!.end("quit\n");
+      await g.agents.exited;
     }
     for (const r of replicas) {
       r.cp.proc.kill("SIGTERM");
@@ -208,16 +257,26 @@ export async function measureBackend(o: BackendOptions, backend: Backend): Promi
   }
 }
 
+export interface BackendRow {
+  name: string;
+  value: number;
+  unit: string;
+  baseline: string;
+  baselineValue: number;
+  ratio: number;
+  detail?: Record<string, unknown>;
+}
+
 /** Rows for the report table: PostgreSQL against SQLite (or one backend's values alone). */
-export function backendRows(figures: BackendFigures[], streams: number, concurrency: number) {
+export function backendRows(figures: BackendFigures[], streams: number, concurrency: number): BackendRow[] {
   const sqlite = figures.find((f) => f.backend === "sqlite");
-  const pg = figures.find((f) => f.backend === "postgres");
-  const subject = pg ?? sqlite;
+  const postgres = figures.find((f) => f.backend === "postgres");
+  const subject = postgres ?? sqlite;
   if (!subject) return [];
-  const base = pg && sqlite ? sqlite : subject;
+  const base = postgres && sqlite ? sqlite : subject;
   const baseline = base === subject ? `${subject.backend} (alone)` : "SQLite, one process";
   const name = (what: string) => `${what}, ${subject.backend === "postgres" ? "PostgreSQL" : "SQLite"}`;
-  const row = (what: string, unit: string, f: (x: BackendFigures) => number) => ({
+  const row = (what: string, unit: string, f: (x: BackendFigures) => number): BackendRow => ({
     name: name(what),
     value: f(subject),
     unit,
@@ -225,17 +284,25 @@ export function backendRows(figures: BackendFigures[], streams: number, concurre
     baselineValue: f(base),
     ratio: f(subject) / f(base),
   });
-  return [
+  const half = subject.crossP99Ms === undefined ? streams : Math.floor(streams / 2);
+  const rows: BackendRow[] = [
     row(`GetDesiredGeneration grpc (c=${concurrency})`, "req/s", (x) => x.unaryRps),
     row(`Report over Session conns (c=${concurrency})`, "req/s", (x) => x.reportRps),
     {
-      ...row(`fan-out to ${streams} streams (p99)`, "ms", (x) => x.fanoutP99Ms),
-      detail: {
-        note: "PostgreSQL: rollout created on replica 1, streams held by replica 2",
-        p50Ms: subject.fanoutP50Ms,
-        baselineP50Ms: base.fanoutP50Ms,
-        missing: subject.missing,
-      },
+      ...row(`fan-out, ${half} streams on the executor's replica (p99)`, "ms", (x) => x.fanoutP99Ms),
+      detail: { p50Ms: subject.fanoutP50Ms, baselineP50Ms: base.fanoutP50Ms, missing: subject.missing },
     },
   ];
+  if (subject.crossP99Ms !== undefined) {
+    rows.push({
+      name: `fan-out, ${half} streams on another replica (p99)`,
+      value: subject.crossP99Ms,
+      unit: "ms",
+      baseline: "same batch, executor's replica",
+      baselineValue: subject.fanoutP99Ms,
+      ratio: subject.crossP99Ms / subject.fanoutP99Ms,
+      detail: { p50Ms: subject.crossP50Ms, baselineP50Ms: subject.fanoutP50Ms, missing: subject.missing },
+    });
+  }
+  return rows;
 }
