@@ -9,6 +9,7 @@ import { MachineLifecycle } from "../src/gen/nixfleet/v1/types_pb.js";
 import { Fleet } from "../test/fixtures/fleet.js";
 import { makeTempDir, removeTempDir } from "../test/fixtures/tmp.js";
 import { type AgentResult, agentBench } from "./agent.js";
+import { type BackendFigures, backendRows, backendsFromArgs, measureBackend } from "./backends.js";
 import { child, ROOT } from "./child.js";
 import { openFileLimit } from "./proc-stats.js";
 import { type Fanout, scale, scaleTable, type TargetResult } from "./scale.js";
@@ -28,6 +29,9 @@ const SCALE_ONLY = argv.includes("--scale-only");
 const TARGETS = (
   argv.includes("--targets") ? argv[argv.indexOf("--targets") + 1]! : "nixfleet,naive,raw"
 ).split(",");
+/** The store backends compared (`--backend sqlite,postgres`; default both when PostgreSQL is here). */
+const BACKENDS = backendsFromArgs(argv);
+const BACKEND_STREAMS = flag("--backend-streams", QUICK ? 100 : 1000);
 /** Run the control plane with --cpu-prof (profiles land in bench/results/). */
 const CPU_PROF = argv.includes("--cpu-prof");
 
@@ -183,9 +187,25 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   let scaleResults: TargetResult[] = [];
   let agent: AgentResult | null = null;
+  const backends: BackendFigures[] = [];
   try {
     const rawUrl = (JSON.parse(await raw.waitLine((l) => l.startsWith("{"))) as { url: string }).url;
     if (!SCALE_ONLY) rows.push(...(await small(fleet, rawUrl)));
+    if (!SCALE_ONLY) {
+      for (const backend of BACKENDS) {
+        const options = {
+          dir,
+          pki: fleet.pki,
+          streams: BACKEND_STREAMS,
+          seconds: SECONDS,
+          rounds: QUICK ? 1 : 3,
+          concurrency: CONCURRENCY,
+          log: (line: string) => process.stderr.write(`bench: ${line}\n`),
+        };
+        backends.push(await measureBackend(options, backend));
+      }
+      rows.push(...backendRows(backends, BACKEND_STREAMS, CONCURRENCY));
+    }
     process.stderr.write(`bench: ${STREAMS} agents' Session streams…\n`);
     scaleResults = await scale({
       dir,
@@ -210,7 +230,7 @@ async function main(): Promise<void> {
     await fleet.close();
     removeTempDir(dir);
   }
-  report(rows, scaleResults, agent, started);
+  report(rows, scaleResults, agent, backends, started);
 }
 
 /** The unary and GetFleetStatus sections (a small fleet registered through the API). */
@@ -241,7 +261,13 @@ async function small(fleet: Fleet, rawUrl: string): Promise<Row[]> {
   return rows;
 }
 
-function report(rows: Row[], scaleResults: TargetResult[], agent: AgentResult | null, started: number): void {
+function report(
+  rows: Row[],
+  scaleResults: TargetResult[],
+  agent: AgentResult | null,
+  backends: BackendFigures[],
+  started: number,
+): void {
   const w = (s: string, n: number) => s.padEnd(n);
   const fmt = (n: number) => (n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n.toFixed(2));
   process.stdout.write(
@@ -271,11 +297,14 @@ function report(rows: Row[], scaleResults: TargetResult[], agent: AgentResult | 
       seconds: SECONDS,
       concurrency: CONCURRENCY,
       quick: QUICK,
+      backends: BACKENDS,
+      backendStreams: BACKEND_STREAMS,
     },
     durationSeconds: Math.round((Date.now() - started) / 1000),
     openFileLimit: openFileLimit("self"),
     results: rows,
     scale: scaleResults,
+    backends,
     agent,
   };
   const out = join(ROOT, "bench", "results");

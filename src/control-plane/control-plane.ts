@@ -16,6 +16,7 @@ import { FleetService } from "../gen/nixfleet/v1/fleet_pb.js";
 import { authInterceptor, availabilityInterceptor, type Phase } from "./auth/interceptors.js";
 import { peerIdentityOf, peerKey } from "./auth/peer-identity.js";
 import { type Clock, wallClock } from "./clock.js";
+import { Cluster } from "./cluster/cluster.js";
 import { type ConnectionTimeouts, DEFAULT_CONNECTION_TIMEOUTS } from "./http/connection-timeouts.js";
 import {
   dashboardHandler,
@@ -89,6 +90,8 @@ export interface ControlPlaneOptions {
   dbLockWaitMs?: number;
   /** Handshake, header and idle timeouts of every listener (default DEFAULT_CONNECTION_TIMEOUTS). */
   connectionTimeouts?: ConnectionTimeouts;
+  /** How often shared presence is written and read, with PostgreSQL (default 2 s). */
+  presenceFlushMs?: number;
 }
 
 export const DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
@@ -107,6 +110,8 @@ export class ControlPlane {
   readonly changes = new RolloutChanges();
   readonly presence = new Presence();
   readonly notifier: RolloutNotifier;
+  /** The bus to the other replicas and shared presence (one replica with SQLite). */
+  readonly cluster: Cluster;
   private executorValue: RolloutExecutor | null = null;
   private leadershipValue: ExecutorLeadership | null = null;
   private readonly intake: AgentIntake;
@@ -121,9 +126,20 @@ export class ControlPlane {
       heartbeatIntervalMs: options.heartbeatIntervalSeconds * 1000,
       observePushLatency: (s) => this.metrics.pushLatency.observe(s),
     });
-    this.notifier = new RolloutNotifier({
+    this.cluster = new Cluster({
+      databaseUrl: options.databaseUrl ?? null,
       hub: this.hub,
       changes: this.changes,
+      presence: this.presence,
+      clock: this.clock,
+      logger: this.log,
+      pollHintSeconds: options.pollHintSeconds,
+      store: () => this.store,
+      kick: (rolloutId) => void this.executorValue?.kick(rolloutId),
+      ...(options.presenceFlushMs ? { presenceFlushMs: options.presenceFlushMs } : {}),
+    });
+    this.notifier = new RolloutNotifier({
+      bus: this.cluster.bus,
       logger: this.log,
       pollHintSeconds: options.pollHintSeconds,
       onStatus: (status) => this.metrics.rolloutReached(status),
@@ -131,7 +147,7 @@ export class ControlPlane {
     this.intake = new AgentIntake({
       store: () => this.store,
       clock: this.clock,
-      executor: () => this.executor,
+      kick: (rolloutId) => this.cluster.bus.publish({ kind: "kick", rolloutIds: [rolloutId] }),
       presence: this.presence,
       logger: this.log,
       pollHintSeconds: options.pollHintSeconds,
@@ -179,12 +195,10 @@ export class ControlPlane {
 
   private liveView(): LiveView {
     return {
-      connected: (id) => this.hub.isConnected(id),
+      connected: (id) => this.cluster.connected(id),
       lastSeen: (m: MachineRecord) => {
-        const candidates = [m.lastSeen, this.presence.get(m.id), this.hub.lastHeard(m.id)].filter(
-          (t): t is number => t !== null,
-        );
-        return candidates.length ? Math.max(...candidates) : null;
+        const heard = this.cluster.lastHeard(m.id);
+        return m.lastSeen === null || (heard !== null && heard > m.lastSeen) ? heard : m.lastSeen;
       },
     };
   }
@@ -324,6 +338,12 @@ export class ControlPlane {
       throw new DatabaseStartupError("shut down while starting");
     }
     this.storeValue = store;
+    try {
+      await this.cluster.start(store, this.listener?.url ?? "");
+    } catch (err) {
+      await store.close();
+      throw err;
+    }
     if (migration.applied.length) {
       this.log.info(
         { database: databaseName(o), from: migration.from, to: migration.to },
@@ -416,6 +436,7 @@ export class ControlPlane {
     ]);
     await this.executorValue?.stop();
     await this.leadershipValue?.stop();
+    await this.cluster.stop();
     await this.storeValue?.close();
     this.log.info("stopped");
   }

@@ -1,17 +1,17 @@
 /**
- * What happens after a rollout changed in the store, whoever changed it (executor or operator):
- * push the desired generations it wrote, wake WatchRollout streams, log and count the events,
- * and send polling agents back to their own interval when the rollout is over.
+ * What happens after a rollout changed in the store, whoever changed it (executor or operator)
+ * and on whichever replica: push the desired generations it wrote, wake WatchRollout streams, log
+ * and count the events, and send polling agents back to their own interval when the rollout is
+ * over. Pushes and wake-ups go through the cluster bus, so the replicas holding the agents' and
+ * watchers' streams act on them; logs and counts stay with the replica that made the change.
  */
 import type { Logger } from "../../common/logger.js";
-import type { PushHub } from "../push/hub.js";
-import type { RolloutStatus } from "../store/records.js";
+import type { ClusterBus } from "../cluster/bus.js";
+import type { DesiredChange, RolloutStatus } from "../store/records.js";
 import type { RolloutChange } from "../store/repository.js";
-import type { RolloutChanges } from "./rollout-events.js";
 
 export interface RolloutNotifierOptions {
-  hub: PushHub;
-  changes: RolloutChanges;
+  bus: ClusterBus;
   logger: Logger;
   pollHintSeconds: number;
   onStatus?: (status: RolloutStatus) => void;
@@ -24,14 +24,28 @@ const STATUS_EVENTS: Partial<Record<string, RolloutStatus>> = {
   cancelled: "cancelled",
 };
 
+/** Events after which a rollout is running and waits for the executor (wherever it runs). */
+const NEEDS_EXECUTOR = new Set(["created", "resumed"]);
+
 export class RolloutNotifier {
   constructor(private readonly o: RolloutNotifierOptions) {}
+
+  /** One machine's desired generation was set or cleared by an operator. */
+  desiredChanged(change: DesiredChange): void {
+    this.o.bus.publish({ kind: "desired", changes: [change], pollHintSeconds: undefined });
+  }
 
   applied(change: RolloutChange | null): void {
     if (!change) return;
     const { rollout } = change;
     const active = rollout.status === "running" || rollout.status === "paused";
-    for (const c of change.changes) this.o.hub.pushDesired(c, active ? this.o.pollHintSeconds : undefined);
+    if (change.changes.length) {
+      this.o.bus.publish({
+        kind: "desired",
+        changes: change.changes,
+        pollHintSeconds: active ? this.o.pollHintSeconds : undefined,
+      });
+    }
     for (const e of change.events) {
       this.o.logger.info(
         {
@@ -46,10 +60,14 @@ export class RolloutNotifier {
       const status = STATUS_EVENTS[e.type];
       if (status) this.o.onStatus?.(status);
     }
-    if (change.events.length) this.o.changes.publish(rollout.id);
+    if (change.events.length) this.o.bus.publish({ kind: "rollout", rolloutId: rollout.id });
+    // The operator's replica kicks its own executor; the others' (the leader's, if elsewhere)
+    // learn of the new or resumed rollout here rather than at their next tick.
+    if (rollout.status === "running" && change.events.some((e) => NEEDS_EXECUTOR.has(e.type)))
+      this.o.bus.publish({ kind: "kick", rolloutIds: [rollout.id] }, "others");
     if (!active && change.events.some((e) => STATUS_EVENTS[e.type] && e.type !== "paused")) {
       const machines = rollout.batches.flatMap((b) => b.machines.map((m) => m.machineId));
-      this.o.hub.pushPollHint(machines, 0);
+      this.o.bus.publish({ kind: "poll-hint", machineIds: machines, seconds: 0 });
     }
   }
 }

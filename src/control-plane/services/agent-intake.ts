@@ -7,7 +7,6 @@ import type { Logger } from "../../common/logger.js";
 import { HealthCheckKindSchema, OutcomeSchema } from "../../gen/nixfleet/v1/types_pb.js";
 import type { Clock } from "../clock.js";
 import { healthCheckKindName, isKnownEnumValue, outcomeName } from "../enum-names.js";
-import type { RolloutExecutor } from "../rollouts/executor.js";
 import type {
   AgentContactResult,
   DesiredRecord,
@@ -21,7 +20,11 @@ import type { Presence } from "./presence.js";
 export interface AgentIntakeOptions {
   store: () => FleetStore;
   clock: Clock;
-  executor: () => RolloutExecutor;
+  /**
+   * Asks for an evaluation of a rollout now. With several replicas this reaches every replica's
+   * executor (the cluster bus); the report may have arrived anywhere, the leader decides.
+   */
+  kick: (rolloutId: string) => void;
   presence: Presence;
   logger: Logger;
   pollHintSeconds: number;
@@ -46,6 +49,7 @@ export class AgentIntake {
   }
 
   async hello(input: HelloInput): Promise<AgentContactResult> {
+    this.o.presence.touch(input.machineId, this.o.clock.now());
     const result = await this.o.store().recordHello(input, this.o.clock.now());
     this.after(result, "stream opened");
     return result;
@@ -90,7 +94,6 @@ export class AgentIntake {
       );
     }
     // The gate may decide now; evaluation happens right after this call returns.
-    if (machine.activeRollout?.status === "running")
-      void this.o.executor().kick(machine.activeRollout.rolloutId);
+    if (machine.activeRollout?.status === "running") this.o.kick(machine.activeRollout.rolloutId);
   }
 }

@@ -219,7 +219,7 @@ export function fleetServiceImpl(o: FleetServiceOptions): Partial<ServiceImpl<ty
           principal(ctx).actor,
           now(),
         );
-        o.hub.pushDesired(result.change, undefined);
+        o.notifier.desiredChanged(result.change);
         return { machine: machine(result.machine) };
       }),
 
@@ -227,7 +227,7 @@ export function fleetServiceImpl(o: FleetServiceOptions): Partial<ServiceImpl<ty
       handle("ClearDesiredGeneration", async () => {
         check("machine_id", machineIdProblem(req.machineId));
         const result = await store().clearDesired(req.machineId, principal(ctx).actor, now());
-        if (result.change) o.hub.pushDesired(result.change, undefined);
+        if (result.change) o.notifier.desiredChanged(result.change);
         return { machine: machine(result.machine) };
       }),
 

@@ -219,6 +219,27 @@ CREATE TABLE executor_lease (
 INSERT INTO executor_lease (id, holder, epoch, expires_at) VALUES (1, '', 0, 0);
 `,
   },
+  {
+    version: 3,
+    name: "replicas and shared presence (several control planes on one database)",
+    // Written every few seconds by each replica (cluster/shared-presence.ts), never copied by
+    // migrate: presence is live state. No foreign key: a poll may come before registration.
+    sql: `
+CREATE TABLE cluster_replicas (
+  id         TEXT COLLATE "C" PRIMARY KEY,
+  url        TEXT NOT NULL,
+  started_at BIGINT NOT NULL,
+  seen_at    BIGINT NOT NULL
+);
+
+CREATE TABLE cluster_presence (
+  machine_id TEXT COLLATE "C" PRIMARY KEY,
+  replica_id TEXT COLLATE "C" NOT NULL,
+  connected  BOOLEAN NOT NULL,
+  last_heard BIGINT NOT NULL
+);
+`,
+  },
 ];
 
 export const PG_LATEST_SCHEMA_VERSION = PG_MIGRATIONS[PG_MIGRATIONS.length - 1]!.version;

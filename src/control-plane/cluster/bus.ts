@@ -1,0 +1,73 @@
+/**
+ * The cluster bus: how one replica's changes reach the others. A change is delivered to this
+ * replica at once (a direct call) and, when there are other replicas, announced to them too;
+ * each receiver acts on its own share — it pushes to the agents whose streams it holds, wakes
+ * its own WatchRollout streams, kicks its own executor.
+ *
+ * Two implementations, chosen at start-up: `InProcessBus` for the embedded SQLite store (one
+ * replica: exactly the direct calls of a single process, nothing serialized) and `PostgresBus`
+ * (pg-bus.ts) for replicas sharing one PostgreSQL database.
+ */
+import type { DesiredChange } from "../store/records.js";
+import type { ClusterEvent } from "./messages.js";
+
+export type { ClusterEvent } from "./messages.js";
+
+/** What a replica does with an event, whichever replica it came from. */
+export interface ClusterSink {
+  desired(change: DesiredChange, pollHintSeconds: number | undefined): void;
+  pollHint(machineIds: readonly string[], seconds: number): void;
+  rolloutChanged(rolloutId: string): void;
+  kick(rolloutId: string): void;
+  /**
+   * The bus may have missed events (its connection to the other replicas was lost and is back):
+   * send the agents held here their desired generations again.
+   */
+  resync(): void;
+}
+
+/** "all": here and on every other replica; "others": only the other replicas. */
+export type Scope = "all" | "others";
+
+export interface ClusterBus {
+  /** Names this replica in messages and in shared presence. */
+  readonly replicaId: string;
+  publish(event: ClusterEvent, scope?: Scope): void;
+  start(): Promise<void>;
+  /** Sends what is still queued, then disconnects. */
+  stop(): Promise<void>;
+}
+
+/** Hands an event to the sink of this replica. */
+export function deliver(sink: ClusterSink, event: ClusterEvent): void {
+  switch (event.kind) {
+    case "desired":
+      for (const c of event.changes) sink.desired(c, event.pollHintSeconds);
+      return;
+    case "poll-hint":
+      sink.pollHint(event.machineIds, event.seconds);
+      return;
+    case "rollout":
+      sink.rolloutChanged(event.rolloutId);
+      return;
+    case "kick":
+      for (const id of event.rolloutIds) sink.kick(id);
+      return;
+  }
+}
+
+/** One replica: every event is a direct call on this process's sink. */
+export class InProcessBus implements ClusterBus {
+  constructor(
+    private readonly sink: ClusterSink,
+    readonly replicaId = "local",
+  ) {}
+
+  publish(event: ClusterEvent, scope: Scope = "all"): void {
+    if (scope === "all") deliver(this.sink, event);
+  }
+
+  async start(): Promise<void> {}
+
+  async stop(): Promise<void> {}
+}

@@ -1,0 +1,193 @@
+/**
+ * The cluster bus: its wire form fits PostgreSQL's NOTIFY limit at fleet scale, and over a real
+ * PostgreSQL one replica's events reach another (not itself twice), kicks coalesce, and a
+ * LISTEN connection killed with pg_terminate_backend comes back and asks for a resync.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import pg from "pg";
+import { createLogger } from "../../src/common/logger.js";
+import { type ClusterSink, InProcessBus } from "../../src/control-plane/cluster/bus.js";
+import {
+  type ClusterEvent,
+  decodePayload,
+  encodeEvent,
+  MAX_PAYLOAD_BYTES,
+} from "../../src/control-plane/cluster/messages.js";
+import { PostgresBus } from "../../src/control-plane/cluster/pg-bus.js";
+import type { DesiredChange } from "../../src/control-plane/store/records.js";
+import { postgresUnavailable, sharedPostgres } from "../fixtures/postgres.js";
+import { storePath, waitFor } from "./helpers.js";
+
+const quiet = createLogger({ name: "bus-test", level: "silent" });
+
+function changes(n: number): DesiredChange[] {
+  return Array.from({ length: n }, (_, i) => ({
+    machineId: `machine-${String(i).padStart(5, "0")}`,
+    desired:
+      i % 97 === 0
+        ? null
+        : {
+            storePath: storePath(`host-${i}`, 2),
+            cacheUrl: "https://cache.example.org/ünïcode-path",
+            revision: 1_000_000 + i,
+            rolloutId: "r-0123456789abcdef",
+            setBy: "executor",
+            setAt: 1_767_000_000_000 + i,
+          },
+  }));
+}
+
+/** A sink that records what it was asked to do. */
+class RecordingSink implements ClusterSink {
+  readonly desiredSeen: { change: DesiredChange; hint: number | undefined }[] = [];
+  readonly hints: { ids: readonly string[]; seconds: number }[] = [];
+  readonly rollouts: string[] = [];
+  readonly kicks: string[] = [];
+  resyncs = 0;
+  desired(change: DesiredChange, hint: number | undefined): void {
+    this.desiredSeen.push({ change, hint });
+  }
+  pollHint(ids: readonly string[], seconds: number): void {
+    this.hints.push({ ids, seconds });
+  }
+  rolloutChanged(id: string): void {
+    this.rollouts.push(id);
+  }
+  kick(id: string): void {
+    this.kicks.push(id);
+  }
+  resync(): void {
+    this.resyncs++;
+  }
+}
+
+describe("cluster messages", () => {
+  it("10,000 desired changes travel in payloads under the NOTIFY limit, whole and in order", () => {
+    const all = changes(10_000);
+    const payloads = encodeEvent("replica-a", { kind: "desired", changes: all, pollHintSeconds: 5 });
+    assert.ok(payloads.length > 1, "one payload cannot hold them");
+    for (const p of payloads)
+      assert.ok(Buffer.byteLength(p) <= MAX_PAYLOAD_BYTES, `${Buffer.byteLength(p)} bytes`);
+    const decoded = payloads.map(decodePayload);
+    const back: DesiredChange[] = [];
+    for (const d of decoded) {
+      assert.ok(d.ok, d.ok ? "" : d.problem);
+      assert.equal(d.from, "replica-a");
+      assert.ok(d.event.kind === "desired");
+      assert.equal(d.event.pollHintSeconds, 5);
+      back.push(...d.event.changes);
+    }
+    assert.deepEqual(back, all);
+  });
+
+  it("poll hints, rollout wake-ups and kicks round-trip", () => {
+    const events: ClusterEvent[] = [
+      { kind: "poll-hint", machineIds: Array.from({ length: 3000 }, (_, i) => `m-${i}`), seconds: 0 },
+      { kind: "rollout", rolloutId: "r-1" },
+      { kind: "kick", rolloutIds: ["r-1", "r-2"] },
+      { kind: "desired", changes: changes(2), pollHintSeconds: undefined },
+    ];
+    for (const event of events) {
+      const payloads = encodeEvent("b", event);
+      const merged = payloads.map(decodePayload).map((d) => (d.ok ? d.event : assert.fail(d.problem)));
+      if (event.kind === "poll-hint") {
+        assert.ok(payloads.length > 1);
+        assert.deepEqual(
+          merged.flatMap((e) => (e.kind === "poll-hint" ? e.machineIds : [])),
+          event.machineIds,
+        );
+      } else {
+        assert.deepEqual(merged, [event]);
+      }
+    }
+  });
+
+  it("a payload from a newer or broken replica is refused with the reason, never thrown", () => {
+    const newer = decodePayload('{"v":2,"f":"x","k":"d","i":[]}');
+    assert.deepEqual(newer, { ok: false, from: "x", problem: "wire version 2 (this replica speaks 1)" });
+    assert.equal(decodePayload("not json").ok, false);
+    assert.equal(decodePayload('{"v":1,"f":"x","k":"zz","i":[]}').ok, false);
+    assert.equal(decodePayload('{"v":1,"f":"x","k":"d","i":[["m","p"]]}').ok, false);
+  });
+
+  it("in-process: an event is a direct call here, and 'others' reaches nobody", () => {
+    const sink = new RecordingSink();
+    const bus = new InProcessBus(sink);
+    bus.publish({ kind: "rollout", rolloutId: "r-1" });
+    bus.publish({ kind: "kick", rolloutIds: ["r-1"] }, "others");
+    assert.deepEqual(sink.rollouts, ["r-1"]);
+    assert.deepEqual(sink.kicks, []);
+  });
+});
+
+describe("PostgreSQL bus", { skip: postgresUnavailable() }, () => {
+  async function pair(t: { after(fn: () => Promise<void>): void }) {
+    const url = await (await sharedPostgres()).database();
+    const make = async (id: string) => {
+      const sink = new RecordingSink();
+      const bus = new PostgresBus({
+        url,
+        sink,
+        logger: quiet,
+        replicaId: id,
+        reconnectMinMs: 20,
+        reconnectMaxMs: 200,
+      });
+      await bus.start();
+      t.after(() => bus.stop());
+      return { sink, bus };
+    };
+    return { url, a: await make("a"), b: await make("b") };
+  }
+
+  it("an event published on A reaches B once, and A only by its direct call", async (t) => {
+    const { a, b } = await pair(t);
+    const all = changes(10_000);
+    a.bus.publish({ kind: "desired", changes: all, pollHintSeconds: 5 });
+    a.bus.publish({ kind: "rollout", rolloutId: "r-1" });
+    a.bus.publish({ kind: "poll-hint", machineIds: ["m-1"], seconds: 0 });
+    await waitFor("B to receive everything", () => b.sink.rollouts.length === 1 && b.sink.hints.length === 1);
+    assert.deepEqual(
+      b.sink.desiredSeen.map((d) => d.change),
+      all,
+      "every change, in order, before the later events",
+    );
+    assert.ok(b.sink.desiredSeen.every((d) => d.hint === 5));
+    assert.equal(a.sink.desiredSeen.length, all.length, "A delivered to itself once, directly");
+    assert.deepEqual(a.sink.rollouts, ["r-1"]);
+    b.bus.publish({ kind: "rollout", rolloutId: "r-2" }, "others");
+    await waitFor("A to hear B", () => a.sink.rollouts.includes("r-2"));
+    assert.deepEqual(b.sink.rollouts, ["r-1"], "'others' is not delivered to the publisher");
+  });
+
+  it("kicks published in one burst leave as one notification", async (t) => {
+    const { a, b } = await pair(t);
+    const sentBefore = a.bus.stats.sent;
+    for (let i = 0; i < 500; i++) a.bus.publish({ kind: "kick", rolloutIds: [i % 2 ? "r-odd" : "r-even"] });
+    await waitFor("B to be kicked", () => b.sink.kicks.length === 2);
+    assert.deepEqual([...b.sink.kicks].sort(), ["r-even", "r-odd"]);
+    assert.equal(a.bus.stats.sent - sentBefore, 1);
+    assert.equal(
+      a.sink.kicks.length,
+      500,
+      "this replica's executor is kicked every time (it coalesces itself)",
+    );
+  });
+
+  it("a LISTEN connection killed by pg_terminate_backend reconnects, resyncs, and hears again", async (t) => {
+    const { url, a, b } = await pair(t);
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    t.after(() => admin.end());
+    const pid = b.bus.listenerPid;
+    assert.ok(pid);
+    const killed = await admin.query("SELECT pg_terminate_backend($1) AS ok", [pid]);
+    assert.equal(killed.rows[0].ok, true);
+    await waitFor("B to reconnect", () => b.bus.stats.reconnects === 1 && b.bus.listening);
+    assert.notEqual(b.bus.listenerPid, pid, "a new server process");
+    assert.equal(b.sink.resyncs, 1, "told to re-send what it may have missed");
+    a.bus.publish({ kind: "rollout", rolloutId: "after-kill" });
+    await waitFor("B to hear A again", () => b.sink.rollouts.includes("after-kill"));
+  });
+});
