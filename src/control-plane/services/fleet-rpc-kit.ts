@@ -18,6 +18,8 @@ import type { Lifecycle, MachineRecord, RolloutRecord } from "../store/records.j
 import type { FleetStore } from "../store/repository.js";
 import { LIFECYCLE_FROM_PROTO, type LiveView, machineToProto } from "./convert.js";
 import { toConnectError } from "./errors.js";
+import type { FleetChanges } from "./fleet-changes.js";
+import type { FleetFeed } from "./fleet-feed.js";
 
 export interface FleetServiceOptions {
   store: () => FleetStore;
@@ -31,6 +33,12 @@ export interface FleetServiceOptions {
   staleAfterMs: number;
   /** How often WatchRollout re-reads the store even without a notification (other writers). */
   watchPollMs?: number;
+  /** Publishes operator changes to machines (WatchFleet's source, with the agents' own). */
+  fleetChanges: FleetChanges;
+  /** What WatchFleet streams are fed from. */
+  feed: FleetFeed;
+  /** Changes queued per WatchFleet stream before it is resynced instead (default 20,000). */
+  watchFleetQueueLimit?: number;
 }
 
 /** Enough for any fleet: listing calls that must see every machine pass it as their limit. */

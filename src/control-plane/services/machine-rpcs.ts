@@ -34,6 +34,7 @@ export function machineRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof FleetSer
           principal(ctx).actor,
           now(),
         );
+        o.fleetChanges.publish(req.machineId, "registered");
         return { machine: machine(result.machine), created: result.created };
       }),
 
@@ -84,6 +85,7 @@ export function machineRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof FleetSer
         if (!lifecycle)
           throw new ValidationError("lifecycle", "must be PENDING, ACTIVE, MAINTENANCE or DECOMMISSIONED");
         const result = await store().setLifecycle(req.machineId, lifecycle, principal(ctx).actor, now());
+        o.fleetChanges.publish(req.machineId, "lifecycle");
         return { machine: machine(result.machine) };
       }),
 
@@ -98,6 +100,7 @@ export function machineRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof FleetSer
           now(),
         );
         o.hub.pushDesired(result.change, undefined);
+        o.fleetChanges.publish(req.machineId, "desired");
         return { machine: machine(result.machine) };
       }),
 
@@ -105,7 +108,10 @@ export function machineRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof FleetSer
       handle("ClearDesiredGeneration", async () => {
         check("machine_id", machineIdProblem(req.machineId));
         const result = await store().clearDesired(req.machineId, principal(ctx).actor, now());
-        if (result.change) o.hub.pushDesired(result.change, undefined);
+        if (result.change) {
+          o.hub.pushDesired(result.change, undefined);
+          o.fleetChanges.publish(req.machineId, "desired");
+        }
         return { machine: machine(result.machine) };
       }),
   };
