@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
+  ApiKeyRole,
   FleetChangeKind,
   SnapshotReason,
   TagMatch,
@@ -188,6 +189,16 @@ describe("WatchFleet", () => {
     assert.ok(resyncs > 0, "a resync snapshot was sent");
     abort.abort();
     await stream.return?.();
+  });
+
+  it("ends a watch whose API key is revoked", async () => {
+    const temp = await h.fleet("admin").createApiKey({ name: "watch-temp", role: ApiKeyRole.READONLY });
+    const abort = new AbortController();
+    const inbox = new Inbox<Msg>(h.fleet(temp.secret).watchFleet({}, { signal: abort.signal }));
+    await inbox.next("snapshot", snapshotEnd(SnapshotReason.INITIAL));
+    await h.fleet("admin").revokeApiKey({ key: "watch-temp" });
+    await inbox.finished;
+    assert.equal(Code[ConnectError.from(inbox.error).code], Code[Code.Unauthenticated]);
   });
 
   it("rejects bad request fields with INVALID_ARGUMENT naming the field", async () => {

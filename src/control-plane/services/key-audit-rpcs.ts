@@ -12,7 +12,7 @@ import { type FleetRpcKit, principal } from "./fleet-rpc-kit.js";
 import { decodeToken, encodeToken, pageSize } from "./paging.js";
 
 export function keyAuditRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof FleetService>> {
-  const { store, now, handle } = k;
+  const { o, store, now, handle } = k;
   return {
     listAuditEvents: (req) =>
       handle("ListAuditEvents", async () => {
@@ -72,6 +72,7 @@ export function keyAuditRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof FleetSe
         check("key", lineProblem(req.key, MAX_ID_LENGTH));
         const p = principal(ctx);
         const key = await store().revokeApiKey(req.key, p.keyId, p.actor, now());
+        o.feed.keyRevoked(key.id);
         return { apiKey: apiKeyToProto(key) };
       }),
   };
