@@ -177,6 +177,32 @@ async function main(): Promise<void> {
     decodeMs.push((await time(async () => fromBinary(GetFleetStatusResponseSchema, bytes)))[0]);
   report("fromBinary of the response (client side)", decodeMs);
 
+  // WatchFleet: the snapshot (all pages), then how long one change takes to reach the watcher.
+  const snapMs: number[] = [];
+  const changeMs: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const abort = new AbortController();
+    const stream = binary.watchFleet({}, { headers, signal: abort.signal })[Symbol.asyncIterator]();
+    await time(async () => {
+      for (;;) {
+        const { value } = await stream.next();
+        if (value?.message.case === "snapshot" && value.message.value.last) break;
+      }
+    }).then(([ms]) => snapMs.push(ms));
+    const start = performance.now();
+    cp.fleetChanges.publish("host-00001", "report");
+    for (;;) {
+      const { value } = await stream.next();
+      if (value?.message.case === "change") break;
+    }
+    changeMs.push(performance.now() - start);
+    abort.abort();
+    await stream.return?.();
+  }
+  report("WatchFleet snapshot (all pages)", snapMs);
+  cpuMs = [0];
+  report("WatchFleet one change to the watcher", changeMs);
+
   const jsonMs: number[] = [];
   for (let i = 0; i < rounds; i++) jsonMs.push((await time(() => json.getFleetStatus({}, { headers })))[0]);
   report("GetFleetStatus connect+json", jsonMs);

@@ -52,9 +52,13 @@ export class FleetView {
     return this.complete && !this.incoming;
   }
 
-  /** Where to resume after a reconnect (empty before the first message). */
+  /**
+   * Where to resume after a reconnect: empty (a fresh snapshot) before the first complete
+   * snapshot or when the break came in the middle of one.
+   */
   resumePoint(): { resumeEpoch: string; resumeRevision: bigint } {
-    return { resumeEpoch: this.epoch, resumeRevision: this.epoch ? this.revision : 0n };
+    if (!this.complete || this.incoming) return { resumeEpoch: "", resumeRevision: 0n };
+    return { resumeEpoch: this.epoch, resumeRevision: this.revision };
   }
 
   /** The machines ordered by id, like GetFleetStatus. */
