@@ -12,13 +12,19 @@ import { existsSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { createLogger } from "../src/common/logger.js";
 import { generateSecret, hashSecret, newKeyId } from "../src/control-plane/auth/api-keys.js";
 import { ControlPlane } from "../src/control-plane/control-plane.js";
-import { FleetService, GetFleetStatusResponseSchema } from "../src/gen/nixfleet/v1/fleet_pb.js";
+import { machineStatusToProto } from "../src/control-plane/services/convert.js";
+import type { MachineRecord } from "../src/control-plane/store/records.js";
+import {
+  FleetService,
+  GetFleetStatusResponseSchema,
+  MachineStatusSchema,
+} from "../src/gen/nixfleet/v1/fleet_pb.js";
 import { Outcome } from "../src/gen/nixfleet/v1/types_pb.js";
 
 const { values } = parseArgs({
@@ -156,6 +162,28 @@ async function main(): Promise<void> {
     );
   }
   report("store.listMachines", listMs);
+
+  // What the handler does, without the transport: the query, the MachineStatus messages, encoding.
+  const live = { connected: () => false, lastSeen: (m: MachineRecord) => m.lastSeen };
+  const handlerMs: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const [ms] = await time(async () => {
+      const list = await cp.store.listMachines({
+        tags: [],
+        match: "all",
+        lifecycle: null,
+        afterId: null,
+        limit: 1e6,
+      });
+      const now = Date.now();
+      const machines = list.map((m) =>
+        create(MachineStatusSchema, machineStatusToProto(m, live, now, 300_000)),
+      );
+      return toBinary(GetFleetStatusResponseSchema, create(GetFleetStatusResponseSchema, { machines }));
+    });
+    handlerMs.push(ms);
+  }
+  report("server work: query + MachineStatus + toBinary", handlerMs);
 
   const binMs: number[] = [];
   let size = 0;
