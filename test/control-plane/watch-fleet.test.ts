@@ -10,6 +10,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import {
   ApiKeyRole,
   FleetChangeKind,
+  RolloutStrategy,
   SnapshotReason,
   TagMatch,
   type WatchFleetResponse,
@@ -98,6 +99,44 @@ describe("WatchFleet", () => {
       !inbox.messages
         .slice(from)
         .some((m) => m.message.case === "change" && m.message.value.machineId === "other-01"),
+    );
+    stop();
+    await inbox.finished;
+  });
+
+  it("tells of desired generations a rollout sets, and of machines leaving it when it is cancelled", async () => {
+    for (const id of ["wo-01", "wo-02"]) await report(id, ["wo"]);
+    const { inbox, stop } = watch({ tags: ["wo"] });
+    await inbox.next("snapshot", snapshotEnd(SnapshotReason.INITIAL));
+    let from = inbox.messages.length;
+    const { release } = await h.fleet("deploy").createRelease({
+      entries: ["wo-01", "wo-02"].map((hostname) => ({
+        hostname,
+        storePath: storePath(`sys-${hostname}`, 5),
+      })),
+    });
+    const { rollout } = await h.fleet("deploy").createRollout({
+      releaseId: release!.id,
+      target: { tags: ["wo"] },
+      strategy: RolloutStrategy.ALL_AT_ONCE,
+    });
+    for (const id of ["wo-01", "wo-02"]) {
+      const m = await inbox.next(`${id} assigned`, change(FleetChangeKind.DESIRED, id), from);
+      assert.equal(m.message.case === "change" && m.message.value.machine?.activeRolloutId, rollout!.id);
+    }
+    from = inbox.messages.length;
+    await h.fleet("deploy").cancelRollout({ rolloutId: rollout!.id });
+    await waitFor("both machines out of the rollout", () =>
+      ["wo-01", "wo-02"].every((id) =>
+        inbox.messages
+          .slice(from)
+          .some(
+            (m) =>
+              m.message.case === "change" &&
+              m.message.value.machineId === id &&
+              m.message.value.machine?.activeRolloutId === "",
+          ),
+      ),
     );
     stop();
     await inbox.finished;
