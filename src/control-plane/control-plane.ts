@@ -45,6 +45,8 @@ import { RolloutChanges } from "./rollouts/rollout-events.js";
 import { AgentIntake } from "./services/agent-intake.js";
 import { agentServiceImpl } from "./services/agent-service.js";
 import { isStale, type LiveView } from "./services/convert.js";
+import { FleetChanges } from "./services/fleet-changes.js";
+import { FleetFeed } from "./services/fleet-feed.js";
 import { fleetServiceImpl } from "./services/fleet-service.js";
 import { Presence } from "./services/presence.js";
 import { DatabaseStartupError } from "./store/database.js";
@@ -88,6 +90,8 @@ export interface ControlPlaneOptions {
   pruneIntervalMs?: number;
   /** How long start-up waits for a database locked by another process. */
   dbLockWaitMs?: number;
+  /** Changes queued per WatchFleet stream before it is resynced instead (default 20,000). */
+  watchFleetQueueLimit?: number;
   /** Handshake, header and idle timeouts of every listener (default DEFAULT_CONNECTION_TIMEOUTS). */
   connectionTimeouts?: ConnectionTimeouts;
   /** How often shared presence is written and read, with PostgreSQL (default 2 s). */
@@ -109,6 +113,9 @@ export class ControlPlane {
   readonly hub: PushHub;
   readonly changes = new RolloutChanges();
   readonly presence = new Presence();
+  /** Machine changes for WatchFleet (a cross-replica bus would publish into it too). */
+  readonly fleetChanges = new FleetChanges();
+  readonly feed: FleetFeed;
   readonly notifier: RolloutNotifier;
   /** The bus to the other replicas and shared presence (one replica with SQLite). */
   readonly cluster: Cluster;
@@ -125,6 +132,7 @@ export class ControlPlane {
       logger: this.log,
       heartbeatIntervalMs: options.heartbeatIntervalSeconds * 1000,
       observePushLatency: (s) => this.metrics.pushLatency.observe(s),
+      onPresence: (id, connected) => this.fleetChanges.publish(id, connected ? "connected" : "disconnected"),
     });
     this.cluster = new Cluster({
       databaseUrl: options.databaseUrl ?? null,
@@ -143,6 +151,7 @@ export class ControlPlane {
       logger: this.log,
       pollHintSeconds: options.pollHintSeconds,
       onStatus: (status) => this.metrics.rolloutReached(status),
+      onApplied: (change) => this.fleetChanges.rolloutApplied(change),
     });
     this.intake = new AgentIntake({
       store: () => this.store,
@@ -151,6 +160,15 @@ export class ControlPlane {
       presence: this.presence,
       logger: this.log,
       pollHintSeconds: options.pollHintSeconds,
+      fleetChanges: this.fleetChanges,
+    });
+    this.feed = new FleetFeed({
+      changes: this.fleetChanges,
+      store: () => this.store,
+      live: this.liveView(),
+      clock: this.clock,
+      logger: this.log,
+      staleAfterMs: options.staleAfterSeconds * 1000,
     });
   }
 
@@ -229,6 +247,9 @@ export class ControlPlane {
             live: this.liveView(),
             logger: this.log,
             staleAfterMs: o.staleAfterSeconds * 1000,
+            fleetChanges: this.fleetChanges,
+            feed: this.feed,
+            ...(o.watchFleetQueueLimit !== undefined ? { watchFleetQueueLimit: o.watchFleetQueueLimit } : {}),
           }),
           // Only FleetService links its calls to the shutdown signal (WatchRollout ends on it).
           // Connect adds one abort listener per call to that signal and Node's EventTarget scans

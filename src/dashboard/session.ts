@@ -40,7 +40,21 @@ export function fleetClient(key: string, onRefused: () => void = () => {}): Flee
   const auth: Interceptor = (next) => async (req) => {
     req.header.set("authorization", `Bearer ${key}`);
     try {
-      return await next(req);
+      const res = await next(req);
+      if (!res.stream) return res;
+      // A stream's refusal (at its start, or a key revoked while it runs) arrives as it is read.
+      const messages = res.message;
+      return {
+        ...res,
+        message: (async function* () {
+          try {
+            yield* messages;
+          } catch (err) {
+            if (isUnauthenticated(err)) onRefused();
+            throw err;
+          }
+        })(),
+      };
     } catch (err) {
       if (isUnauthenticated(err)) onRefused();
       throw err;

@@ -161,6 +161,29 @@ describe("dashboard in Chromium against a real fleet", { skip: missing ?? false 
     }),
   );
 
+  it(
+    "the fleet page follows WatchFleet: a new machine and a lifecycle change appear without re-reading",
+    { timeout: LONG },
+    () =>
+      fleet.explain(async () => {
+        const page = await openPage();
+        const statusCalls: string[] = [];
+        page.on("request", (r) => {
+          if (r.url().endsWith("/GetFleetStatus")) statusCalls.push(r.url());
+        });
+        await signIn(page, deployKey);
+        const table = page.getByTestId("fleet-table");
+        for (const h of HOSTS) await table.locator(`tr[data-machine="${h.name}"]`).waitFor();
+        await fleet.cliOk(["machines", "register", "watch-01", "--tags", "web"]);
+        await table.locator('tr[data-machine="watch-01"]', { hasText: "pending" }).waitFor({ timeout: LONG });
+        await fleet.cliOk(["machines", "set-lifecycle", "watch-01", "active"]);
+        await table.locator('tr[data-machine="watch-01"]', { hasText: "active" }).waitFor({ timeout: LONG });
+        assert.match(await textOf(page.getByTestId("counts")), /4\s*machines/i);
+        assert.deepEqual(statusCalls, [], "the page read GetFleetStatus instead of following the stream");
+        await page.close();
+      }),
+  );
+
   it("starts a canary rollout from the page and watches it complete live", { timeout: 3 * LONG }, () =>
     fleet.explain(async () => {
       const release = await fleet.release("v2");

@@ -1,7 +1,13 @@
-/** `nixfleet status`: the fleet table, from GetFleetStatus (the one authoritative per-host record). */
+/**
+ * `nixfleet status`: the fleet table, from GetFleetStatus (the one authoritative per-host record).
+ * `--watch` follows WatchFleet instead — one snapshot, then only what changed — and polls
+ * GetFleetStatus only against a control plane too old to have it.
+ */
 
-import { toJson } from "@bufbuild/protobuf";
+import { create, toJson } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { Command } from "commander";
+import { FleetView } from "../../common/fleet-view.js";
 import {
   type GetFleetStatusResponse,
   GetFleetStatusResponseSchema,
@@ -90,10 +96,7 @@ export function statusFooter(res: GetFleetStatusResponse): string {
   return footer.join(", ");
 }
 
-async function once(ctx: Context, tags: string[], matchAny: boolean): Promise<string> {
-  const res = await ctx
-    .client()
-    .getFleetStatus({ tags, match: matchAny ? TagMatch.ANY : TagMatch.ALL }, ctx.call());
+function render(ctx: Context, res: GetFleetStatusResponse, tags: string[]): string {
   if (ctx.output.json) {
     ctx.output.out(JSON.stringify(statusJson(res), null, 2));
     return "";
@@ -103,14 +106,103 @@ async function once(ctx: Context, tags: string[], matchAny: boolean): Promise<st
   return `${table(STATUS_HEAD, statusRows(res.machines))}\n\n${statusFooter(res)}`;
 }
 
+async function once(ctx: Context, tags: string[], matchAny: boolean): Promise<string> {
+  const res = await ctx
+    .client()
+    .getFleetStatus({ tags, match: matchAny ? TagMatch.ANY : TagMatch.ALL }, ctx.call());
+  return render(ctx, res, tags);
+}
+
+interface WatchOptions {
+  tags: string[];
+  matchAny: boolean;
+  /** Polling interval against a control plane without WatchFleet. */
+  intervalS: number;
+  tty: boolean;
+}
+
+const RETRYABLE = new Set([Code.Unavailable, Code.Internal, Code.Unknown, Code.Aborted]);
+/** Changes arrive in bursts (a rollout's batch): draw at most this often. */
+const REDRAW_MS = 250;
+
+function show(ctx: Context, text: string, o: WatchOptions, footer: string): void {
+  if (o.tty) process.stdout.write("\x1b[H\x1b[2J");
+  if (text) ctx.output.out(o.tty ? `${text}\n\n(${footer}; Ctrl-C to stop)` : text);
+}
+
+async function poll(ctx: Context, o: WatchOptions): Promise<never> {
+  for (;;) {
+    show(ctx, await once(ctx, o.tags, o.matchAny), o, `refreshing every ${o.intervalS}s`);
+    await new Promise((r) => setTimeout(r, o.intervalS * 1000));
+  }
+}
+
+/** Follows WatchFleet until interrupted, reconnecting (and resuming) when the stream breaks. */
+async function follow(ctx: Context, o: WatchOptions): Promise<never> {
+  const view = new FleetView();
+  let timer: NodeJS.Timeout | null = null;
+  let pending = false;
+  const draw = () => {
+    const res = create(GetFleetStatusResponseSchema, {
+      machines: view.list(),
+      ...view.summary(),
+      staleAfterSeconds: view.staleAfterSeconds,
+    });
+    show(ctx, render(ctx, res, o.tags), o, "following changes");
+  };
+  const redraw = () => {
+    if (timer) {
+      pending = true;
+      return;
+    }
+    draw();
+    timer = setTimeout(() => {
+      timer = null;
+      if (pending) {
+        pending = false;
+        redraw();
+      }
+    }, REDRAW_MS);
+  };
+  let backoffMs = 500;
+  for (;;) {
+    const call = new AbortController();
+    try {
+      const stream = ctx
+        .client()
+        .watchFleet(
+          { tags: o.tags, match: o.matchAny ? TagMatch.ANY : TagMatch.ALL, ...view.resumePoint() },
+          { signal: call.signal },
+        );
+      for await (const msg of stream) {
+        backoffMs = 500;
+        if (view.apply(msg)) redraw();
+      }
+    } catch (err) {
+      const ce = ConnectError.from(err);
+      if (ce.code === Code.Unimplemented && !view.epoch) return poll(ctx, o);
+      if (!RETRYABLE.has(ce.code)) throw err;
+      ctx.output.err(`lost the control plane (${ce.rawMessage}); reconnecting in ${backoffMs / 1000}s…`);
+    } finally {
+      call.abort();
+    }
+    await new Promise((r) => setTimeout(r, backoffMs));
+    backoffMs = Math.min(backoffMs * 2, 10_000);
+  }
+}
+
 export function registerStatus(program: Command): void {
   program
     .command("status")
     .description("show every host: desired vs current generation, health, last contact, rollout")
     .option("--tags <tags>", "only hosts with these tags (comma-separated)")
     .option("--match <all|any>", "with --tags: hosts having all the tags or any of them", "all")
-    .option("--watch", "refresh until interrupted")
-    .option("--interval <duration>", "refresh interval for --watch", "2s")
+    .option("--watch", "follow changes until interrupted (redrawn as they happen)")
+    .option(
+      "--interval <duration>",
+      "with --watch against a control plane without WatchFleet: how often to re-read",
+      "2s",
+    )
     .action(
       runAction(
         async (opts: { tags?: string; match: string; watch?: boolean; interval: string }, cmd: Command) => {
@@ -124,14 +216,8 @@ export function registerStatus(program: Command): void {
             if (text) ctx.output.out(text);
             return;
           }
-          const tty = process.stdout.isTTY && !ctx.output.json;
-          for (;;) {
-            const text = await once(ctx, tags, opts.match === "any");
-            if (tty) process.stdout.write("\x1b[H\x1b[2J");
-            if (text)
-              ctx.output.out(tty ? `${text}\n\n(refreshing every ${interval}s; Ctrl-C to stop)` : text);
-            await new Promise((r) => setTimeout(r, interval * 1000));
-          }
+          const tty = process.stdout.isTTY === true && !ctx.output.json;
+          await follow(ctx, { tags, matchAny: opts.match === "any", intervalS: interval, tty });
         },
       ),
     );

@@ -26,6 +26,7 @@ export const FLEET_METHOD_ROLES: Readonly<Record<string, Role>> = {
   CancelRollout: "deploy",
   WatchRollout: "readonly",
   GetFleetStatus: "readonly",
+  WatchFleet: "readonly",
   ListAuditEvents: "readonly",
   GetCaller: "readonly",
   CreateApiKey: "admin",

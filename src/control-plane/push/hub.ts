@@ -18,6 +18,8 @@ export interface PushHubOptions {
   heartbeatIntervalMs: number;
   /** Observes desired-set → PushAck latency in seconds. */
   observePushLatency?: (seconds: number) => void;
+  /** A machine's stream attached (true) or went away (false): WatchFleet's connected/disconnected. */
+  onPresence?: (machineId: string, connected: boolean) => void;
 }
 
 export class PushHub {
@@ -66,6 +68,7 @@ export class PushHub {
     const conn = new AgentConnection(machineId, kind, now);
     this.connections.set(machineId, conn);
     this.options.logger.debug({ machineId, kind }, "agent stream opened");
+    this.options.onPresence?.(machineId, true);
     return conn;
   }
 
@@ -73,6 +76,7 @@ export class PushHub {
     if (this.connections.get(conn.machineId) === conn) {
       this.connections.delete(conn.machineId);
       this.options.logger.debug({ machineId: conn.machineId, kind: conn.kind }, "agent stream closed");
+      this.options.onPresence?.(conn.machineId, false);
     }
     conn.close();
   }

@@ -15,6 +15,8 @@ export interface RolloutNotifierOptions {
   logger: Logger;
   pollHintSeconds: number;
   onStatus?: (status: RolloutStatus) => void;
+  /** After the pushes: WatchFleet learns of the machines whose desired generation or rollout changed. */
+  onApplied?: (change: RolloutChange) => void;
 }
 
 const STATUS_EVENTS: Partial<Record<string, RolloutStatus>> = {
@@ -69,5 +71,6 @@ export class RolloutNotifier {
       const machines = rollout.batches.flatMap((b) => b.machines.map((m) => m.machineId));
       this.o.bus.publish({ kind: "poll-hint", machineIds: machines, seconds: 0 });
     }
+    this.o.onApplied?.(change);
   }
 }

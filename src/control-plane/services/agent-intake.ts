@@ -15,6 +15,7 @@ import type {
   ReportInput,
 } from "../store/records.js";
 import type { FleetStore } from "../store/repository.js";
+import type { FleetChangeKind, FleetChanges } from "./fleet-changes.js";
 import type { Presence } from "./presence.js";
 
 export interface AgentIntakeOptions {
@@ -28,6 +29,8 @@ export interface AgentIntakeOptions {
   presence: Presence;
   logger: Logger;
   pollHintSeconds: number;
+  /** Told of every stored contact (WatchFleet). */
+  fleetChanges?: FleetChanges;
 }
 
 export interface DesiredAnswer {
@@ -51,7 +54,7 @@ export class AgentIntake {
   async hello(input: HelloInput): Promise<AgentContactResult> {
     this.o.presence.touch(input.machineId, this.o.clock.now());
     const result = await this.o.store().recordHello(input, this.o.clock.now());
-    this.after(result, "stream opened");
+    this.after(result, "stream opened", "report");
     return result;
   }
 
@@ -59,7 +62,7 @@ export class AgentIntake {
     if (!isKnownEnumValue(OutcomeSchema, input.outcome))
       this.warnUnknown(input.machineId, `outcome ${outcomeName(input.outcome)}`);
     const result = await this.o.store().recordReport(input, this.o.clock.now());
-    this.after(result, "report");
+    this.after(result, "report", "report");
     return result;
   }
 
@@ -68,7 +71,7 @@ export class AgentIntake {
       if (!isKnownEnumValue(HealthCheckKindSchema, r.kind))
         this.warnUnknown(input.machineId, `health check kind ${healthCheckKindName(r.kind)}`);
     const result = await this.o.store().recordHealth(input, this.o.clock.now());
-    this.after(result, "health report");
+    this.after(result, "health report", "health");
     return result;
   }
 
@@ -85,8 +88,10 @@ export class AgentIntake {
     );
   }
 
-  private after(result: AgentContactResult, what: string): void {
+  /** The one place every stored agent contact passes (WatchFleet is told here). */
+  private after(result: AgentContactResult, what: string, kind: FleetChangeKind): void {
     const { machine } = result;
+    this.o.fleetChanges?.publish(machine.id, result.registered ? "registered" : kind);
     if (result.registered) {
       this.o.logger.info(
         { machineId: machine.id, tags: machine.tags },

@@ -2,107 +2,179 @@
  * Reading machines: the machine record (tags, desired generation, active rollout joined in), lists
  * by tags and lifecycle, and what an agent should run. machines.ts writes them.
  */
+import { sql } from "kysely";
 import { type Ctx, cachedQuery, chunks } from "./context.js";
 import type { DesiredRecord, MachineRecord } from "./records.js";
 import type { MachineFilter } from "./repository.js";
 
+/** Joins a machine's tags into one column; the unit separator cannot occur in a tag. */
+const TAG_SEPARATOR = "\u001f";
+
+/**
+ * The machine's tags, sorted, as one string: one correlated primary-key lookup per row inside the
+ * same statement, instead of a second round of `IN (…)` queries 500 ids at a time (listing 10,000
+ * machines spent more in those and in merging their rows than in the main query).
+ */
+function tagList(ctx: Ctx) {
+  return ctx.kind === "postgres"
+    ? sql`(SELECT string_agg(t.tag, chr(31) ORDER BY t.tag) FROM machine_tags t WHERE t.machine_id = m.id)`
+    : // SQLite's group_concat keeps the order of its (ordered) input.
+      sql`(SELECT group_concat(tag, char(31)) FROM (SELECT t.tag FROM machine_tags t WHERE t.machine_id = m.id ORDER BY t.tag))`;
+}
+
+/** The columns of a machine record, in the order `toMachine` reads them. */
+const COLUMNS = [
+  "m.id",
+  "m.lifecycle",
+  "m.registered_at",
+  "m.last_seen",
+  "m.current_generation",
+  "m.agent_version",
+  "m.uptime_seconds",
+  "m.last_outcome",
+  "m.last_message",
+  "m.last_report_at",
+  "m.health_generation",
+  "m.health_all_passed",
+  "m.health_at",
+  "m.health_failing",
+  "d.store_path",
+  "d.cache_url",
+  "d.revision",
+  "d.rollout_id",
+  "d.set_by",
+  "d.set_at",
+  "rm.rollout_id",
+  "rm.batch_index",
+  "r.status",
+] as const;
+
+type Row = [
+  id: string,
+  lifecycle: MachineRecord["lifecycle"],
+  registeredAt: number,
+  lastSeen: number | null,
+  currentGeneration: string,
+  agentVersion: string,
+  uptimeSeconds: number,
+  lastOutcome: number,
+  lastMessage: string,
+  lastReportAt: number | null,
+  healthGeneration: string | null,
+  healthAllPassed: number | null,
+  healthAt: number | null,
+  healthFailing: string | null,
+  desiredStorePath: string | null,
+  desiredCacheUrl: string | null,
+  desiredRevision: number | null,
+  desiredRolloutId: string | null,
+  desiredSetBy: string | null,
+  desiredSetAt: number | null,
+  activeRolloutId: string | null,
+  activeBatchIndex: number | null,
+  activeStatus: NonNullable<MachineRecord["activeRollout"]>["status"] | null,
+  tags: string | null,
+];
+
+/**
+ * One machine per row, as a single JSON array column. better-sqlite3 builds a row object
+ * property by property through V8's slow path: with the ~24 columns of a machine, listing 10,000
+ * machines spent 2–4× as long building row objects as running the query; one string per row and
+ * JSON.parse cost a fraction of that. PostgreSQL's json_build_array arrives already parsed.
+ */
 function machineQuery(ctx: Ctx) {
+  const columns = sql.join([...COLUMNS.map((c) => sql.ref(c)), tagList(ctx)]);
+  const row =
+    ctx.kind === "postgres"
+      ? sql<Row | string>`json_build_array(${columns})`
+      : sql<Row | string>`json_array(${columns})`;
   return ctx.q
     .selectFrom("machines as m")
     .leftJoin("desired_generations as d", "d.machine_id", "m.id")
     .leftJoin("rollout_machines as rm", (j) => j.onRef("rm.machine_id", "=", "m.id").on("rm.active", "=", 1))
     .leftJoin("rollouts as r", "r.id", "rm.rollout_id")
-    .selectAll("m")
-    .select([
-      "d.store_path as d_store_path",
-      "d.cache_url as d_cache_url",
-      "d.revision as d_revision",
-      "d.rollout_id as d_rollout_id",
-      "d.set_by as d_set_by",
-      "d.set_at as d_set_at",
-      "rm.rollout_id as ar_rollout_id",
-      "rm.batch_index as ar_batch_index",
-      "r.status as ar_status",
-    ]);
+    .select(row.as("r"));
 }
 
-type MachineRow = Awaited<ReturnType<ReturnType<typeof machineQuery>["executeTakeFirstOrThrow"]>>;
-
-function toMachine(row: MachineRow, tags: string[]): MachineRecord {
-  return {
-    id: row.id,
-    lifecycle: row.lifecycle,
+function toMachine({ r }: { r: Row | string }): MachineRecord {
+  const row: Row = typeof r === "string" ? (JSON.parse(r) as Row) : r;
+  const [
+    id,
+    lifecycle,
+    registeredAt,
+    lastSeen,
+    currentGeneration,
+    agentVersion,
+    uptimeSeconds,
+    lastOutcome,
+    lastMessage,
+    lastReportAt,
+    healthGeneration,
+    healthAllPassed,
+    healthAt,
+    healthFailing,
+    storePath,
+    cacheUrl,
+    revision,
+    rolloutId,
+    setBy,
+    setAt,
+    activeId,
+    activeBatch,
+    activeStatus,
     tags,
-    registeredAt: row.registered_at,
-    lastSeen: row.last_seen,
-    currentGeneration: row.current_generation,
-    agentVersion: row.agent_version,
-    uptimeSeconds: row.uptime_seconds,
-    lastOutcome: row.last_outcome,
-    lastMessage: row.last_message,
-    lastReportAt: row.last_report_at,
+  ] = row;
+  return {
+    id,
+    lifecycle,
+    tags: tags ? tags.split(TAG_SEPARATOR) : [],
+    registeredAt,
+    lastSeen,
+    currentGeneration,
+    agentVersion,
+    uptimeSeconds,
+    lastOutcome,
+    lastMessage,
+    lastReportAt,
     health:
-      row.health_at === null
+      healthAt === null
         ? null
         : {
-            generation: row.health_generation ?? "",
-            allPassed: row.health_all_passed === 1,
-            at: row.health_at,
-            failing: JSON.parse(row.health_failing ?? "[]") as string[],
+            generation: healthGeneration ?? "",
+            allPassed: healthAllPassed === 1,
+            at: healthAt,
+            failing: JSON.parse(healthFailing ?? "[]") as string[],
           },
     desired:
-      row.d_store_path === null
+      storePath === null
         ? null
         : {
-            storePath: row.d_store_path,
-            cacheUrl: row.d_cache_url ?? "",
-            revision: row.d_revision ?? 0,
-            rolloutId: row.d_rollout_id ?? "",
-            setBy: row.d_set_by ?? "",
-            setAt: row.d_set_at ?? 0,
+            storePath,
+            cacheUrl: cacheUrl ?? "",
+            revision: revision ?? 0,
+            rolloutId: rolloutId ?? "",
+            setBy: setBy ?? "",
+            setAt: setAt ?? 0,
           },
     activeRollout:
-      row.ar_rollout_id === null
+      activeId === null
         ? null
-        : {
-            rolloutId: row.ar_rollout_id,
-            batchIndex: row.ar_batch_index ?? 0,
-            status: row.ar_status ?? "running",
-          },
+        : { rolloutId: activeId, batchIndex: activeBatch ?? 0, status: activeStatus ?? "running" },
   };
-}
-
-async function withTags(ctx: Ctx, rows: MachineRow[]): Promise<MachineRecord[]> {
-  const tags = new Map<string, string[]>();
-  for (const ids of chunks(rows.map((r) => r.id))) {
-    const found = await ctx.q
-      .selectFrom("machine_tags")
-      .select(["machine_id", "tag"])
-      .where("machine_id", "in", ids)
-      .orderBy("machine_id")
-      .orderBy("tag")
-      .execute();
-    for (const t of found) {
-      const list = tags.get(t.machine_id);
-      if (list) list.push(t.tag);
-      else tags.set(t.machine_id, [t.tag]);
-    }
-  }
-  return rows.map((r) => toMachine(r, tags.get(r.id) ?? []));
 }
 
 export async function getMachine(ctx: Ctx, id: string): Promise<MachineRecord | undefined> {
   const [row] = await cachedQuery(ctx, "machine", (p) => machineQuery(ctx).where("m.id", "=", p), id);
-  return row ? (await withTags(ctx, [row]))[0] : undefined;
+  return row ? toMachine(row) : undefined;
 }
 
 export async function getMachines(ctx: Ctx, ids: readonly string[]): Promise<MachineRecord[]> {
-  const rows: MachineRow[] = [];
+  const machines: MachineRecord[] = [];
   for (const part of chunks([...new Set(ids)])) {
-    rows.push(...(await machineQuery(ctx).where("m.id", "in", part).execute()));
+    for (const row of await machineQuery(ctx).where("m.id", "in", part).execute())
+      machines.push(toMachine(row));
   }
-  rows.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-  return withTags(ctx, rows);
+  return machines.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
 
 export async function listMachines(ctx: Ctx, filter: MachineFilter): Promise<MachineRecord[]> {
@@ -131,7 +203,7 @@ export async function listMachines(ctx: Ctx, filter: MachineFilter): Promise<Mac
   }
   if (filter.lifecycle) query = query.where("m.lifecycle", "=", filter.lifecycle);
   if (filter.afterId !== null) query = query.where("m.id", ">", filter.afterId);
-  return withTags(ctx, await query.orderBy("m.id").limit(filter.limit).execute());
+  return (await query.orderBy("m.id").limit(filter.limit).execute()).map(toMachine);
 }
 
 export async function desiredFor(

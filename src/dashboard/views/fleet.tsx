@@ -1,9 +1,11 @@
 /**
  * Every machine with its state, sync, generations, health, last contact and push connection;
- * counts on top; filters by tag, state and text. Refreshed every few seconds and, while a rollout
- * is active, on each of its events (WatchRollout).
+ * counts on top; filters by tag, state and text. Kept current by WatchFleet — one snapshot, then
+ * only what changed — and by polling GetFleetStatus only against a control plane without it.
  */
-import { useMemo, useState } from "preact/hooks";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { useMemo, useRef, useState } from "preact/hooks";
+import { type FleetSummary, FleetView } from "../../common/fleet-view.js";
 import { HealthState, type MachineStatus } from "../../gen/nixfleet/v1/fleet_pb.js";
 import { MachineLifecycle, Outcome } from "../../gen/nixfleet/v1/types_pb.js";
 import { Badge, ErrorBox, Loading, Section, StorePath, When } from "../components.js";
@@ -39,33 +41,53 @@ async function* nothing(): AsyncIterable<never> {}
 
 /** Rows drawn at once; filters narrow a larger fleet (the counts always cover every machine). */
 const MAX_ROWS = 500;
+/** Changes come in bursts (a rollout's batch): the page is drawn again at most this often. */
+const REDRAW_MS = 250;
+
+interface FleetData extends FleetSummary {
+  machines: MachineStatus[];
+}
+
+/** The fleet from WatchFleet, resumed after a break; GetFleetStatus polling for an older control plane. */
+function useFleet(session: Session): { data: FleetData | undefined; error: unknown; loading: boolean } {
+  const view = useRef(new FleetView());
+  const timer = useRef<ReturnType<typeof setTimeout> | undefined>(undefined);
+  const [streamed, setStreamed] = useState<FleetData | undefined>(undefined);
+  const [streamError, setStreamError] = useState<unknown>(undefined);
+  const [polling, setPolling] = useState(false);
+  const publish = () => {
+    timer.current = undefined;
+    setStreamed({ machines: view.current.list(), ...view.current.summary() });
+  };
+  useStream(
+    (signal) => (polling ? nothing() : session.fleet.watchFleet(view.current.resumePoint(), { signal })),
+    (msg) => {
+      if (view.current.apply(msg) && timer.current === undefined)
+        timer.current = setTimeout(publish, REDRAW_MS);
+    },
+    (err) => {
+      if (err && ConnectError.from(err).code === Code.Unimplemented && !view.current.epoch) setPolling(true);
+      else setStreamError(err);
+    },
+    [session, polling],
+  );
+  const polled = useLoad(
+    async (signal) => (polling ? await session.fleet.getFleetStatus({}, { signal }) : undefined),
+    [session, polling],
+    polling ? 5000 : undefined,
+  );
+  if (polling) return { data: polled.data, error: polled.error, loading: polled.loading };
+  return { data: streamed, error: streamError, loading: streamed === undefined };
+}
 
 export function FleetPage({ session }: { session: Session }) {
   const now = useNow();
-  const [every, setEvery] = useState(5000);
-  const status = useLoad(
-    async (signal) => {
-      const s = await session.fleet.getFleetStatus({}, { signal });
-      // A big fleet's status is a big answer: ask for it less often.
-      setEvery(s.total > 2000 ? 30_000 : 5000);
-      return s;
-    },
-    [session],
-    every,
-  );
+  const status = useFleet(session);
   const [text, setText] = useState("");
   const [tag, setTag] = useState("");
   const [state, setState] = useState<StateFilter>("any");
 
   const machines = status.data?.machines ?? [];
-  const activeRollout = machines.find((m) => m.activeRolloutId)?.activeRolloutId ?? "";
-  useStream(
-    (signal) =>
-      activeRollout ? session.fleet.watchRollout({ rolloutId: activeRollout }, { signal }) : nothing(),
-    () => status.reload(),
-    () => {},
-    [activeRollout],
-  );
 
   const tags = useMemo(() => [...new Set(machines.flatMap((m) => m.tags))].sort(), [machines]);
   const shown = machines.filter((m) => {

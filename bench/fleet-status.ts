@@ -1,0 +1,244 @@
+/**
+ * GetFleetStatus at fleet scale: a real control plane (SQLite, in this process, plain h2c) with N
+ * machines that reported (tags, a desired generation, a health report, some failing), timed over
+ * Connect binary and JSON (median of R rounds), with the response size, and the server-side parts
+ * on their own: the store query, the conversion to MachineStatus, and protobuf encoding.
+ *
+ *   node --import tsx bench/fleet-status.ts [--machines 10000] [--rounds 9]
+ *
+ * Prints one JSON line per figure (milliseconds and bytes).
+ */
+import { existsSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { createLogger } from "../src/common/logger.js";
+import { generateSecret, hashSecret, newKeyId } from "../src/control-plane/auth/api-keys.js";
+import { ControlPlane } from "../src/control-plane/control-plane.js";
+import { machineStatusToProto } from "../src/control-plane/services/convert.js";
+import type { MachineRecord } from "../src/control-plane/store/records.js";
+import {
+  FleetService,
+  GetFleetStatusResponseSchema,
+  MachineStatusSchema,
+} from "../src/gen/nixfleet/v1/fleet_pb.js";
+import { Outcome } from "../src/gen/nixfleet/v1/types_pb.js";
+
+const { values } = parseArgs({
+  options: {
+    machines: { type: "string", default: "10000" },
+    rounds: { type: "string", default: "9" },
+    // Keep the populated database here and reuse it on the next run (populating takes a while).
+    db: { type: "string" },
+  },
+});
+const machines = Number(values.machines);
+const rounds = Number(values.rounds);
+
+const dir = values.db ?? join(tmpdir(), `nixfleet-fleet-status-${process.pid}`);
+const reuse = values.db !== undefined && existsSync(join(dir, "state.db"));
+const cp = new ControlPlane({
+  listen: { host: "127.0.0.1", port: 0 },
+  dbPath: join(dir, "state.db"),
+  tls: null,
+  allowInsecure: true,
+  metricsListen: null,
+  metricsRequireKey: false,
+  staleAfterSeconds: 300,
+  pollHintSeconds: 5,
+  executorTickMs: 1000,
+  heartbeatIntervalSeconds: 15,
+  reportRetentionHours: 168,
+  logger: createLogger({ name: "bench", level: "warn" }),
+});
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const gen = (i: number, name: string) =>
+  `/nix/store/${i.toString(32).padStart(32, "0").slice(0, 32)}-nixos-system-${name}`;
+
+async function populate(): Promise<void> {
+  const store = cp.store;
+  const now = Date.now();
+  for (let i = 0; i < machines; i++) {
+    const id = `host-${String(i).padStart(5, "0")}`;
+    const current = gen(1, id);
+    await store.recordReport(
+      {
+        machineId: id,
+        currentGeneration: current,
+        desiredGeneration: current,
+        desiredRevision: 1,
+        outcome: i % 50 === 0 ? Outcome.APPLY_FAILED : Outcome.UP_TO_DATE,
+        success: i % 50 !== 0,
+        message: i % 50 === 0 ? "switch-to-configuration exited with 4: nginx.service failed" : "",
+        deploymentId: `d-${i}`,
+        tags: [`dc-${i % 3}`, i % 2 ? "web" : "db", `rack-${i % 40}`],
+        agentVersion: "0.1.0",
+        uptimeSeconds: 86_400 + i,
+        agentTime: now,
+      },
+      now,
+    );
+    await store.recordHealth(
+      {
+        machineId: id,
+        generation: current,
+        allPassed: i % 25 !== 0,
+        results: [
+          { name: "nginx", kind: 1, passed: i % 25 !== 0, durationMs: 12, message: "" },
+          { name: "disk", kind: 2, passed: true, durationMs: 3, message: "" },
+        ],
+        postApply: false,
+        deploymentId: `d-${i}`,
+        agentTime: now,
+      },
+      now,
+    );
+    if (i % 10 !== 0)
+      await store.setDesired(
+        { machineId: id, storePath: i % 7 ? current : gen(2, id), cacheUrl: "" },
+        "local:bench",
+        now,
+      );
+  }
+}
+
+async function main(): Promise<void> {
+  await cp.start();
+  const secret = generateSecret();
+  await cp.store.createApiKey(
+    { id: newKeyId(), name: `bench-${Date.now()}`, role: "readonly", hash: hashSecret(secret) },
+    "local:bench",
+    Date.now(),
+  );
+  if (!reuse) {
+    const t0 = Date.now();
+    await populate();
+    console.error(`populated ${machines} machines in ${Date.now() - t0} ms`);
+  }
+  const headers = { authorization: `Bearer ${secret}` };
+  const client = (useBinaryFormat: boolean) =>
+    createClient(
+      FleetService,
+      createConnectTransport({ baseUrl: cp.url, httpVersion: "2", useBinaryFormat }),
+    );
+  const binary = client(true);
+  const json = client(false);
+
+  // Wall clock and this process's CPU (server and client are both in it): on a shared, loaded
+  // machine the CPU figure moves far less than the wall clock.
+  let cpuMs: number[] = [];
+  const time = async <T>(fn: () => Promise<T>): Promise<[number, T]> => {
+    const cpu = process.cpuUsage();
+    const start = performance.now();
+    const value = await fn();
+    const used = process.cpuUsage(cpu);
+    cpuMs.push((used.user + used.system) / 1000);
+    return [performance.now() - start, value];
+  };
+  const round = (x: number) => Math.round(x * 10) / 10;
+  const report = (name: string, ms: number[], extra: Record<string, unknown> = {}) => {
+    process.stdout.write(
+      `${JSON.stringify({ figure: name, machines, medianMs: round(median(ms)), minMs: round(Math.min(...ms)), medianCpuMs: round(median(cpuMs)), ...extra })}\n`,
+    );
+    cpuMs = [];
+  };
+
+  // Warm up both paths (JIT, statement cache) before measuring.
+  await binary.getFleetStatus({}, { headers });
+  await json.getFleetStatus({}, { headers });
+
+  const listMs: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    listMs.push(
+      (
+        await time(() =>
+          cp.store.listMachines({ tags: [], match: "all", lifecycle: null, afterId: null, limit: 1e6 }),
+        )
+      )[0],
+    );
+  }
+  report("store.listMachines", listMs);
+
+  // What the handler does, without the transport: the query, the MachineStatus messages, encoding.
+  const live = { connected: () => false, lastSeen: (m: MachineRecord) => m.lastSeen };
+  const handlerMs: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const [ms] = await time(async () => {
+      const list = await cp.store.listMachines({
+        tags: [],
+        match: "all",
+        lifecycle: null,
+        afterId: null,
+        limit: 1e6,
+      });
+      const now = Date.now();
+      const machines = list.map((m) =>
+        create(MachineStatusSchema, machineStatusToProto(m, live, now, 300_000)),
+      );
+      return toBinary(GetFleetStatusResponseSchema, create(GetFleetStatusResponseSchema, { machines }));
+    });
+    handlerMs.push(ms);
+  }
+  report("server work: query + MachineStatus + toBinary", handlerMs);
+
+  const binMs: number[] = [];
+  let size = 0;
+  for (let i = 0; i < rounds; i++) {
+    const [ms, res] = await time(() => binary.getFleetStatus({}, { headers }));
+    binMs.push(ms);
+    size = toBinary(GetFleetStatusResponseSchema, res).length;
+  }
+  report("GetFleetStatus connect+proto", binMs, { bytes: size });
+
+  const encodeMs: number[] = [];
+  const res = await binary.getFleetStatus({}, { headers });
+  for (let i = 0; i < rounds; i++)
+    encodeMs.push((await time(async () => toBinary(GetFleetStatusResponseSchema, res)))[0]);
+  report("toBinary of the response (server side)", encodeMs);
+  const bytes = toBinary(GetFleetStatusResponseSchema, res);
+  const decodeMs: number[] = [];
+  for (let i = 0; i < rounds; i++)
+    decodeMs.push((await time(async () => fromBinary(GetFleetStatusResponseSchema, bytes)))[0]);
+  report("fromBinary of the response (client side)", decodeMs);
+
+  // WatchFleet: the snapshot (all pages), then how long one change takes to reach the watcher.
+  const snapMs: number[] = [];
+  const changeMs: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const abort = new AbortController();
+    const stream = binary.watchFleet({}, { headers, signal: abort.signal })[Symbol.asyncIterator]();
+    await time(async () => {
+      for (;;) {
+        const { value } = await stream.next();
+        if (value?.message.case === "snapshot" && value.message.value.last) break;
+      }
+    }).then(([ms]) => snapMs.push(ms));
+    const start = performance.now();
+    cp.fleetChanges.publish("host-00001", "report");
+    for (;;) {
+      const { value } = await stream.next();
+      if (value?.message.case === "change") break;
+    }
+    changeMs.push(performance.now() - start);
+    abort.abort();
+    await stream.return?.();
+  }
+  report("WatchFleet snapshot (all pages)", snapMs);
+  cpuMs = [0];
+  report("WatchFleet one change to the watcher", changeMs);
+
+  const jsonMs: number[] = [];
+  for (let i = 0; i < rounds; i++) jsonMs.push((await time(() => json.getFleetStatus({}, { headers })))[0]);
+  report("GetFleetStatus connect+json", jsonMs);
+}
+
+try {
+  await main();
+} finally {
+  await cp.stop();
+  if (values.db === undefined) rmSync(dir, { recursive: true, force: true });
+}
