@@ -296,6 +296,11 @@ class GrpcSession {
 
   /** The client half-closed: like Connect, the Session ends normally once its messages are handled. */
   halfClosed(): void {
+    // A reset (RST_STREAM with an error, e.g. CANCEL) also ends the readable side: a cancel, not an end.
+    if (this.stream.aborted) {
+      this.closed();
+      return;
+    }
     this.clientDone = true;
     this.pump();
   }
