@@ -281,6 +281,44 @@ describe("raw gRPC Session path", () => {
     );
   });
 
+  it("a reader that falls behind gets the newest assignment once it reads again, every time", async () => {
+    const s = open("raw-14");
+    s.stream.write(envelope(hello("raw-14")));
+    await waitFor("initial message", () => s.messages.length > 0);
+    const newest = (path: string) => () =>
+      s.messages.some(
+        (m) => m.message.case === "desiredGenerationChanged" && m.message.value.generation?.hash === path,
+      );
+    // Twice: the stream's flow-control window and write buffer fill up (≈ 90 KB of pushes while
+    // the client does not read), the rest waits in the coalescing outbox until the stream drains.
+    for (let round = 0; round < 2; round++) {
+      s.stream.pause();
+      let last = "";
+      for (let i = 0; i < 800; i++) {
+        last = storePath(`sys-raw-14-${round}`, i);
+        h.cp.hub.pushDesired(
+          {
+            machineId: "raw-14",
+            desired: {
+              storePath: last,
+              cacheUrl: "https://cache.example.org",
+              revision: 1_000_000 + round * 1000 + i,
+              rolloutId: "",
+              setBy: "test",
+              setAt: Date.now(),
+            },
+          },
+          undefined,
+        );
+      }
+      s.stream.resume();
+      await waitFor(`round ${round}: the newest push after draining`, newest(last));
+    }
+    assert.equal(h.cp.hub.isConnected("raw-14"), true);
+    s.stream.end();
+    await s.finished();
+  });
+
   it("a newer Session replaces the older one, which ends ABORTED", async () => {
     const one = open("raw-13");
     one.stream.write(envelope(hello("raw-13")));

@@ -95,7 +95,7 @@ function onWantTrailers(this: Stream): void {
   if (trailers && !this.destroyed) this.sendTrailers(trailers);
 }
 function onDrain(this: Stream): void {
-  this[STATE]?.conn?.drained();
+  this[STATE]?.drained();
 }
 function helloExpired(s: GrpcSession): void {
   s.fail(helloTimeoutError(s.o.helloTimeoutMs));
@@ -318,6 +318,11 @@ class GrpcSession {
     if (this.drainWaiting || this.ended) return;
     this.drainWaiting = true;
     this.stream.once("drain", onDrain);
+  }
+
+  drained(): void {
+    this.drainWaiting = false;
+    this.conn?.drained();
   }
 
   private respond(): void {

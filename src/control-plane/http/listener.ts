@@ -68,11 +68,19 @@ function hostForUrl(host: string): string {
   return host.includes(":") ? `[${host}]` : host;
 }
 
+/**
+ * The accept queue. Node's default (511) overflows when thousands of agents reconnect at once
+ * after a restart; the kernel then drops their SYNs and each waits out a TCP retransmission
+ * (1 s, 3 s, 7 s, …), which stretches a reconnect storm's tail. Linux caps it at
+ * net.core.somaxconn (4096 by default since 5.4).
+ */
+export const LISTEN_BACKLOG = 4096;
+
 function listenOn(server: net.Server, host: string, port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once("error", onError);
-    server.listen({ host, port }, () => {
+    server.listen({ host, port, backlog: LISTEN_BACKLOG }, () => {
       server.off("error", onError);
       resolve((server.address() as AddressInfo).port);
     });
