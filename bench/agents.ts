@@ -144,17 +144,20 @@ async function connectAll(url: string): Promise<void> {
 function arm(marker: string): void {
   const received: number[] = [];
   const seen = new Set<Agent>();
+  // Agents whose Session is not up (a connect that failed under load) cannot receive the push;
+  // waiting for them would stretch the round to its timeout and count that idle time as push CPU.
+  const expected = agents.filter((a) => a.up).length;
   const finish = () => {
     clearTimeout(timer);
     onPush = () => {};
-    out({ event: "round", received, missing: agents.length - received.length });
+    out({ event: "round", received, missing: expected - received.length, notUp: agents.length - expected });
   };
   const timer = setTimeout(finish, args.roundTimeoutMs);
   onPush = (a, hash) => {
     if (!hash.includes(marker) || seen.has(a)) return;
     seen.add(a);
     received.push(Date.now());
-    if (received.length === agents.length) finish();
+    if (received.length === expected) finish();
   };
   out({ event: "armed" });
 }

@@ -24,12 +24,14 @@ import {
   dashboardPointer,
   defaultDashboardDir,
 } from "./http/dashboard.js";
+import { claimsSession, type GrpcSessionOptions, serveSession } from "./http/grpc-session.js";
 import { mapUnaryDecodeErrors, streamDecodeErrorInterceptor } from "./http/library-errors.js";
 import {
   type Listener,
   listenInsecure,
   listenPlainHttp,
   listenTls,
+  type StreamRoute,
   type TlsOptions,
 } from "./http/listener.js";
 import { plainRoutesHandler } from "./http/plain-routes.js";
@@ -44,6 +46,7 @@ import { RolloutNotifier } from "./rollouts/notifier.js";
 import { RolloutChanges } from "./rollouts/rollout-events.js";
 import { AgentIntake } from "./services/agent-intake.js";
 import { agentServiceImpl } from "./services/agent-service.js";
+import { AgentSessions } from "./services/agent-session.js";
 import { isStale, type LiveView } from "./services/convert.js";
 import { FleetChanges } from "./services/fleet-changes.js";
 import { FleetFeed } from "./services/fleet-feed.js";
@@ -223,6 +226,22 @@ export class ControlPlane {
 
   private requestHandler() {
     const o = this.options;
+    const helloTimeoutMs = Math.max(10_000, 3 * o.heartbeatIntervalSeconds * 1000);
+    const grpcSession: GrpcSessionOptions = {
+      sessions: new AgentSessions({
+        intake: this.intake,
+        hub: this.hub,
+        logger: this.log,
+        allowInsecure: o.allowInsecure,
+      }),
+      hub: this.hub,
+      metrics: this.metrics,
+      logger: this.log,
+      phase: () => this.phaseValue,
+      allowInsecure: o.allowInsecure,
+      helloTimeoutMs,
+      maxMessageBytes: o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
+    };
     const connect = connectNodeAdapter({
       routes: (router) => {
         router.service(
@@ -232,7 +251,7 @@ export class ControlPlane {
             hub: this.hub,
             logger: this.log,
             allowInsecure: o.allowInsecure,
-            helloTimeoutMs: Math.max(10_000, 3 * o.heartbeatIntervalSeconds * 1000),
+            helloTimeoutMs,
           }),
         );
         router.service(
@@ -290,6 +309,11 @@ export class ControlPlane {
     });
     const pointer = dashboardPointer(() => this.dashboardUrl);
     return {
+      // The gRPC protocol of Session (what agents speak) bypasses Connect: http/grpc-session.ts.
+      sessionRoute: {
+        claims: claimsSession,
+        serve: (stream, headers) => serveSession(grpcSession, stream, headers),
+      } satisfies StreamRoute,
       dashboard: dashboardListenerHandler({
         fleetServicePrefix: `/${FleetService.typeName}/`,
         connect: (req, res) => connect(req as never, res as never),
@@ -318,10 +342,23 @@ export class ControlPlane {
     const handlers = this.requestHandler();
     const timeouts = o.connectionTimeouts ?? DEFAULT_CONNECTION_TIMEOUTS;
     if (o.allowInsecure) {
-      this.listener = await listenInsecure(o.listen.host, o.listen.port, handlers.main, timeouts);
+      this.listener = await listenInsecure(
+        o.listen.host,
+        o.listen.port,
+        handlers.main,
+        timeouts,
+        handlers.sessionRoute,
+      );
     } else {
       if (!o.tls) throw new Error("TLS material is required unless allowInsecure is set");
-      this.listener = await listenTls(o.listen.host, o.listen.port, o.tls, handlers.main, timeouts);
+      this.listener = await listenTls(
+        o.listen.host,
+        o.listen.port,
+        o.tls,
+        handlers.main,
+        timeouts,
+        handlers.sessionRoute,
+      );
     }
     if (o.metricsListen) {
       this.metricsListener = await listenPlainHttp(

@@ -122,15 +122,18 @@ export class ControlPlaneMetrics {
     return this.registry.metrics();
   }
 
+  /** Counts one finished RPC (the interceptor's, and the raw gRPC Session path's, which Connect does not serve). */
+  rpcDone(procedure: string, code: Code | null, seconds: number): void {
+    this.rpcRequests.inc({ procedure, code: codeLabel(code) });
+    this.rpcDuration.observe({ procedure }, seconds);
+  }
+
   /** Counts and times every RPC; streams are measured until they end. */
   interceptor(): Interceptor {
     return (next) => async (req) => {
       const procedure = procedureName(req.method);
       const started = performance.now();
-      const done = (code: Code | null) => {
-        this.rpcRequests.inc({ procedure, code: codeLabel(code) });
-        this.rpcDuration.observe({ procedure }, (performance.now() - started) / 1000);
-      };
+      const done = (code: Code | null) => this.rpcDone(procedure, code, (performance.now() - started) / 1000);
       let res: Awaited<ReturnType<typeof next>>;
       try {
         res = await next(req);

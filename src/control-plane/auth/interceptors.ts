@@ -28,16 +28,22 @@ export interface Principal {
 
 export const principalKey = createContextKey<Principal | null>(null, { description: "API key principal" });
 
+/** UNAVAILABLE unless ready (also used by the raw gRPC Session path, which Connect does not serve). */
+export function availabilityError(p: Phase): ConnectError | null {
+  if (p === "starting")
+    return new ConnectError(
+      "the control plane is starting (database not ready yet); retry shortly",
+      Code.Unavailable,
+    );
+  if (p === "stopping")
+    return new ConnectError("the control plane is shutting down; retry shortly", Code.Unavailable);
+  return null;
+}
+
 export function availabilityInterceptor(phase: () => Phase): Interceptor {
   return (next) => async (req) => {
-    const p = phase();
-    if (p === "starting")
-      throw new ConnectError(
-        "the control plane is starting (database not ready yet); retry shortly",
-        Code.Unavailable,
-      );
-    if (p === "stopping")
-      throw new ConnectError("the control plane is shutting down; retry shortly", Code.Unavailable);
+    const refused = availabilityError(phase());
+    if (refused) throw refused;
     return next(req);
   };
 }

@@ -5,7 +5,7 @@
  * request costs 10–17% of a unary call.
  */
 import type { IncomingMessage } from "node:http";
-import type { Http2ServerRequest } from "node:http2";
+import type { Http2ServerRequest, ServerHttp2Stream } from "node:http2";
 import type { PeerCertificate, TLSSocket } from "node:tls";
 import { Code, createContextKey } from "@connectrpc/connect";
 
@@ -73,16 +73,26 @@ function identityOfSocket(socket: TLSSocket): PeerIdentity {
   return { transport: "tls", verified: true, commonName, problem: null };
 }
 
-/** The identity behind a request, cached per connection. */
-export function peerIdentityOf(req: IncomingMessage | Http2ServerRequest): PeerIdentity {
-  const key: object = "stream" in req && req.stream ? (req.stream.session ?? req.socket) : req.socket;
+function cachedIdentity(key: object, socket: TLSSocket): PeerIdentity {
   let identity = cache.get(key);
   if (!identity) {
-    const socket = req.socket as TLSSocket;
     identity = "encrypted" in socket && socket.encrypted ? identityOfSocket(socket) : PLAIN_PEER;
     cache.set(key, identity);
   }
   return identity;
+}
+
+/** The identity behind a request, cached per connection. */
+export function peerIdentityOf(req: IncomingMessage | Http2ServerRequest): PeerIdentity {
+  const key: object = "stream" in req && req.stream ? (req.stream.session ?? req.socket) : req.socket;
+  return cachedIdentity(key, req.socket as TLSSocket);
+}
+
+/** The identity behind an HTTP/2 stream served without the compat layer (the raw gRPC Session). */
+export function peerIdentityOfStream(stream: ServerHttp2Stream): PeerIdentity {
+  const session = stream.session;
+  if (!session) return PLAIN_PEER;
+  return cachedIdentity(session, session.socket as TLSSocket);
 }
 
 export type AgentAuthDecision =

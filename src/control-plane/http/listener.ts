@@ -13,7 +13,13 @@
  * apply the handshake, header and idle timeouts of connection-timeouts.ts.
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
-import http2, { type Http2ServerRequest, type Http2ServerResponse, type Http2Session } from "node:http2";
+import http2, {
+  type Http2ServerRequest,
+  type Http2ServerResponse,
+  type Http2Session,
+  type IncomingHttpHeaders,
+  type ServerHttp2Stream,
+} from "node:http2";
 import net, { type AddressInfo, type Socket } from "node:net";
 import { Duplex } from "node:stream";
 import { type ConnectionTimeouts, DEFAULT_CONNECTION_TIMEOUTS, TimeoutGuard } from "./connection-timeouts.js";
@@ -22,6 +28,15 @@ export type RequestHandler = (
   req: IncomingMessage | Http2ServerRequest,
   res: ServerResponse | Http2ServerResponse,
 ) => void;
+
+/**
+ * HTTP/2 streams served without the compat request/response layer (the raw gRPC Session path):
+ * `claims` looks at the headers, `serve` takes the stream. Everything else goes to the handler.
+ */
+export interface StreamRoute {
+  claims(headers: IncomingHttpHeaders): boolean;
+  serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void;
+}
 
 export interface TlsOptions {
   cert: Buffer;
@@ -53,11 +68,19 @@ function hostForUrl(host: string): string {
   return host.includes(":") ? `[${host}]` : host;
 }
 
+/**
+ * The accept queue. Node's default (511) overflows when thousands of agents reconnect at once
+ * after a restart; the kernel then drops their SYNs and each waits out a TCP retransmission
+ * (1 s, 3 s, 7 s, …), which stretches a reconnect storm's tail. Linux caps it at
+ * net.core.somaxconn (4096 by default since 5.4).
+ */
+export const LISTEN_BACKLOG = 4096;
+
 function listenOn(server: net.Server, host: string, port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once("error", onError);
-    server.listen({ host, port }, () => {
+    server.listen({ host, port, backlog: LISTEN_BACKLOG }, () => {
       server.off("error", onError);
       resolve((server.address() as AddressInfo).port);
     });
@@ -118,6 +141,22 @@ class ConnectionTracker {
     };
   }
 
+  /**
+   * A stream a StreamRoute serves: in flight until its response is complete, then, like wrap()
+   * does for compat requests, a client still sending after the grace period is reset.
+   */
+  rawStream(stream: ServerHttp2Stream): void {
+    this.inflight++;
+    (stream as TrackedStream)[TRACKER] = this;
+    stream.once("close", rawStreamDone);
+    stream.once("finish", rawStreamFinished);
+  }
+
+  rawDone(): void {
+    this.inflight--;
+    if (this.inflight === 0) this.idle?.();
+  }
+
   /** Sockets whose connection is HTTP/2 (their session is closed with GOAWAY instead). */
   readonly h2Sockets = new WeakSet<object>();
 
@@ -170,12 +209,53 @@ class ConnectionTracker {
   }
 }
 
+const TRACKER = Symbol("tracker");
+type TrackedStream = ServerHttp2Stream & { [TRACKER]?: ConnectionTracker };
+
+// Module-level listeners (not closures per stream): 10,000 agent streams each hold them.
+function rawStreamDone(this: TrackedStream): void {
+  const tracker = this[TRACKER];
+  this[TRACKER] = undefined;
+  tracker?.rawDone();
+}
+function rawStreamFinished(this: TrackedStream): void {
+  rawStreamDone.call(this);
+  setTimeout(closeHalfOpen, HALF_OPEN_GRACE_MS, this).unref();
+}
+function closeHalfOpen(stream: ServerHttp2Stream): void {
+  if (!stream.readableEnded && !stream.destroyed && !stream.closed)
+    stream.close(http2.constants.NGHTTP2_NO_ERROR);
+}
+
+/** Puts `route` in front of the compat layer's "stream" listener. */
+function routeStreams(
+  server: http2.Http2Server | http2.Http2SecureServer,
+  tracker: ConnectionTracker,
+  route: StreamRoute | undefined,
+): void {
+  if (!route) return;
+  const compat = server.listeners("stream");
+  if (compat.length !== 1)
+    throw new Error(`expected one compat "stream" listener on the HTTP/2 server, found ${compat.length}`);
+  const toCompat = compat[0] as (...args: unknown[]) => void;
+  server.removeAllListeners("stream");
+  server.on("stream", (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ...rest: unknown[]) => {
+    if (route.claims(headers)) {
+      tracker.rawStream(stream);
+      route.serve(stream, headers);
+    } else {
+      toCompat.call(server, stream, headers, ...rest);
+    }
+  });
+}
+
 export async function listenTls(
   host: string,
   port: number,
   tls: TlsOptions,
   handler: RequestHandler,
   timeouts: ConnectionTimeouts = DEFAULT_CONNECTION_TIMEOUTS,
+  route?: StreamRoute,
 ): Promise<Listener> {
   const tracker = new ConnectionTracker(new TimeoutGuard(timeouts));
   const server = http2.createSecureServer(
@@ -198,6 +278,7 @@ export async function listenTls(
     if (socket.alpnProtocol !== "h2") tracker.guard.http1Socket(socket);
   });
   server.on("session", (session) => tracker.session(session));
+  routeStreams(server, tracker, route);
   // A peer that fails the handshake (no TLS, garbage) or breaks HTTP/2 framing only loses its
   // own connection; none of it may take the server down.
   server.on("tlsClientError", () => {});
@@ -269,6 +350,7 @@ export async function listenInsecure(
   port: number,
   handler: RequestHandler,
   timeouts: ConnectionTimeouts = DEFAULT_CONNECTION_TIMEOUTS,
+  route?: StreamRoute,
 ): Promise<Listener> {
   const tracker = new ConnectionTracker(new TimeoutGuard(timeouts));
   const wrapped = tracker.wrap(handler);
@@ -279,6 +361,7 @@ export async function listenInsecure(
   const h1 = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES }, wrapped);
   h2c.on("session", (session) => tracker.session(session));
   h2c.on("sessionError", () => {});
+  routeStreams(h2c, tracker, route);
   const server = net.createServer((socket) => {
     tracker.socket(socket);
     const identified = tracker.guard.handshake(socket);

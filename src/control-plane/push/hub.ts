@@ -3,6 +3,10 @@
  * the fan-out of desired-generation changes to them. A push is a map lookup and an enqueue per
  * machine — it never scans rollouts or other machines — and one timer for the whole hub sends
  * heartbeats and closes sessions whose agent went silent for three heartbeat intervals.
+ *
+ * A message that goes to many streams is built and encoded once (OutgoingMessage): a heartbeat
+ * sweep and a poll hint share one frame, and consecutive desired-generation pushes with the same
+ * content (same assignment, revision and poll hint) reuse the last one's.
  */
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -10,7 +14,8 @@ import type { Logger } from "../../common/logger.js";
 import type { Clock } from "../clock.js";
 import { desiredToProto } from "../services/convert.js";
 import type { DesiredChange } from "../store/records.js";
-import { AgentConnection, type ControlMessageInit, type StreamKind } from "./connection.js";
+import { type AgentConnection, QueuedConnection, type StreamKind } from "./connection.js";
+import { type ControlMessageInit, OutgoingMessage } from "./outgoing.js";
 
 export interface PushHubOptions {
   clock: Clock;
@@ -25,6 +30,8 @@ export interface PushHubOptions {
 export class PushHub {
   private readonly connections = new Map<string, AgentConnection>();
   private timer: NodeJS.Timeout | null = null;
+  /** The last desired-generation push and its content key, for the next identical one. */
+  private lastDesired: { key: string; message: OutgoingMessage } | null = null;
 
   constructor(private readonly options: PushHubOptions) {}
 
@@ -54,9 +61,21 @@ export class PushHub {
     return this.connections.get(machineId)?.lastHeardAt ?? null;
   }
 
-  /** Registers a new stream for a machine; an existing one is closed (the newer stream wins). */
-  attach(machineId: string, kind: StreamKind): AgentConnection {
-    const now = this.options.clock.now();
+  /** The hub's clock, for transports that create their own connections. */
+  now(): number {
+    return this.options.clock.now();
+  }
+
+  /** Registers a new stream Connect serves; an existing one is closed (the newer stream wins). */
+  attach(machineId: string, kind: StreamKind): QueuedConnection {
+    const conn = new QueuedConnection(machineId, kind, this.options.clock.now());
+    this.register(conn);
+    return conn;
+  }
+
+  /** Registers a stream whatever its transport; an existing one for the machine is closed. */
+  register(conn: AgentConnection): void {
+    const { machineId, kind } = conn;
     const previous = this.connections.get(machineId);
     if (previous) {
       previous.close(new ConnectError(`replaced by a newer ${kind} stream for ${machineId}`, Code.Aborted));
@@ -65,11 +84,10 @@ export class PushHub {
         "agent stream replaced by a newer one",
       );
     }
-    const conn = new AgentConnection(machineId, kind, now);
+    conn.lastHeardAt = this.options.clock.now();
     this.connections.set(machineId, conn);
     this.options.logger.debug({ machineId, kind }, "agent stream opened");
     this.options.onPresence?.(machineId, true);
-    return conn;
   }
 
   detach(conn: AgentConnection): void {
@@ -86,15 +104,24 @@ export class PushHub {
     const conn = this.connections.get(change.machineId);
     if (!conn) return;
     const revision = change.desired?.revision ?? 0;
-    conn.awaitingAck.set(revision, change.desired?.setAt ?? this.options.clock.now());
-    if (conn.awaitingAck.size > 16) conn.awaitingAck.delete(conn.awaitingAck.keys().next().value!);
-    conn.send(desiredChangedMessage(change, pollHintSeconds));
+    conn.expectAck(revision, change.desired?.setAt ?? this.options.clock.now());
+    conn.send(this.desiredMessage(change, pollHintSeconds));
+  }
+
+  private desiredMessage(change: DesiredChange, pollHintSeconds: number | undefined): OutgoingMessage {
+    const d = change.desired;
+    const key = d
+      ? `${d.storePath}\0${d.cacheUrl}\0${d.revision}\0${d.rolloutId}\0${d.setAt}\0${pollHintSeconds ?? ""}`
+      : `\0cleared\0${pollHintSeconds ?? ""}`;
+    if (this.lastDesired?.key === key) return this.lastDesired.message;
+    const message = new OutgoingMessage(desiredChangedMessage(change, pollHintSeconds));
+    this.lastDesired = { key, message };
+    return message;
   }
 
   pushPollHint(machineIds: readonly string[], seconds: number): void {
-    for (const id of machineIds) {
-      this.connections.get(id)?.send({ message: { case: "pollHint", value: { seconds } } });
-    }
+    const message = new OutgoingMessage({ message: { case: "pollHint", value: { seconds } } });
+    for (const id of machineIds) this.connections.get(id)?.send(message);
   }
 
   /** Any message from the agent proves it is alive. */
@@ -104,15 +131,20 @@ export class PushHub {
 
   /** The agent confirmed a push: measure desired-set → ack. */
   acknowledge(conn: AgentConnection, revision: number): void {
-    const setAt = conn.awaitingAck.get(revision);
+    const setAt = conn.takeAck(revision);
     if (setAt === undefined) return;
-    conn.awaitingAck.delete(revision);
     this.options.observePushLatency?.(Math.max(0, this.options.clock.now() - setAt) / 1000);
   }
 
   private sweep(): void {
     const now = this.options.clock.now();
     const interval = this.options.heartbeatIntervalMs;
+    const heartbeat = new OutgoingMessage({
+      message: {
+        case: "heartbeat",
+        value: { sentAt: timestampFromMs(now), intervalSeconds: Math.max(1, Math.round(interval / 1000)) },
+      },
+    });
     for (const conn of this.connections.values()) {
       if (conn.kind === "session") {
         const limit = 3 * Math.max(interval, conn.peerIntervalMs ?? 0);
@@ -132,12 +164,7 @@ export class PushHub {
           continue;
         }
       }
-      conn.send({
-        message: {
-          case: "heartbeat",
-          value: { sentAt: timestampFromMs(now), intervalSeconds: Math.max(1, Math.round(interval / 1000)) },
-        },
-      });
+      conn.send(heartbeat);
     }
   }
 }
