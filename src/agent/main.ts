@@ -8,6 +8,8 @@
  * — the message names the key and where it came from. A second signal while stopping exits at
  * once with 143.
  */
+// First: limits the heap's growth before the rest of the agent loads (see heap.ts).
+import "./heap.js";
 import { Command, CommanderError, Option } from "commander";
 import { isMainModule } from "../common/entry.js";
 import { createLogger } from "../common/logger.js";
