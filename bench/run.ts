@@ -8,7 +8,7 @@ import { FleetService } from "../src/gen/nixfleet/v1/fleet_pb.js";
 import { MachineLifecycle } from "../src/gen/nixfleet/v1/types_pb.js";
 import { Fleet } from "../test/fixtures/fleet.js";
 import { makeTempDir, removeTempDir } from "../test/fixtures/tmp.js";
-import { type AgentResult, agentBench } from "./agent.js";
+import { type AgentResult, agentBench, formatAgent } from "./agent.js";
 import { type BackendFigures, backendRows, backendsFromArgs, measureBackend } from "./backends.js";
 import { child, ROOT } from "./child.js";
 import { openFileLimit } from "./proc-stats.js";
@@ -279,14 +279,7 @@ function report(
     );
   }
   process.stdout.write(`\n${scaleTable(scaleResults, STREAMS)}\n`);
-  if (agent) {
-    const cycles = agent.cycles
-      .map((c) => `${c.ownCpuMs.toFixed(0)} ms CPU / ${c.wallMs} ms wall`)
-      .join(", ");
-    process.stdout.write(
-      `\nagent: idle ${agent.idleRssMB.toFixed(1)} MB RSS, ${agent.idleCpuPercent.toFixed(2)} % CPU over ${agent.idleSeconds} s; deploy cycles (own CPU / wall): ${cycles}\n`,
-    );
-  }
+  if (agent) process.stdout.write(`\n${formatAgent(agent)}`);
   const result = {
     date: new Date().toISOString(),
     node: process.version,

@@ -20,6 +20,10 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { describeExit, runCommand } from "./process.js";
+import { type SwitchWatch, watchFile } from "./switch-watch.js";
+import { queryUnit, unitFailure, unitRunning } from "./systemd-unit.js";
+
+export { SwitchQueryError } from "./systemd-unit.js";
 
 /**
  * Runs the switch and records its exit status. Only shell built-ins after the switch: a
@@ -60,7 +64,8 @@ export interface ActivationHandle {
 
 export type ActivationStatus =
   | { state: "running" }
-  | { state: "exited"; code: number }
+  /** `reason`: how it ended when no status file said so (systemd's record of a failed unit). */
+  | { state: "exited"; code: number; reason?: string }
   /** Neither running nor a recorded exit status: killed, or the machine rebooted. */
   | { state: "vanished" };
 
@@ -82,7 +87,16 @@ export interface Activator {
   plan(request: ActivationRequest): ActivationHandle;
   /** Starts the planned switch; returns the handle with pid and start time filled in. */
   start(planned: ActivationHandle): Promise<ActivationHandle>;
+  /**
+   * Rejects with SwitchQueryError when the state cannot be read (systemd did not answer): not
+   * knowing is not "vanished".
+   */
   status(handle: ActivationHandle): Promise<ActivationStatus>;
+  /**
+   * Something to wait on between looks at `status`: wakes when the switch's status file is
+   * written. Open it before the first look (see switch-watch.ts).
+   */
+  watch(handle: ActivationHandle): SwitchWatch;
   /** Kills the switch (activation timeout); resolves once it is gone or after a bounded wait. */
   stop(handle: ActivationHandle): Promise<void>;
   /** The last lines of the switch's output, for reports. */
@@ -217,6 +231,10 @@ abstract class FileBackedActivator implements Activator {
     rmSync(handle.statusFile, { force: true });
   }
 
+  watch(handle: ActivationHandle): SwitchWatch {
+    return watchFile(handle.statusFile);
+  }
+
   abstract start(planned: ActivationHandle): Promise<ActivationHandle>;
   abstract status(handle: ActivationHandle): Promise<ActivationStatus>;
   abstract stop(handle: ActivationHandle): Promise<void>;
@@ -333,6 +351,7 @@ export class SystemdRunActivator extends FileBackedActivator {
   constructor(
     dir: string,
     private readonly env: NodeJS.ProcessEnv = process.env,
+    private readonly o: { queryRetryMs?: number } = {},
   ) {
     super(dir);
   }
@@ -356,34 +375,37 @@ export class SystemdRunActivator extends FileBackedActivator {
     return { ...planned, startedAt: Date.now() };
   }
 
-  private async activeState(unit: string): Promise<string> {
-    const result = await runCommand(["systemctl", "is-active", `${unit}.service`], {
-      timeoutMs: 15_000,
-      env: this.env,
-    });
-    return result.stdout.trim() || "unknown";
-  }
-
+  /**
+   * The status file first (the wrapper's record); without one, the unit: running, failed (the
+   * wrapper was killed: systemd's exit status and reason), or gone. A query that fails rejects
+   * with SwitchQueryError — "cannot tell" is not "vanished".
+   */
   async status(handle: ActivationHandle): Promise<ActivationStatus> {
     const code = readStatusFile(handle.statusFile);
     if (code !== undefined) return { state: "exited", code };
-    const state = await this.activeState(handle.unit!);
-    if (["active", "activating", "deactivating", "reloading", "refreshing"].includes(state)) {
-      return { state: "running" };
-    }
+    const unit = await queryUnit(`${handle.unit!}.service`, this.env, {
+      ...(this.o.queryRetryMs !== undefined ? { retryMs: this.o.queryRetryMs } : {}),
+    });
+    if (unitRunning(unit)) return { state: "running" };
+    // The wrapper may have written its status between the two reads.
     const late = readStatusFile(handle.statusFile);
-    return late !== undefined ? { state: "exited", code: late } : { state: "vanished" };
+    if (late !== undefined) return { state: "exited", code: late };
+    if (unit.activeState === "failed") return { state: "exited", ...unitFailure(unit) };
+    return { state: "vanished" };
   }
 
   async stop(handle: ActivationHandle): Promise<void> {
     const unit = `${handle.unit!}.service`;
+    // A state that cannot be read counts as still running: escalate rather than assume it ended.
+    const running = async () =>
+      (await this.status(handle).catch(() => ({ state: "running" }))).state === "running";
     await runCommand(["systemctl", "kill", "--signal=SIGTERM", unit], { timeoutMs: 15_000, env: this.env });
     let deadline = Date.now() + 5000;
-    while (Date.now() < deadline && (await this.status(handle)).state === "running") await sleep(200);
-    if ((await this.status(handle)).state !== "running") return;
+    while (Date.now() < deadline && (await running())) await sleep(200);
+    if (!(await running())) return;
     await runCommand(["systemctl", "kill", "--signal=SIGKILL", unit], { timeoutMs: 15_000, env: this.env });
     deadline = Date.now() + 5000;
-    while (Date.now() < deadline && (await this.status(handle)).state === "running") await sleep(200);
+    while (Date.now() < deadline && (await running())) await sleep(200);
   }
 
   async outputTail(handle: ActivationHandle): Promise<string> {

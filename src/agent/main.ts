@@ -8,11 +8,13 @@
  * — the message names the key and where it came from. A second signal while stopping exits at
  * once with 143.
  */
+// First: limits the heap's growth before the rest of the agent loads (see heap.ts).
+import "./heap.js";
 import { Command, CommanderError, Option } from "commander";
 import { isMainModule } from "../common/entry.js";
 import { createLogger } from "../common/logger.js";
 import { loadTlsMaterial, TlsConfigError, type TlsMaterial } from "../common/tls.js";
-import { Agent } from "./agent.js";
+import type { Agent } from "./agent.js";
 import { type AgentConfig, ConfigError, DEFAULT_CONFIG_PATH, loadAgentConfig, OPTIONS } from "./config.js";
 import { AGENT_VERSION } from "./version.js";
 
@@ -147,7 +149,10 @@ export async function main(argv: string[]): Promise<number> {
     );
   }
 
-  const agent = new Agent({ config, tls, log });
+  // Loaded only now, after heap.ts limited the heap's growth: the agent's module graph
+  // (Connect, protobuf, SQLite, metrics) is most of what start-up allocates. `--help` and a
+  // configuration error never load it.
+  const agent: Agent = new (await import("./agent.js")).Agent({ config, tls, log });
   let stopping: Promise<void> | undefined;
   const exitCode = new Promise<number>((resolve) => {
     const onSignal = (signal: NodeJS.Signals) => {

@@ -128,8 +128,9 @@ export class AgentMetrics {
     registers: [this.registry],
   });
 
+  private processMetrics = false;
+
   constructor() {
-    collectDefaultMetrics({ register: this.registry });
     for (const s of AGENT_STATES) this.stateGauge.set({ state: s }, s === "idle" ? 1 : 0);
     this.sessionConnected.set(0);
     this.rollbackFailed.set(0);
@@ -158,6 +159,17 @@ export class AgentMetrics {
     if (next) this.generationInfo.set({ generation: next }, 1);
   }
 
+  /**
+   * The process metrics (CPU, memory, event-loop lag, GC): only with a listener to read them.
+   * The lag monitor samples the event loop every 10 ms and the GC observer wakes on every
+   * collection — an idle agent without a listener must not pay for either.
+   */
+  enableProcessMetrics(): void {
+    if (this.processMetrics) return;
+    this.processMetrics = true;
+    collectDefaultMetrics({ register: this.registry });
+  }
+
   async text(): Promise<string> {
     return this.registry.metrics();
   }
@@ -169,6 +181,7 @@ export function startMetricsServer(
   port: number,
   host: string,
 ): Promise<{ server: Server; port: number }> {
+  metrics.enableProcessMetrics();
   const server = createServer((req, res) => {
     const path = (req.url ?? "/").split("?")[0];
     if (req.method !== "GET" && req.method !== "HEAD") {

@@ -217,4 +217,31 @@ describe("deploy cycle over fake ports", () => {
     assert.equal(world.current, GEN1);
     assert.deepEqual(reportsFor(again, dep.id), ["APPLYING", "ROLLED_BACK"]);
   });
+  it("a switch whose state cannot be read for a while is waited for, not taken for vanished", async (t) => {
+    const world = new World();
+    world.cache.add(GEN2);
+    world.healthy.add(GEN2);
+    world.behaviours.set(GEN2, { queryFailures: 3 });
+    const { journal } = Journal.open(join(tempDir(t), "state.db"));
+    t.after(() => journal.close());
+    await agent(world, journal).runCycle(desired(GEN2), new AbortController().signal);
+    const dep = journal.recent(1)[0]!;
+    assert.equal(dep.outcome, "DEPLOYED", dep.message ?? "");
+    assert.equal(world.switchesTo(GEN2).length, 1);
+  });
+
+  it("a switch unit that failed without a status file rolls back with systemd's exit and reason", async (t) => {
+    const world = new World();
+    world.cache.add(GEN2);
+    world.healthy.add(GEN2);
+    const reason = "the switch unit failed (Result=signal, killed by SIGKILL)";
+    world.behaviours.set(GEN2, { code: 137, failedUnit: reason });
+    const { journal } = Journal.open(join(tempDir(t), "state.db"));
+    t.after(() => journal.close());
+    await agent(world, journal).runCycle(desired(GEN2), new AbortController().signal);
+    const dep = journal.recent(1)[0]!;
+    assert.equal(dep.outcome, "ROLLED_BACK");
+    assert.ok(dep.message?.includes(`exited with code 137 (${reason})`), dep.message ?? "");
+    assert.equal(world.current, GEN1);
+  });
 });

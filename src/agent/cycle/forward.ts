@@ -98,7 +98,7 @@ function afterSwitch(dep: Deployment, e: Extract<Event, { on: "switch-ended" }>,
     );
   }
   if (end.kind === "vanished") return startRollback(dep, msg.vanished, s);
-  if (!switchedExitCode(end.code)) return startRollback(dep, msg.badExit(end.code, e.tail), s);
+  if (!switchedExitCode(end.code)) return startRollback(dep, msg.badExit(end.code, e.tail, end.reason), s);
   return go(
     { at: "verify-persisted", dep, exitCode: end.code },
     ...(end.code === 4

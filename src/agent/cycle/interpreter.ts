@@ -6,7 +6,7 @@
  */
 import { join } from "node:path";
 import { isStorePath } from "../../common/store-path.js";
-import type { ActivationHandle } from "../activation.js";
+import { type ActivationHandle, SwitchQueryError } from "../activation.js";
 import { describeFailures } from "../health/runner.js";
 import { describeLock } from "../host.js";
 import type { Deployment } from "../journal/journal.js";
@@ -231,7 +231,9 @@ export class Interpreter {
         try {
           return { on: "started", handle: await activator.start(a.planned) };
         } catch (err) {
-          const status = await activator.status(a.planned).catch(() => ({ state: "vanished" as const }));
+          // A state that cannot be read is followed like a running switch: waiting for it ends
+          // at its status file, its unit's end or activationTimeout — never at a guess.
+          const status = await activator.status(a.planned).catch(() => ({ state: "running" as const }));
           return { on: "start-failed", message: (err as Error).message, status };
         }
       case "wait-switch": {
@@ -352,15 +354,43 @@ export class Interpreter {
     else await nix.setProfile(this.o.systemProfile, previous, opts);
   }
 
-  /** Polls the switch until it exits, vanishes or passes activationTimeout (from its start). */
+  /**
+   * Waits for the switch to exit, vanish or pass activationTimeout (from its start). The watch
+   * wakes this the moment the wrapper writes its status; the timer between looks (doubling from
+   * switchPollMs up to 8×) only finds a switch killed without one, and the deadline. A look that
+   * cannot read the state (systemd did not answer) is logged and tried again: not knowing is not
+   * "vanished"; the deadline still bounds the wait.
+   */
   private async waitSwitch(handle: ActivationHandle, where: string, signal: AbortSignal): Promise<SwitchEnd> {
     const deadline = handle.startedAt + this.o.activationTimeoutMs;
-    for (;;) {
-      const status = await this.p.activator.status(handle);
-      if (status.state === "exited") return { kind: "exited", code: status.code };
-      if (status.state === "vanished") return { kind: "vanished" };
-      if (this.p.now() >= deadline) return { kind: "timeout" };
-      await delay(Math.min(this.o.switchPollMs, Math.max(1, deadline - this.p.now())), signal, where);
+    const watch = this.p.activator.watch(handle);
+    try {
+      let pollMs = this.o.switchPollMs;
+      for (;;) {
+        const status = await this.p.activator.status(handle).catch((err: Error) => {
+          if (!(err instanceof SwitchQueryError)) throw err;
+          this.p.log.warn(
+            {
+              event: "switch_query_failed",
+              deploymentId: this.dep?.id,
+              unit: handle.unit,
+              error: err.message,
+            },
+            "cannot read the switch's state; looking again",
+          );
+          return undefined;
+        });
+        if (status?.state === "exited")
+          return status.reason !== undefined
+            ? { kind: "exited", code: status.code, reason: status.reason }
+            : { kind: "exited", code: status.code };
+        if (status?.state === "vanished") return { kind: "vanished" };
+        if (this.p.now() >= deadline) return { kind: "timeout" };
+        await watch.changed(Math.min(pollMs, Math.max(1, deadline - this.p.now())), signal, where);
+        pollMs = Math.min(pollMs * 2, this.o.switchPollMs * 8);
+      }
+    } finally {
+      watch.close();
     }
   }
 

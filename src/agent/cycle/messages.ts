@@ -34,9 +34,9 @@ export const msg = {
     return `${reason}${t ? `; last output: ${t}` : ""}`;
   },
   vanished: "switch-to-configuration disappeared without recording an exit status",
-  badExit: (code: number, tail: string) => {
+  badExit: (code: number, tail: string, reason?: string) => {
     const t = trimOutput(tail, 800);
-    return `switch-to-configuration exited with code ${code}${t ? `: ${t}` : ""}`;
+    return `switch-to-configuration exited with code ${code}${reason ? ` (${reason})` : ""}${t ? `: ${t}` : ""}`;
   },
   stillPrevious: (exitCode: number | undefined) =>
     `current-system still points at the previous generation after switch-to-configuration ${exitCode === undefined ? "ended" : `exited ${exitCode}`}`,
@@ -61,9 +61,9 @@ export const msg = {
   rollbackTimeout:
     "the previous generation's switch-to-configuration did not finish within activationTimeout and was killed",
   rollbackVanished: "the previous generation's switch-to-configuration disappeared without an exit status",
-  rollbackBadExit: (code: number, tail: string) => {
+  rollbackBadExit: (code: number, tail: string, reason?: string) => {
     const t = trimOutput(tail, 600);
-    return `the previous generation's switch-to-configuration exited with code ${code}${t ? `: ${t}` : ""}`;
+    return `the previous generation's switch-to-configuration exited with code ${code}${reason ? ` (${reason})` : ""}${t ? `: ${t}` : ""}`;
   },
   rollbackWrongCurrent: (current: string | null, previous: string | null) =>
     `after the rollback switch current-system points at ${where(current)}, not ${previous}`,

@@ -88,7 +88,7 @@ export function judgeRollback(
 ): string | undefined {
   if (end.kind === "timeout") return msg.rollbackTimeout;
   if (end.kind === "vanished") return msg.rollbackVanished;
-  if (!switchedExitCode(end.code)) return msg.rollbackBadExit(end.code, tail);
+  if (!switchedExitCode(end.code)) return msg.rollbackBadExit(end.code, tail, end.reason);
   if (current !== dep.previous) return msg.rollbackWrongCurrent(current, dep.previous);
   if (profileProblem) return msg.rollbackProfile(dep.previous, profileProblem);
   return undefined;

@@ -24,7 +24,9 @@ import type { CycleVerdict } from "../schedule.js";
 
 export type { CycleVerdict };
 
-export type SwitchEnd = { kind: "exited"; code: number } | { kind: "timeout" } | { kind: "vanished" };
+export type SwitchEnd =
+  /** `reason`: systemd's account of a failed unit, when the wrapper could not write a status. */
+  { kind: "exited"; code: number; reason?: string } | { kind: "timeout" } | { kind: "vanished" };
 
 /** The proto outcome names a report can carry (reporting.ts maps them to the enum). */
 export type ReportOutcome =

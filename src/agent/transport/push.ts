@@ -190,21 +190,26 @@ export class PushChannel {
       });
     }, heartbeatIntervalMs);
     // The peer's heartbeats (if it sends any) must keep coming: three missed intervals = dead.
-    const watchdog = setInterval(
-      () => {
-        if (peerIntervalMs !== undefined && Date.now() - lastHeard > 3 * peerIntervalMs) {
-          // UNAVAILABLE: a silent control plane counts as unreachable, so with several URLs
-          // the next stream goes to the next one (src/common/failover-transport.ts).
-          controller.abort(
-            new ConnectError(
-              `no message from the control plane for ${Math.round((Date.now() - lastHeard) / 1000)} s`,
-              Code.Unavailable,
-            ),
-          );
-        }
-      },
-      Math.max(100, Math.min(heartbeatIntervalMs, 5000)),
-    );
+    // One timer set for the moment the silence would be too long, re-armed when a message
+    // arrives — not a tick every few seconds that an idle agent would wake up for.
+    let watchdog: NodeJS.Timeout | undefined;
+    const watch = () => {
+      clearTimeout(watchdog);
+      if (peerIntervalMs === undefined) return;
+      const left = 3 * peerIntervalMs - (Date.now() - lastHeard);
+      if (left >= 0) {
+        watchdog = setTimeout(watch, left + 1);
+        return;
+      }
+      // UNAVAILABLE: a silent control plane counts as unreachable, so with several URLs
+      // the next stream goes to the next one (src/common/failover-transport.ts).
+      controller.abort(
+        new ConnectError(
+          `no message from the control plane for ${Math.round((Date.now() - lastHeard) / 1000)} s`,
+          Code.Unavailable,
+        ),
+      );
+    };
 
     try {
       let stream: AsyncIterable<ControlMessage>;
@@ -261,6 +266,7 @@ export class PushChannel {
           default:
             break;
         }
+        watch();
       }
       return answered;
     } catch (err) {
@@ -268,7 +274,7 @@ export class PushChannel {
       throw err;
     } finally {
       clearInterval(heartbeat);
-      clearInterval(watchdog);
+      clearTimeout(watchdog);
       outbound.close();
     }
   }

@@ -5,7 +5,12 @@
  * can drop an agent mid-cycle (a crash), build a new one over the same journal file and the same
  * World, and see what a restarted agent would see.
  */
-import type { ActivationHandle, ActivationStatus, Activator } from "../../../src/agent/activation.js";
+import {
+  type ActivationHandle,
+  type ActivationStatus,
+  type Activator,
+  SwitchQueryError,
+} from "../../../src/agent/activation.js";
 import type { AgentConfig } from "../../../src/agent/config.js";
 import type { State } from "../../../src/agent/cycle/types.js";
 import { Deployer } from "../../../src/agent/deployer.js";
@@ -15,6 +20,7 @@ import type { Deployment, Journal } from "../../../src/agent/journal/journal.js"
 import { AgentMetrics } from "../../../src/agent/metrics.js";
 import { FetchError } from "../../../src/agent/nix.js";
 import { healthRow, reportRow } from "../../../src/agent/transport/outbox-row.js";
+import { Parked } from "../../../src/agent/wait.js";
 import { createLogger } from "../../../src/common/logger.js";
 
 export const GEN1 = "/nix/store/0c8vxs2ja1k5f5v0r4zm0h4y3hs7a0fj-nixos-system-web-01-1";
@@ -31,6 +37,10 @@ export interface SwitchBehaviour {
   endsAfterPolls?: number;
   /** Switches current-system somewhere else (a foreign generation). */
   lands?: string;
+  /** Ends as a `failed` unit read from systemd (no status file): exit `code` with this reason. */
+  failedUnit?: string;
+  /** The first this many looks at the switch cannot read its state (systemd does not answer). */
+  queryFailures?: number;
 }
 
 export interface SwitchRecord {
@@ -40,6 +50,7 @@ export interface SwitchRecord {
   deploymentId: string;
   status: ActivationStatus;
   polls: number;
+  queryFailures: number;
 }
 
 export class World {
@@ -89,7 +100,10 @@ export class World {
     if (b.hang) return;
     const code = b.code ?? 0;
     if (code === 0 || code === 4) this.land(rec, b.lands ?? rec.path);
-    rec.status = { state: "exited", code };
+    rec.status =
+      b.failedUnit !== undefined
+        ? { state: "exited", code, reason: b.failedUnit }
+        : { state: "exited", code };
   }
 
   /** A successful switch: `test` activates only, `switch` makes it the boot default too. */
@@ -161,6 +175,7 @@ export class World {
           deploymentId: planned.statusFile,
           status: { state: "running" },
           polls: 0,
+          queryFailures: 0,
         };
         this.switches.push(rec);
         this.finishSwitch(rec);
@@ -170,6 +185,10 @@ export class World {
         const rec = find(h);
         if (!rec) return { state: "vanished" };
         const b = this.behaviours.get(rec.path) ?? {};
+        if (b.queryFailures !== undefined && rec.queryFailures < b.queryFailures) {
+          rec.queryFailures++;
+          throw new SwitchQueryError(`cannot read the state of nixfleet-switch-${rec.deploymentId}.service`);
+        }
         if (
           rec.status.state === "running" &&
           b.endsAfterPolls !== undefined &&
@@ -180,6 +199,14 @@ export class World {
         }
         return rec.status;
       },
+      // No files: every wait between looks ends at once (the fake clock moves on each look).
+      watch: () => ({
+        changed: (_ms, signal, where) =>
+          new Promise<void>((resolve, reject) =>
+            setImmediate(() => (signal.aborted ? reject(new Parked(where)) : resolve())),
+          ),
+        close: () => {},
+      }),
       stop: async (h) => {
         const rec = find(h);
         if (rec && rec.status.state === "running") rec.status = { state: "exited", code: 143 };
