@@ -16,6 +16,7 @@ import type {
   ReportInput,
 } from "../store/records.js";
 import type { FleetStore } from "../store/repository.js";
+import { EvaluationPacer } from "./evaluation-pacer.js";
 import type { Presence } from "./presence.js";
 
 export interface AgentIntakeOptions {
@@ -25,7 +26,11 @@ export interface AgentIntakeOptions {
   presence: Presence;
   logger: Logger;
   pollHintSeconds: number;
+  /** The least wait before a report's rollout is evaluated (evaluation-pacer.ts); default 100 ms. */
+  evaluationDelayMs?: number;
 }
+
+const DEFAULT_EVALUATION_DELAY_MS = 100;
 
 export interface DesiredAnswer {
   desired: DesiredRecord | null;
@@ -37,7 +42,15 @@ export class AgentIntake {
   /** Unknown enum values already warned about, so a fleet of newer agents logs each once. */
   private readonly warnedUnknown = new Set<string>();
 
-  constructor(private readonly o: AgentIntakeOptions) {}
+  /** Coalesces the evaluations reports ask for: one per rollout per pacing interval. */
+  private readonly pacer: EvaluationPacer;
+
+  constructor(private readonly o: AgentIntakeOptions) {
+    this.pacer = new EvaluationPacer({
+      evaluate: (id) => this.o.executor().kick(id),
+      minDelayMs: o.evaluationDelayMs ?? DEFAULT_EVALUATION_DELAY_MS,
+    });
+  }
 
   async desired(machineId: string): Promise<DesiredAnswer> {
     this.o.presence.touch(machineId, this.o.clock.now());
@@ -89,8 +102,12 @@ export class AgentIntake {
         `machine registered on first contact (${what})`,
       );
     }
-    // The gate may decide now; evaluation happens right after this call returns.
-    if (machine.activeRollout?.status === "running")
-      void this.o.executor().kick(machine.activeRollout.rolloutId);
+    // The gate may decide now: its rollout is evaluated soon (paced, not once per report).
+    if (machine.activeRollout?.status === "running") this.pacer.request(machine.activeRollout.rolloutId);
+  }
+
+  /** Drops evaluations not yet started (shutdown; the executor's tick catches up after a restart). */
+  stop(): void {
+    this.pacer.stop();
   }
 }

@@ -2,7 +2,7 @@
  * Reading machines: the machine record (tags, desired generation, active rollout joined in), lists
  * by tags and lifecycle, and what an agent should run. machines.ts writes them.
  */
-import { type Ctx, cachedQuery, chunks } from "./context.js";
+import { type Ctx, cachedRows, chunks } from "./context.js";
 import type { DesiredRecord, MachineRecord } from "./records.js";
 import type { MachineFilter } from "./repository.js";
 
@@ -91,9 +91,25 @@ async function withTags(ctx: Ctx, rows: MachineRow[]): Promise<MachineRecord[]> 
   return rows.map((r) => toMachine(r, tags.get(r.id) ?? []));
 }
 
-export async function getMachine(ctx: Ctx, id: string): Promise<MachineRecord | undefined> {
-  const [row] = await cachedQuery(ctx, "machine", (p) => machineQuery(ctx).where("m.id", "=", p), id);
-  return row ? (await withTags(ctx, [row]))[0] : undefined;
+/** One machine; `tags` when the caller has just written them (saves reading them back). */
+export async function getMachine(
+  ctx: Ctx,
+  id: string,
+  tags: string[] | null = null,
+): Promise<MachineRecord | undefined> {
+  const [row] = await cachedRows(ctx, "machine", (p) => machineQuery(ctx).where("m.id", "=", p[0]), [id]);
+  if (!row) return undefined;
+  if (tags) return toMachine(row, tags);
+  const found = await cachedRows(
+    ctx,
+    "machine-tags",
+    (p) => ctx.q.selectFrom("machine_tags").select("tag").where("machine_id", "=", p[0]).orderBy("tag"),
+    [id],
+  );
+  return toMachine(
+    row,
+    found.map((t) => t.tag),
+  );
 }
 
 export async function getMachines(ctx: Ctx, ids: readonly string[]): Promise<MachineRecord[]> {
