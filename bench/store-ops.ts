@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import { createLogger } from "../src/common/logger.js";
+import { PushHub } from "../src/control-plane/push/hub.js";
 import { RolloutExecutor } from "../src/control-plane/rollouts/executor.js";
 import { RolloutNotifier } from "../src/control-plane/rollouts/notifier.js";
 import { RolloutChanges } from "../src/control-plane/rollouts/rollout-events.js";
@@ -23,7 +24,6 @@ import { AgentIntake } from "../src/control-plane/services/agent-intake.js";
 import { Presence } from "../src/control-plane/services/presence.js";
 import type { ReportInput } from "../src/control-plane/store/records.js";
 import { SqliteFleetStore } from "../src/control-plane/store/sqlite-store.js";
-import { PushHub } from "../src/control-plane/push/hub.js";
 
 const { values } = parseArgs({
   options: {
@@ -39,11 +39,19 @@ const path = (i: number) => `/nix/store/${String(i).padStart(32, "0")}-nixos-sys
 const ids = Array.from({ length: N }, (_, i) => `m${String(i).padStart(6, "0")}`);
 const logger = createLogger({ name: "store-ops", level: "error" });
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+/** This process's CPU time in ms: on a shared machine it moves far less than wall time. */
+const cpuMs = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+};
 const time = async (fn: () => Promise<unknown>) => {
   const t0 = performance.now();
+  const c0 = cpuMs();
   await fn();
+  cpu.push(cpuMs() - c0);
   return performance.now() - t0;
 };
+const cpu: number[] = [];
 
 const dir = mkdtempSync(join(tmpdir(), "nixfleet-store-ops-"));
 const { store } = await SqliteFleetStore.open({
@@ -113,7 +121,8 @@ for (let r = 0; r < rounds; r++) {
   const id = `r-${r}`;
   create.push(await time(() => store.createRollout(newRollout(id, listed), "bench", Date.now())));
   start.push(await time(() => store.startBatch(id, 0, Date.now())));
-  if (r < rounds - 1) await store.endRollout(
+  if (r < rounds - 1)
+    await store.endRollout(
       id,
       { status: "cancelled", revert: false, reason: "bench", actor: "bench", from: ["running"] },
       Date.now(),
@@ -138,13 +147,32 @@ const report = (i: number): ReportInput => ({
 // Bare loop: one call at a time.
 let n = 0;
 let t0 = performance.now();
+let c0 = cpuMs();
 while (performance.now() - t0 < seconds * 1000) await store.recordReport(report(n++), Date.now());
 const bareMs = (performance.now() - t0) / n;
+const bareCpuMs = (cpuMs() - c0) / n;
 
 // The report path: intake + executor, the last rollout running with every machine in it.
-const hub = new PushHub({ clock: { now: () => Date.now() }, logger, heartbeatIntervalMs: 60_000, observePushLatency: () => {} });
-const notifier = new RolloutNotifier({ hub, changes: new RolloutChanges(), logger, pollHintSeconds: 5, onStatus: () => {} });
-const executor = new RolloutExecutor({ store, clock: { now: () => Date.now() }, notifier, logger, tickMs: 1000 });
+const hub = new PushHub({
+  clock: { now: () => Date.now() },
+  logger,
+  heartbeatIntervalMs: 60_000,
+  observePushLatency: () => {},
+});
+const notifier = new RolloutNotifier({
+  hub,
+  changes: new RolloutChanges(),
+  logger,
+  pollHintSeconds: 5,
+  onStatus: () => {},
+});
+const executor = new RolloutExecutor({
+  store,
+  clock: { now: () => Date.now() },
+  notifier,
+  logger,
+  tickMs: 1000,
+});
 executor.start();
 const intake = new AgentIntake({
   store: () => store,
@@ -156,6 +184,7 @@ const intake = new AgentIntake({
 });
 n = 0;
 t0 = performance.now();
+c0 = cpuMs();
 const end = t0 + seconds * 1000;
 await Promise.all(
   Array.from({ length: 16 }, async () => {
@@ -163,6 +192,7 @@ await Promise.all(
   }),
 );
 const pathRps = n / ((performance.now() - t0) / 1000);
+const pathCpuMs = (cpuMs() - c0) / n;
 await executor.stop();
 await store.close();
 rmSync(dir, { recursive: true, force: true });
@@ -172,7 +202,11 @@ process.stdout.write(
     listMs: Math.round(median(list) * 10) / 10,
     createRolloutMs: Math.round(median(create) * 10) / 10,
     startBatchMs: Math.round(median(start) * 10) / 10,
+    // CPU ms per list / create / start (same order), each the median round's
+    cpuMs: [0, 1, 2].map((k) => Math.round(median(cpu.filter((_, i) => i % 3 === k)) * 10) / 10),
     recordReportMs: Math.round(bareMs * 1000) / 1000,
+    recordReportCpuMs: Math.round(bareCpuMs * 1000) / 1000,
+    reportPathCpuMs: Math.round(pathCpuMs * 1000) / 1000,
     bareRps: Math.round(1000 / bareMs),
     reportPathRps: Math.round(pathRps),
     ratio: Math.round((pathRps * bareMs) / 10) / 100,

@@ -93,8 +93,22 @@ const compiled = new Map<string, CompiledQuery>();
 
 /** What `build` receives: sixteen placeholders, each typed to fit any column. */
 export type Placeholders = readonly [
-  never, never, never, never, never, never, never, never,
-  never, never, never, never, never, never, never, never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
 ];
 
 /**

@@ -5,6 +5,8 @@
  * event texts come from ../rollouts/texts.ts. Mutations run inside the caller's transaction; on
  * PostgreSQL they first lock the rollout's row, so two replicas never interleave on one rollout.
  */
+
+import { sql } from "kysely";
 import {
   gateChanges,
   type PlannedEvent,
@@ -16,7 +18,7 @@ import {
   type TouchedMachine,
 } from "../rollouts/decisions.js";
 import * as text from "../rollouts/texts.js";
-import { audit, type Ctx, chunks, nextSeq } from "./context.js";
+import { audit, type Ctx, chunks, nextRevisions, nextSeq } from "./context.js";
 import { ConflictError, NotFoundError } from "./errors.js";
 import { writeDesired } from "./machines.js";
 import type { DesiredChange, RolloutEventRecord } from "./records.js";
@@ -241,43 +243,78 @@ export async function startBatch(
   if (!batch || batch.status === "deploying" || batch.status === "succeeded") return null;
   const machines = await ctx.q
     .selectFrom("rollout_machines")
-    .select(["machine_id", "target_generation", "previous_recorded"])
+    .select(["machine_id", "target_generation", "position"])
     .where("rollout_id", "=", rolloutId)
     .where("batch_index", "=", index)
     .orderBy("position")
     .execute();
-  const changes: DesiredChange[] = [];
-  for (const m of machines) {
-    if (m.previous_recorded === 0) {
-      // Recorded once: a resumed batch keeps it, so a revert restores what was there before.
-      const previous = await ctx.q
-        .selectFrom("desired_generations")
-        .select(["store_path", "cache_url", "rollout_id"])
-        .where("machine_id", "=", m.machine_id)
-        .executeTakeFirst();
-      await ctx.q
-        .updateTable("rollout_machines")
-        .set({
-          previous_recorded: 1,
-          previous_generation: previous?.store_path ?? null,
-          previous_cache_url: previous?.cache_url ?? null,
-          previous_rollout_id: previous?.rollout_id ?? null,
-        })
-        .where("rollout_id", "=", rolloutId)
-        .where("machine_id", "=", m.machine_id)
-        .execute();
-    }
-    const desired = await writeDesired(
-      ctx,
-      m.machine_id,
-      m.target_generation,
-      rollout.cache_url,
-      rolloutId,
-      "executor",
-      now,
-    );
-    changes.push({ machineId: m.machine_id, desired });
+  // Set-based, a few statements whatever the batch size. First each machine's previous desired
+  // generation, recorded once: a resumed batch keeps it, so a revert restores what was there
+  // before this rollout.
+  await ctx.q
+    .updateTable("rollout_machines")
+    .set((eb) => {
+      const previous = (column: "store_path" | "cache_url" | "rollout_id") =>
+        eb
+          .selectFrom("desired_generations as d")
+          .select(`d.${column}`)
+          .whereRef("d.machine_id", "=", "rollout_machines.machine_id");
+      return {
+        previous_recorded: 1,
+        previous_generation: previous("store_path"),
+        previous_cache_url: previous("cache_url"),
+        previous_rollout_id: previous("rollout_id"),
+      };
+    })
+    .where("rollout_id", "=", rolloutId)
+    .where("batch_index", "=", index)
+    .where("previous_recorded", "=", 0)
+    .execute();
+  // Then the targets, each with a fresh revision: one block of revisions, one per position.
+  const count = machines.length === 0 ? 0 : machines[machines.length - 1]!.position + 1;
+  const first = count === 0 ? 0 : await nextRevisions(ctx, now, count);
+  if (count > 0) {
+    await ctx.q
+      .insertInto("desired_generations")
+      .columns(["machine_id", "store_path", "cache_url", "revision", "rollout_id", "set_by", "set_at"])
+      .expression(
+        ctx.q
+          .selectFrom("rollout_machines as rm")
+          .select([
+            "rm.machine_id",
+            "rm.target_generation",
+            sql<string>`CAST(${rollout.cache_url} AS TEXT)`.as("cache_url"),
+            sql<number>`CAST(${first} AS BIGINT) + rm.position`.as("revision"),
+            sql<string>`CAST(${rolloutId} AS TEXT)`.as("rollout_id"),
+            sql<string>`CAST('executor' AS TEXT)`.as("set_by"),
+            sql<number>`CAST(${now} AS BIGINT)`.as("set_at"),
+          ])
+          .where("rm.rollout_id", "=", rolloutId)
+          .where("rm.batch_index", "=", index),
+      )
+      .onConflict((oc) =>
+        oc.column("machine_id").doUpdateSet((eb) => ({
+          store_path: eb.ref("excluded.store_path"),
+          cache_url: eb.ref("excluded.cache_url"),
+          revision: eb.ref("excluded.revision"),
+          rollout_id: eb.ref("excluded.rollout_id"),
+          set_by: eb.ref("excluded.set_by"),
+          set_at: eb.ref("excluded.set_at"),
+        })),
+      )
+      .execute();
   }
+  const changes: DesiredChange[] = machines.map((m) => ({
+    machineId: m.machine_id,
+    desired: {
+      storePath: m.target_generation,
+      cacheUrl: rollout.cache_url,
+      revision: first + m.position,
+      rolloutId,
+      setBy: "executor",
+      setAt: now,
+    },
+  }));
   await ctx.q
     .updateTable("rollout_machines")
     .set({ gate_state: "pending", gate_reason: "" })
