@@ -3,7 +3,7 @@
  * and which backend it talks to, plus the few helpers all modules share. Queries are written once
  * in Kysely; the handful of places where the dialects differ ask `ctx.kind`.
  */
-import { type Compilable, CompiledQuery, type Kysely, type QueryResult, sql } from "kysely";
+import { type Compilable, CompiledQuery, type Kysely, type QueryResult, type RawBuilder, sql } from "kysely";
 import type { Tables } from "./tables.js";
 
 export type BackendKind = "sqlite" | "postgres";
@@ -145,4 +145,38 @@ export async function cachedRows<R>(
   values: readonly unknown[],
 ): Promise<R[]> {
   return (await cachedQuery(ctx, name, build, values)).rows;
+}
+
+/**
+ * A list of values as one bound parameter (JSON), for `IN (…)` over any number of values in one
+ * statement: Kysely builds a bound parameter per list element, which costs more than running the
+ * query once lists reach thousands, and both backends cap parameters per statement.
+ */
+export function jsonList(ctx: Ctx, values: readonly (string | number)[]): RawBuilder<string> {
+  const json = JSON.stringify(values);
+  return ctx.kind === "sqlite"
+    ? sql<string>`(SELECT value FROM json_each(${json}))`
+    : sql<string>`(SELECT jsonb_array_elements_text(CAST(${json} AS jsonb)))`;
+}
+
+/**
+ * Rows as one bound parameter (a JSON array of arrays), as a table `alias` with the named columns,
+ * for INSERT … SELECT of thousands of rows in one statement. `columns` gives each position's name
+ * and type.
+ */
+export function jsonRows(
+  ctx: Ctx,
+  rows: readonly (readonly (string | number)[])[],
+  columns: readonly { name: string; type: "text" | "integer" }[],
+  alias: string,
+): RawBuilder<unknown> {
+  const json = JSON.stringify(rows);
+  const pick = columns.map((c, i) =>
+    ctx.kind === "sqlite"
+      ? sql`json_extract(value, ${sql.lit(`$[${i}]`)}) AS ${sql.id(c.name)}`
+      : sql`CAST(x ->> ${sql.lit(i)} AS ${sql.raw(c.type === "text" ? "text" : "bigint")}) AS ${sql.id(c.name)}`,
+  );
+  return ctx.kind === "sqlite"
+    ? sql`(SELECT ${sql.join(pick)} FROM json_each(${json})) AS ${sql.id(alias)}`
+    : sql`(SELECT ${sql.join(pick)} FROM jsonb_array_elements(CAST(${json} AS jsonb)) AS x) AS ${sql.id(alias)}`;
 }

@@ -2,7 +2,7 @@
  * Reading machines: the machine record (tags, desired generation, active rollout joined in), lists
  * by tags and lifecycle, and what an agent should run. machines.ts writes them.
  */
-import { type Ctx, cachedRows, chunks } from "./context.js";
+import { type Ctx, cachedRows, jsonList } from "./context.js";
 import type { DesiredRecord, MachineRecord } from "./records.js";
 import type { MachineFilter } from "./repository.js";
 
@@ -72,13 +72,21 @@ function toMachine(row: MachineRow, tags: string[]): MachineRecord {
   };
 }
 
+/** Adds the tags: one query for any number of machines (the ids as one JSON parameter). */
 async function withTags(ctx: Ctx, rows: MachineRow[]): Promise<MachineRecord[]> {
   const tags = new Map<string, string[]>();
-  for (const ids of chunks(rows.map((r) => r.id))) {
+  if (rows.length > 0) {
     const found = await ctx.q
       .selectFrom("machine_tags")
       .select(["machine_id", "tag"])
-      .where("machine_id", "in", ids)
+      .where(
+        "machine_id",
+        "in",
+        jsonList(
+          ctx,
+          rows.map((r) => r.id),
+        ),
+      )
       .orderBy("machine_id")
       .orderBy("tag")
       .execute();
@@ -113,10 +121,11 @@ export async function getMachine(
 }
 
 export async function getMachines(ctx: Ctx, ids: readonly string[]): Promise<MachineRecord[]> {
-  const rows: MachineRow[] = [];
-  for (const part of chunks([...new Set(ids)])) {
-    rows.push(...(await machineQuery(ctx).where("m.id", "in", part).execute()));
-  }
+  if (ids.length === 0) return [];
+  const rows = await machineQuery(ctx)
+    .where("m.id", "in", jsonList(ctx, [...new Set(ids)]))
+    .execute();
+  // Sorted here, not by the database: the same order (code units) whatever PostgreSQL's collation.
   rows.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   return withTags(ctx, rows);
 }
