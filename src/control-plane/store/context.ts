@@ -166,7 +166,7 @@ export function jsonList(ctx: Ctx, values: readonly (string | number)[]): RawBui
  */
 export function jsonRows(
   ctx: Ctx,
-  rows: readonly (readonly (string | number)[])[],
+  rows: readonly (readonly (string | number | null)[])[],
   columns: readonly { name: string; type: "text" | "integer" }[],
   alias: string,
 ): RawBuilder<unknown> {

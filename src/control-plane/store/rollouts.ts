@@ -23,28 +23,39 @@ import { ConflictError, NotFoundError } from "./errors.js";
 import { writeDesired } from "./machines.js";
 import type { DesiredChange, RolloutEventRecord, RolloutRecord } from "./records.js";
 import type { EndRolloutOptions, MachineGateUpdate, NewRollout, RolloutChange } from "./repository.js";
-import { batchRow, getRollout, requireRollout, rolloutFields, rolloutRow, toEvent } from "./rollout-reads.js";
+import {
+  batchRow,
+  type EventRow,
+  getRollout,
+  requireRollout,
+  rolloutFields,
+  rolloutRow,
+  toEvent,
+} from "./rollout-reads.js";
 import type { RolloutsTable } from "./tables.js";
 
 async function addEvents(ctx: Ctx, rolloutId: string, events: readonly PlannedEvent[], now: number) {
-  const out: RolloutEventRecord[] = [];
-  for (const e of events) {
-    const row = await ctx.q
-      .insertInto("rollout_events")
-      .values({
-        rollout_id: rolloutId,
-        type: e.type,
-        batch_index: e.batchIndex,
-        machine_id: e.machineId,
-        message: e.message,
-        actor: e.actor,
-        created_at: now,
-      })
-      .returningAll()
-      .executeTakeFirstOrThrow();
-    out.push(toEvent(row));
-  }
-  return out;
+  if (events.length === 0) return [];
+  // One statement for any number (a batch's machines turning healthy together): the rows as one
+  // JSON parameter. Ids follow insertion order, so sorting by id keeps the planned order.
+  const from = jsonRows(
+    ctx,
+    events.map((e) => [e.type, e.batchIndex, e.machineId, e.message, e.actor]),
+    [
+      { name: "type", type: "text" },
+      { name: "batch_index", type: "integer" },
+      { name: "machine_id", type: "text" },
+      { name: "message", type: "text" },
+      { name: "actor", type: "text" },
+    ],
+    "j",
+  );
+  const { rows } =
+    await sql<EventRow>`INSERT INTO rollout_events (rollout_id, type, batch_index, machine_id, message, actor, created_at)
+    SELECT CAST(${rolloutId} AS TEXT), j.type, j.batch_index, j.machine_id, j.message, j.actor, CAST(${now} AS BIGINT)
+    FROM ${from}
+    RETURNING *`.execute(ctx.q);
+  return rows.map((r) => toEvent({ ...r, id: Number(r.id) })).sort((a, b) => a.id - b.id);
 }
 
 async function touchedMachines(ctx: Ctx, rolloutId: string): Promise<TouchedMachine[]> {
@@ -411,13 +422,23 @@ export async function recordGate(
     gates,
     index,
   );
-  for (const g of writes) {
-    await ctx.q
-      .updateTable("rollout_machines")
-      .set({ gate_state: g.state, gate_reason: g.reason })
-      .where("rollout_id", "=", rolloutId)
-      .where("machine_id", "=", g.machineId)
-      .execute();
+  if (writes.length > 0) {
+    // One statement for all of them: the new states as one JSON parameter.
+    const from = jsonRows(
+      ctx,
+      writes.map((g) => [g.machineId, g.state, g.reason]),
+      [
+        { name: "machine_id", type: "text" },
+        { name: "gate_state", type: "text" },
+        { name: "gate_reason", type: "text" },
+      ],
+      "j",
+    );
+    await sql`UPDATE rollout_machines SET gate_state = j.gate_state, gate_reason = j.gate_reason
+      FROM ${from}
+      WHERE rollout_machines.rollout_id = ${rolloutId} AND rollout_machines.machine_id = j.machine_id`.execute(
+      ctx.q,
+    );
   }
   if (events.length)
     await ctx.q.updateTable("rollouts").set({ updated_at: now }).where("id", "=", rolloutId).execute();
