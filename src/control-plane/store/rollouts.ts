@@ -18,7 +18,7 @@ import {
   type TouchedMachine,
 } from "../rollouts/decisions.js";
 import * as text from "../rollouts/texts.js";
-import { audit, type Ctx, jsonList, jsonRows, nextRevisions, nextSeq } from "./context.js";
+import { audit, type Ctx, cachedQuery, jsonList, jsonRows, nextRevisions, nextSeq } from "./context.js";
 import { ConflictError, NotFoundError } from "./errors.js";
 import { writeDesired } from "./machines.js";
 import type { DesiredChange, RolloutEventRecord, RolloutRecord } from "./records.js";
@@ -422,8 +422,8 @@ export async function recordGate(
     gates,
     index,
   );
-  if (writes.length > 0) {
-    // One statement for all of them: the new states as one JSON parameter.
+  if (writes.length > 0 && ctx.kind === "postgres") {
+    // One statement for all of them (a hash join with the new states, one JSON parameter).
     const from = jsonRows(
       ctx,
       writes.map((g) => [g.machineId, g.state, g.reason]),
@@ -439,6 +439,22 @@ export async function recordGate(
       WHERE rollout_machines.rollout_id = ${rolloutId} AND rollout_machines.machine_id = j.machine_id`.execute(
       ctx.q,
     );
+  } else {
+    // SQLite joins a JSON table by scanning it per row (quadratic); one prepared statement per
+    // machine, in process, costs microseconds instead.
+    for (const g of writes) {
+      await cachedQuery(
+        ctx,
+        "gate-write",
+        (p) =>
+          ctx.q
+            .updateTable("rollout_machines")
+            .set({ gate_state: p[0], gate_reason: p[1] })
+            .where("rollout_id", "=", p[2])
+            .where("machine_id", "=", p[3]),
+        [g.state, g.reason, rolloutId, g.machineId],
+      );
+    }
   }
   if (events.length)
     await ctx.q.updateTable("rollouts").set({ updated_at: now }).where("id", "=", rolloutId).execute();
