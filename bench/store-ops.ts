@@ -6,7 +6,9 @@
  * - createRollout of all of them in one ALL_AT_ONCE batch, and startBatch of that batch,
  * - recordReport in a bare loop (one call at a time: ms per call),
  * - the report path as the control plane runs it — AgentIntake with a live executor, every
- *   machine in the running rollout, 16 reports in flight — against the bare loop's rate.
+ *   machine in the running rollout, 16 reports in flight — against the bare loop's rate (in
+ *   steady state: the gate changes the bare loop's reports made are evaluated before the clock
+ *   starts).
  *
  * Prints one JSON line. Median of `--rounds` (3) for the list/create/start figures.
  */
@@ -182,6 +184,8 @@ const intake = new AgentIntake({
   logger,
   pollHintSeconds: 5,
 });
+// Steady state: the gate transitions the bare loop's reports caused are evaluated first.
+await executor.kick(`r-${rounds - 1}`);
 n = 0;
 t0 = performance.now();
 c0 = cpuMs();
