@@ -159,7 +159,10 @@ export class ControlPlane {
     this.intake = new AgentIntake({
       store: () => this.store,
       clock: this.clock,
-      kick: (rolloutId) => this.cluster.bus.publish({ kind: "kick", rolloutIds: [rolloutId] }),
+      kick: (rolloutId) => {
+        this.cluster.bus.publish({ kind: "kick", rolloutIds: [rolloutId] }, "others");
+        return this.executorValue?.kick(rolloutId) ?? Promise.resolve();
+      },
       presence: this.presence,
       logger: this.log,
       pollHintSeconds: options.pollHintSeconds,
@@ -492,6 +495,7 @@ export class ControlPlane {
       this.metricsListener?.close(deadline),
       this.dashboardListener?.close(deadline),
     ]);
+    this.intake.stop();
     await this.executorValue?.stop();
     await this.leadershipValue?.stop();
     await this.cluster.stop();

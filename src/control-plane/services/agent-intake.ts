@@ -15,6 +15,7 @@ import type {
   ReportInput,
 } from "../store/records.js";
 import type { FleetStore } from "../store/repository.js";
+import { EvaluationPacer } from "./evaluation-pacer.js";
 import type { FleetChangeKind, FleetChanges } from "./fleet-changes.js";
 import type { Presence } from "./presence.js";
 
@@ -22,16 +23,21 @@ export interface AgentIntakeOptions {
   store: () => FleetStore;
   clock: Clock;
   /**
-   * Asks for an evaluation of a rollout now. With several replicas this reaches every replica's
-   * executor (the cluster bus); the report may have arrived anywhere, the leader decides.
+   * Asks for an evaluation of a rollout now; resolves when this replica's executor has run it (a
+   * no-op on a follower). With several replicas it also reaches the others' executors (the
+   * cluster bus): the report may have arrived anywhere, the leader decides.
    */
-  kick: (rolloutId: string) => void;
+  kick: (rolloutId: string) => Promise<void>;
   presence: Presence;
   logger: Logger;
   pollHintSeconds: number;
   /** Told of every stored contact (WatchFleet). */
   fleetChanges?: FleetChanges;
+  /** The least wait before a report's rollout is evaluated (evaluation-pacer.ts); default 100 ms. */
+  evaluationDelayMs?: number;
 }
+
+const DEFAULT_EVALUATION_DELAY_MS = 100;
 
 export interface DesiredAnswer {
   desired: DesiredRecord | null;
@@ -43,7 +49,15 @@ export class AgentIntake {
   /** Unknown enum values already warned about, so a fleet of newer agents logs each once. */
   private readonly warnedUnknown = new Set<string>();
 
-  constructor(private readonly o: AgentIntakeOptions) {}
+  /** Coalesces the evaluations reports ask for: one per rollout per pacing interval. */
+  private readonly pacer: EvaluationPacer;
+
+  constructor(private readonly o: AgentIntakeOptions) {
+    this.pacer = new EvaluationPacer({
+      evaluate: (id) => this.o.kick(id),
+      minDelayMs: o.evaluationDelayMs ?? DEFAULT_EVALUATION_DELAY_MS,
+    });
+  }
 
   async desired(machineId: string): Promise<DesiredAnswer> {
     this.o.presence.touch(machineId, this.o.clock.now());
@@ -98,7 +112,12 @@ export class AgentIntake {
         `machine registered on first contact (${what})`,
       );
     }
-    // The gate may decide now; evaluation happens right after this call returns.
-    if (machine.activeRollout?.status === "running") this.o.kick(machine.activeRollout.rolloutId);
+    // The gate may decide now: its rollout is evaluated soon (paced, not once per report).
+    if (machine.activeRollout?.status === "running") this.pacer.request(machine.activeRollout.rolloutId);
+  }
+
+  /** Drops evaluations not yet started (shutdown; the executor's tick catches up after a restart). */
+  stop(): void {
+    this.pacer.stop();
   }
 }

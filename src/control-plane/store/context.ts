@@ -3,7 +3,7 @@
  * and which backend it talks to, plus the few helpers all modules share. Queries are written once
  * in Kysely; the handful of places where the dialects differ ask `ctx.kind`.
  */
-import { type Compilable, CompiledQuery, type Kysely, sql } from "kysely";
+import { type Compilable, CompiledQuery, type Kysely, type QueryResult, type RawBuilder, sql } from "kysely";
 import type { Tables } from "./tables.js";
 
 export type BackendKind = "sqlite" | "postgres";
@@ -39,14 +39,29 @@ export async function audit(
  * a revision an agent has already seen (and may have quarantined a path under).
  */
 export async function nextRevision(ctx: Ctx, now: number): Promise<number> {
+  return nextRevisions(ctx, now, 1);
+}
+
+/**
+ * Takes `count` consecutive revisions at once (for a batch start): returns the first; the others
+ * follow it by one each. The same rule as nextRevision: strictly increasing, never below now.
+ */
+export async function nextRevisions(ctx: Ctx, now: number, count: number): Promise<number> {
   const at = Math.floor(now);
-  const row = await ctx.q
-    .updateTable("revision_counter")
-    .set({ value: sql<number>`CASE WHEN value + 1 > ${at} THEN value + 1 ELSE ${at} END` })
-    .where("id", "=", 1)
-    .returning("value")
-    .executeTakeFirstOrThrow();
-  return Number(row.value);
+  const [row] = await cachedRows(
+    ctx,
+    "next-revisions",
+    (p) =>
+      ctx.q
+        .updateTable("revision_counter")
+        .set({
+          value: sql<number>`CASE WHEN value + 1 > ${p[0]} THEN value + ${p[1]} ELSE CAST(${p[0]} AS BIGINT) + ${p[1]} - 1 END`,
+        })
+        .where("id", "=", 1)
+        .returning("value"),
+    [at, count],
+  );
+  return Number(row!.value) - count + 1;
 }
 
 /**
@@ -57,36 +72,111 @@ export async function nextRevision(ctx: Ctx, now: number): Promise<number> {
  * "received after the batch started" means — whatever the wall clock does, and across replicas.
  */
 export async function nextSeq(ctx: Ctx): Promise<number> {
-  const row = await ctx.q
-    .updateTable("evidence_sequence")
-    .set({ value: sql<number>`value + 1` })
-    .where("id", "=", 1)
-    .returning("value")
-    .executeTakeFirstOrThrow();
-  return Number(row.value);
+  const [row] = await cachedRows(
+    ctx,
+    "next-seq",
+    () =>
+      ctx.q
+        .updateTable("evidence_sequence")
+        .set({ value: sql<number>`value + 1` })
+        .where("id", "=", 1)
+        .returning("value"),
+    [],
+  );
+  return Number(row!.value);
 }
 
-/** Stands for the one parameter of a cached query; never a real value (it holds a NUL). */
-const PARAM = "\u0000nixfleet-param";
+/** Stand for a cached query's parameters; never real values (they hold a NUL). */
+const PLACEHOLDERS = Array.from({ length: 16 }, (_, i) => `\u0000nixfleet-param-${i}`);
+const PLACEHOLDER_INDEX = new Map(PLACEHOLDERS.map((p, i) => [p, i]));
 const compiled = new Map<string, CompiledQuery>();
 
+/** What `build` receives: sixteen placeholders, each typed to fit any column. */
+export type Placeholders = readonly [
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+  never,
+];
+
 /**
- * Runs a hot query compiled once per backend: building a Kysely query with joins costs several
- * times more than running it on SQLite (~0.5 ms against ~0.1 ms for the machine read every agent
- * contact does twice). `build` receives a placeholder for the query's one varying parameter.
+ * Runs a hot query compiled once per backend: building a Kysely query costs several times more
+ * than running it on SQLite (~0.5 ms against ~0.1 ms for the machine read every agent contact
+ * does), so the statements every report runs are built once. `build` receives placeholders for
+ * the query's varying parameters (typed `never` so they fit any column); `values[i]` replaces
+ * `p[i]` on each run. The query's shape must not depend on the values.
  */
 export async function cachedQuery<R>(
   ctx: Ctx,
   name: string,
-  build: (param: string) => Compilable<R>,
-  value: unknown,
-): Promise<R[]> {
+  build: (p: Placeholders) => Compilable<R>,
+  values: readonly unknown[],
+): Promise<QueryResult<R>> {
   const key = `${ctx.kind}:${name}`;
   let query = compiled.get(key);
   if (!query) {
-    query = build(PARAM).compile();
+    query = build(PLACEHOLDERS as unknown as Placeholders).compile();
     compiled.set(key, query);
   }
-  const parameters = query.parameters.map((p) => (p === PARAM ? value : p));
-  return (await ctx.q.executeQuery(CompiledQuery.raw(query.sql, parameters))).rows as R[];
+  const parameters = query.parameters.map((p) => {
+    const i = typeof p === "string" ? PLACEHOLDER_INDEX.get(p) : undefined;
+    return i === undefined ? p : values[i];
+  });
+  return ctx.q.executeQuery<R>(CompiledQuery.raw(query.sql, parameters));
+}
+
+/** The rows of a cached query (see cachedQuery). */
+export async function cachedRows<R>(
+  ctx: Ctx,
+  name: string,
+  build: (p: Placeholders) => Compilable<R>,
+  values: readonly unknown[],
+): Promise<R[]> {
+  return (await cachedQuery(ctx, name, build, values)).rows;
+}
+
+/**
+ * A list of values as one bound parameter (JSON), for `IN (…)` over any number of values in one
+ * statement: Kysely builds a bound parameter per list element, which costs more than running the
+ * query once lists reach thousands, and both backends cap parameters per statement.
+ */
+export function jsonList(ctx: Ctx, values: readonly (string | number)[]): RawBuilder<string> {
+  const json = JSON.stringify(values);
+  return ctx.kind === "sqlite"
+    ? sql<string>`(SELECT value FROM json_each(${json}))`
+    : sql<string>`(SELECT jsonb_array_elements_text(CAST(${json} AS jsonb)))`;
+}
+
+/**
+ * Rows as one bound parameter (a JSON array of arrays), as a table `alias` with the named columns,
+ * for INSERT … SELECT of thousands of rows in one statement. `columns` gives each position's name
+ * and type.
+ */
+export function jsonRows(
+  ctx: Ctx,
+  rows: readonly (readonly (string | number | null)[])[],
+  columns: readonly { name: string; type: "text" | "integer" }[],
+  alias: string,
+): RawBuilder<unknown> {
+  const json = JSON.stringify(rows);
+  const pick = columns.map((c, i) =>
+    ctx.kind === "sqlite"
+      ? sql`json_extract(value, ${sql.lit(`$[${i}]`)}) AS ${sql.id(c.name)}`
+      : sql`CAST(x ->> ${sql.lit(i)} AS ${sql.raw(c.type === "text" ? "text" : "bigint")}) AS ${sql.id(c.name)}`,
+  );
+  return ctx.kind === "sqlite"
+    ? sql`(SELECT ${sql.join(pick)} FROM json_each(${json})) AS ${sql.id(alias)}`
+    : sql`(SELECT ${sql.join(pick)} FROM jsonb_array_elements(CAST(${json} AS jsonb)) AS x) AS ${sql.id(alias)}`;
 }

@@ -5,6 +5,7 @@
  */
 import type { Kysely } from "kysely";
 import type { BackendKind, Ctx } from "./context.js";
+import { GroupCommit } from "./group-commit.js";
 import * as history from "./history.js";
 import * as keys from "./keys-audit.js";
 import * as lease from "./lease.js";
@@ -32,10 +33,16 @@ import type { Tables } from "./tables.js";
 const PRUNE_CHUNK = 5000;
 
 export abstract class KyselyFleetStore implements FleetStore {
+  /** Reports and health reports: group-committed (group-commit.ts). */
+  readonly evidence: GroupCommit;
+
   protected constructor(
     readonly kysely: Kysely<Tables>,
     readonly kind: BackendKind,
-  ) {}
+    abortsGroup?: (err: unknown) => boolean,
+  ) {
+    this.evidence = new GroupCommit({ transaction: (fn) => this.transaction(fn), abortsGroup });
+  }
 
   /** Runs `fn` in one transaction; a throw rolls everything back. */
   protected abstract transaction<T>(fn: (ctx: Ctx) => Promise<T>): Promise<T>;
@@ -54,10 +61,10 @@ export abstract class KyselyFleetStore implements FleetStore {
     return this.transaction((c) => machines.recordHello(c, input, now));
   }
   recordReport(input: ReportInput, now: number) {
-    return this.transaction((c) => machines.recordReport(c, input, now));
+    return this.evidence.submit((c) => machines.recordReport(c, input, now));
   }
   recordHealth(input: HealthInput, now: number) {
-    return this.transaction((c) => machines.recordHealth(c, input, now));
+    return this.evidence.submit((c) => machines.recordHealth(c, input, now));
   }
   desiredFor(machineId: string) {
     return machineReads.desiredFor(this.read, machineId);

@@ -3,7 +3,7 @@
  * by tags and lifecycle, and what an agent should run. machines.ts writes them.
  */
 import { sql } from "kysely";
-import { type Ctx, cachedQuery, chunks } from "./context.js";
+import { type Ctx, cachedRows, jsonList } from "./context.js";
 import type { DesiredRecord, MachineRecord } from "./records.js";
 import type { MachineFilter } from "./repository.js";
 
@@ -164,16 +164,18 @@ function toMachine({ r }: { r: Row | string }): MachineRecord {
 }
 
 export async function getMachine(ctx: Ctx, id: string): Promise<MachineRecord | undefined> {
-  const [row] = await cachedQuery(ctx, "machine", (p) => machineQuery(ctx).where("m.id", "=", p), id);
+  const [row] = await cachedRows(ctx, "machine", (p) => machineQuery(ctx).where("m.id", "=", p[0]), [id]);
   return row ? toMachine(row) : undefined;
 }
 
+/** Any number of machines in one query (the ids as one JSON parameter), sorted by id. */
 export async function getMachines(ctx: Ctx, ids: readonly string[]): Promise<MachineRecord[]> {
-  const machines: MachineRecord[] = [];
-  for (const part of chunks([...new Set(ids)])) {
-    for (const row of await machineQuery(ctx).where("m.id", "in", part).execute())
-      machines.push(toMachine(row));
-  }
+  if (ids.length === 0) return [];
+  const rows = await machineQuery(ctx)
+    .where("m.id", "in", jsonList(ctx, [...new Set(ids)]))
+    .execute();
+  const machines = rows.map(toMachine);
+  // Sorted here, not by the database: the same order (code units) whatever PostgreSQL's collation.
   return machines.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
 

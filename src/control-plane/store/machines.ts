@@ -4,7 +4,7 @@
  */
 import { sql } from "kysely";
 import { lifecycleAfterContact, lifecycleTransitionProblem } from "../registry/lifecycle.js";
-import { audit, type Ctx, chunks, nextRevision, nextSeq } from "./context.js";
+import { audit, type Ctx, cachedQuery, cachedRows, chunks, nextRevision, nextSeq } from "./context.js";
 import { ConflictError, NotFoundError } from "./errors.js";
 import { getMachine } from "./machine-reads.js";
 import type {
@@ -19,18 +19,18 @@ import type {
 } from "./records.js";
 
 async function currentTags(ctx: Ctx, id: string): Promise<string[]> {
-  const rows = await ctx.q
-    .selectFrom("machine_tags")
-    .select("tag")
-    .where("machine_id", "=", id)
-    .orderBy("tag")
-    .execute();
+  const rows = await cachedRows(
+    ctx,
+    "machine-tags",
+    (p) => ctx.q.selectFrom("machine_tags").select("tag").where("machine_id", "=", p[0]).orderBy("tag"),
+    [id],
+  );
   return rows.map((r) => r.tag);
 }
 
 /** Replaces a machine's tags; returns the old list when they changed. */
 async function replaceTags(ctx: Ctx, id: string, tags: readonly string[]): Promise<string[] | null> {
-  const next = [...new Set(tags)].sort();
+  const next = sortedTags(tags);
   const old = await currentTags(ctx, id);
   if (old.length === next.length && old.every((t, i) => t === next[i])) return null;
   await ctx.q.deleteFrom("machine_tags").where("machine_id", "=", id).execute();
@@ -43,8 +43,12 @@ async function replaceTags(ctx: Ctx, id: string, tags: readonly string[]): Promi
   return old;
 }
 
+function sortedTags(tags: readonly string[]): string[] {
+  return [...new Set(tags)].sort();
+}
+
 function tagList(tags: readonly string[]): string {
-  return [...new Set(tags)].sort().join(",") || "(none)";
+  return sortedTags(tags).join(",") || "(none)";
 }
 
 /**
@@ -54,7 +58,12 @@ function tagList(tags: readonly string[]): string {
  */
 async function ensureAgentMachine(ctx: Ctx, id: string, now: number): Promise<boolean> {
   const actor = `machine:${id}`;
-  const row = await ctx.q.selectFrom("machines").select("lifecycle").where("id", "=", id).executeTakeFirst();
+  const [row] = await cachedRows(
+    ctx,
+    "machine-lifecycle",
+    (p) => ctx.q.selectFrom("machines").select("lifecycle").where("id", "=", p[0]),
+    [id],
+  );
   if (!row) {
     const inserted = await ctx.q
       .insertInto("machines")
@@ -83,10 +92,22 @@ async function ensureAgentMachine(ctx: Ctx, id: string, now: number): Promise<bo
   return false;
 }
 
-async function syncAgentTags(ctx: Ctx, id: string, tags: readonly string[] | null, now: number) {
-  if (tags === null) return;
+/** Replaces the machine's tags with what the agent says; returns the stored list (null: not given). */
+async function syncAgentTags(
+  ctx: Ctx,
+  id: string,
+  tags: readonly string[] | null,
+  now: number,
+): Promise<string[] | null> {
+  if (tags === null) return null;
   const old = await replaceTags(ctx, id, tags);
   if (old) await audit(ctx, now, `machine:${id}`, "machine.tags", id, `${tagList(old)} -> ${tagList(tags)}`);
+  return sortedTags(tags);
+}
+
+/** `column` unless the parameter is empty (agents that do not say keep what is stored). */
+function keepIfEmptyParam(column: "current_generation" | "agent_version", param: never) {
+  return sql<string>`CASE WHEN ${param} = '' THEN ${sql.ref(column)} ELSE ${param} END`;
 }
 
 /** `column` unless `value` is empty (agents that do not say keep what is stored). */
@@ -112,37 +133,67 @@ export async function recordHello(ctx: Ctx, input: HelloInput, now: number): Pro
 export async function recordReport(ctx: Ctx, input: ReportInput, now: number): Promise<AgentContactResult> {
   const registered = await ensureAgentMachine(ctx, input.machineId, now);
   await syncAgentTags(ctx, input.machineId, input.tags, now);
-  const hasOutcome = input.outcome !== 0;
-  await ctx.q
-    .updateTable("machines")
-    .set({
-      last_seen: now,
-      last_report_at: now,
-      uptime_seconds: input.uptimeSeconds,
-      current_generation: keepIfEmpty("current_generation", input.currentGeneration),
-      agent_version: keepIfEmpty("agent_version", input.agentVersion),
-      ...(hasOutcome ? { last_outcome: input.outcome, last_message: input.message } : {}),
-    })
-    .where("id", "=", input.machineId)
-    .execute();
+  // One statement shape whatever the input (cached): empty fields and outcome 0 keep the column.
+  await cachedQuery(
+    ctx,
+    "report-machine",
+    (p) =>
+      ctx.q
+        .updateTable("machines")
+        .set({
+          last_seen: p[0],
+          last_report_at: p[0],
+          uptime_seconds: p[1],
+          current_generation: keepIfEmptyParam("current_generation", p[2]),
+          agent_version: keepIfEmptyParam("agent_version", p[3]),
+          last_outcome: sql<number>`CASE WHEN ${p[4]} = 0 THEN last_outcome ELSE ${p[4]} END`,
+          last_message: sql<string>`CASE WHEN ${p[4]} = 0 THEN last_message ELSE ${p[5]} END`,
+        })
+        .where("id", "=", p[6]),
+    [
+      now,
+      input.uptimeSeconds,
+      input.currentGeneration,
+      input.agentVersion,
+      input.outcome,
+      input.message,
+      input.machineId,
+    ],
+  );
   const machine = (await getMachine(ctx, input.machineId))!;
   // The sequence last: its lock is held until commit, so as briefly as possible.
-  await ctx.q
-    .insertInto("reports")
-    .values({
-      machine_id: input.machineId,
-      received_at: now,
-      seq: await nextSeq(ctx),
-      current_generation: input.currentGeneration,
-      desired_generation: input.desiredGeneration,
-      desired_revision: input.desiredRevision,
-      outcome: input.outcome,
-      success: input.success ? 1 : 0,
-      message: input.message,
-      deployment_id: input.deploymentId,
-      agent_time: input.agentTime,
-    })
-    .execute();
+  const seq = await nextSeq(ctx);
+  await cachedQuery(
+    ctx,
+    "report-insert",
+    (p) =>
+      ctx.q.insertInto("reports").values({
+        machine_id: p[0],
+        received_at: p[1],
+        seq: p[2],
+        current_generation: p[3],
+        desired_generation: p[4],
+        desired_revision: p[5],
+        outcome: p[6],
+        success: p[7],
+        message: p[8],
+        deployment_id: p[9],
+        agent_time: p[10],
+      }),
+    [
+      input.machineId,
+      now,
+      seq,
+      input.currentGeneration,
+      input.desiredGeneration,
+      input.desiredRevision,
+      input.outcome,
+      input.success ? 1 : 0,
+      input.message,
+      input.deploymentId,
+      input.agentTime,
+    ],
+  );
   return { machine, registered };
 }
 
@@ -151,33 +202,52 @@ export async function recordHealth(ctx: Ctx, input: HealthInput, now: number): P
   const failing = input.results.filter((r) => !r.passed).map((r) => r.name);
   // A report claiming all_passed with a failing result in it is not trusted as passing.
   const allPassed = input.allPassed && failing.length === 0 ? 1 : 0;
-  await ctx.q
-    .updateTable("machines")
-    .set({
-      last_seen: now,
-      health_generation: input.generation,
-      health_all_passed: allPassed,
-      health_at: now,
-      health_failing: JSON.stringify(failing),
-    })
-    .where("id", "=", input.machineId)
-    .execute();
+  await cachedQuery(
+    ctx,
+    "health-machine",
+    (p) =>
+      ctx.q
+        .updateTable("machines")
+        .set({
+          last_seen: p[0],
+          health_generation: p[1],
+          health_all_passed: p[2],
+          health_at: p[0],
+          health_failing: p[3],
+        })
+        .where("id", "=", p[4]),
+    [now, input.generation, allPassed, JSON.stringify(failing), input.machineId],
+  );
   const machine = (await getMachine(ctx, input.machineId))!;
   // The sequence last: its lock is held until commit, so as briefly as possible.
-  await ctx.q
-    .insertInto("health_reports")
-    .values({
-      machine_id: input.machineId,
-      received_at: now,
-      seq: await nextSeq(ctx),
-      generation: input.generation,
-      all_passed: allPassed,
-      results: JSON.stringify(input.results),
-      post_apply: input.postApply ? 1 : 0,
-      deployment_id: input.deploymentId,
-      agent_time: input.agentTime,
-    })
-    .execute();
+  const seq = await nextSeq(ctx);
+  await cachedQuery(
+    ctx,
+    "health-insert",
+    (p) =>
+      ctx.q.insertInto("health_reports").values({
+        machine_id: p[0],
+        received_at: p[1],
+        seq: p[2],
+        generation: p[3],
+        all_passed: p[4],
+        results: p[5],
+        post_apply: p[6],
+        deployment_id: p[7],
+        agent_time: p[8],
+      }),
+    [
+      input.machineId,
+      now,
+      seq,
+      input.generation,
+      allPassed,
+      JSON.stringify(input.results),
+      input.postApply ? 1 : 0,
+      input.deploymentId,
+      input.agentTime,
+    ],
+  );
   return { machine, registered };
 }
 

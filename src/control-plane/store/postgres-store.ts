@@ -16,11 +16,17 @@ import type { Tables } from "./tables.js";
 const RETRYABLE = new Set(["40001", "40P01"]);
 const ATTEMPTS = 5;
 
+/** A deadlock or serialization failure: the whole transaction is run again. */
+function retryable(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return code !== undefined && RETRYABLE.has(code);
+}
+
 export class PostgresFleetStore extends KyselyFleetStore {
   private closed = false;
 
   constructor(readonly pool: pg.Pool) {
-    super(new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) }), "postgres");
+    super(new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) }), "postgres", retryable);
   }
 
   static async open(
@@ -35,8 +41,7 @@ export class PostgresFleetStore extends KyselyFleetStore {
       try {
         return await this.kysely.transaction().execute((trx) => fn({ q: trx, kind: "postgres" }));
       } catch (err) {
-        const code = (err as { code?: string }).code;
-        if (attempt >= ATTEMPTS || !code || !RETRYABLE.has(code)) throw err;
+        if (attempt >= ATTEMPTS || !retryable(err)) throw err;
       }
     }
   }
@@ -44,6 +49,7 @@ export class PostgresFleetStore extends KyselyFleetStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.evidence.idle();
     await this.kysely.destroy();
   }
 }

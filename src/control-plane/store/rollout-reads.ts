@@ -61,6 +61,11 @@ export async function toRollout(ctx: Ctx, row: RolloutsTable): Promise<RolloutRe
     completedAt: b.completed_at,
     machines: byBatch.get(b.batch_index) ?? [],
   }));
+  return { ...rolloutFields(row), batches };
+}
+
+/** A rollout record's own fields (all but its batches) from its row. */
+export function rolloutFields(row: RolloutsTable): Omit<RolloutRecord, "batches"> {
   return {
     id: row.id,
     releaseId: row.release_id,
@@ -79,7 +84,6 @@ export async function toRollout(ctx: Ctx, row: RolloutsTable): Promise<RolloutRe
     createdAt: row.created_at,
     updatedAt: row.updated_at,
     createdBy: row.created_by,
-    batches,
   };
 }
 

@@ -7,6 +7,8 @@
  * The executor's writes (startBatch, recordGate, finishBatch) carry the leader's epoch and are
  * refused first thing when another replica has led since (store/lease.ts); operator writes are not.
  */
+
+import { sql } from "kysely";
 import {
   gateChanges,
   type PlannedEvent,
@@ -18,33 +20,45 @@ import {
   type TouchedMachine,
 } from "../rollouts/decisions.js";
 import * as text from "../rollouts/texts.js";
-import { audit, type Ctx, chunks, nextSeq } from "./context.js";
+import { audit, type Ctx, cachedQuery, jsonList, jsonRows, nextRevisions, nextSeq } from "./context.js";
 import { ConflictError, NotFoundError } from "./errors.js";
 import { assertEpoch } from "./lease.js";
 import { writeDesired } from "./machines.js";
-import type { DesiredChange, RolloutEventRecord } from "./records.js";
+import type { DesiredChange, RolloutEventRecord, RolloutRecord } from "./records.js";
 import type { EndRolloutOptions, MachineGateUpdate, NewRollout, RolloutChange } from "./repository.js";
-import { batchRow, getRollout, requireRollout, rolloutRow, toEvent } from "./rollout-reads.js";
+import {
+  batchRow,
+  type EventRow,
+  getRollout,
+  requireRollout,
+  rolloutFields,
+  rolloutRow,
+  toEvent,
+} from "./rollout-reads.js";
+import type { RolloutsTable } from "./tables.js";
 
 async function addEvents(ctx: Ctx, rolloutId: string, events: readonly PlannedEvent[], now: number) {
-  const out: RolloutEventRecord[] = [];
-  for (const e of events) {
-    const row = await ctx.q
-      .insertInto("rollout_events")
-      .values({
-        rollout_id: rolloutId,
-        type: e.type,
-        batch_index: e.batchIndex,
-        machine_id: e.machineId,
-        message: e.message,
-        actor: e.actor,
-        created_at: now,
-      })
-      .returningAll()
-      .executeTakeFirstOrThrow();
-    out.push(toEvent(row));
-  }
-  return out;
+  if (events.length === 0) return [];
+  // One statement for any number (a batch's machines turning healthy together): the rows as one
+  // JSON parameter. Ids follow insertion order, so sorting by id keeps the planned order.
+  const from = jsonRows(
+    ctx,
+    events.map((e) => [e.type, e.batchIndex, e.machineId, e.message, e.actor]),
+    [
+      { name: "type", type: "text" },
+      { name: "batch_index", type: "integer" },
+      { name: "machine_id", type: "text" },
+      { name: "message", type: "text" },
+      { name: "actor", type: "text" },
+    ],
+    "j",
+  );
+  const { rows } =
+    await sql<EventRow>`INSERT INTO rollout_events (rollout_id, type, batch_index, machine_id, message, actor, created_at)
+    SELECT CAST(${rolloutId} AS TEXT), j.type, j.batch_index, j.machine_id, j.message, j.actor, CAST(${now} AS BIGINT)
+    FROM ${from}
+    RETURNING *`.execute(ctx.q);
+  return rows.map((r) => toEvent({ ...r, id: Number(r.id) })).sort((a, b) => a.id - b.id);
 }
 
 async function touchedMachines(ctx: Ctx, rolloutId: string): Promise<TouchedMachine[]> {
@@ -148,44 +162,45 @@ export async function createRollout(
     .executeTakeFirst();
   if (!release) throw new NotFoundError(`release ${input.releaseId} does not exist`);
   const ids = input.batches.flat().map((m) => m.machineId);
-  for (const part of chunks(ids)) {
-    const busy = await ctx.q
-      .selectFrom("rollout_machines as rm")
-      .innerJoin("rollouts as r", "r.id", "rm.rollout_id")
-      .select(["rm.machine_id", "rm.rollout_id", "r.status"])
-      .where("rm.active", "=", 1)
-      .where("rm.machine_id", "in", part)
-      .orderBy("rm.machine_id")
-      .limit(1)
-      .executeTakeFirst();
-    if (busy) {
-      throw new ConflictError(
-        `machine ${busy.machine_id} is already in active rollout ${busy.rollout_id} (${busy.status}); finish, pause and cancel, or wait for it first`,
-      );
-    }
+  // Set-based: one statement each whatever the number of machines (the ids and rows travel as
+  // one JSON parameter), and the record returned is built from what was written, not re-read.
+  const busy =
+    ids.length === 0
+      ? undefined
+      : await ctx.q
+          .selectFrom("rollout_machines as rm")
+          .innerJoin("rollouts as r", "r.id", "rm.rollout_id")
+          .select(["rm.machine_id", "rm.rollout_id", "r.status"])
+          .where("rm.active", "=", 1)
+          .where("rm.machine_id", "in", jsonList(ctx, ids))
+          .orderBy("rm.machine_id")
+          .limit(1)
+          .executeTakeFirst();
+  if (busy) {
+    throw new ConflictError(
+      `machine ${busy.machine_id} is already in active rollout ${busy.rollout_id} (${busy.status}); finish, pause and cancel, or wait for it first`,
+    );
   }
-  await ctx.q
-    .insertInto("rollouts")
-    .values({
-      id: input.id,
-      release_id: input.releaseId,
-      status: "running",
-      status_reason: "",
-      target_tags: JSON.stringify(input.targetTags),
-      target_hosts: JSON.stringify(input.targetHosts),
-      strategy: input.strategy,
-      batch_sizes: JSON.stringify(input.batchSizes),
-      failure_threshold: input.failureThreshold,
-      on_failure: input.onFailure,
-      health_timeout_seconds: input.healthTimeoutSeconds,
-      soak_seconds: input.soakSeconds,
-      cache_url: input.cacheUrl,
-      current_batch: 0,
-      created_at: now,
-      updated_at: now,
-      created_by: actor,
-    })
-    .execute();
+  const row = {
+    id: input.id,
+    release_id: input.releaseId,
+    status: "running" as const,
+    status_reason: "",
+    target_tags: JSON.stringify(input.targetTags),
+    target_hosts: JSON.stringify(input.targetHosts),
+    strategy: input.strategy,
+    batch_sizes: JSON.stringify(input.batchSizes),
+    failure_threshold: input.failureThreshold,
+    on_failure: input.onFailure,
+    health_timeout_seconds: input.healthTimeoutSeconds,
+    soak_seconds: input.soakSeconds,
+    cache_url: input.cacheUrl,
+    current_batch: 0,
+    created_at: now,
+    updated_at: now,
+    created_by: actor,
+  };
+  await ctx.q.insertInto("rollouts").values(row).execute();
   if (input.batches.length) {
     await ctx.q
       .insertInto("rollout_batches")
@@ -199,17 +214,25 @@ export async function createRollout(
       .execute();
   }
   const rows = input.batches.flatMap((batch, index) =>
-    batch.map((m, position) => ({
-      rollout_id: input.id,
-      machine_id: m.machineId,
-      batch_index: index,
-      position,
-      target_generation: m.targetGeneration,
-      active: 1,
-    })),
+    batch.map((m, position) => [m.machineId, index, position, m.targetGeneration] as const),
   );
   try {
-    for (const part of chunks(rows)) await ctx.q.insertInto("rollout_machines").values(part).execute();
+    if (rows.length > 0) {
+      const from = jsonRows(
+        ctx,
+        rows,
+        [
+          { name: "machine_id", type: "text" },
+          { name: "batch_index", type: "integer" },
+          { name: "position", type: "integer" },
+          { name: "target_generation", type: "text" },
+        ],
+        "j",
+      );
+      await sql`INSERT INTO rollout_machines (rollout_id, machine_id, batch_index, position, target_generation, active)
+        SELECT CAST(${input.id} AS TEXT), j.machine_id, j.batch_index, j.position, j.target_generation, 1
+        FROM ${from}`.execute(ctx.q);
+    }
   } catch (err) {
     // Another replica's rollout claimed one of these machines since the check above.
     if (isUniqueViolation(err))
@@ -224,7 +247,30 @@ export async function createRollout(
     now,
   );
   await audit(ctx, now, actor, "rollout.create", input.id, text.createdAudit(input.releaseId, message));
-  return { rollout: (await getRollout(ctx, input.id))!, events, changes: [] };
+  return { rollout: newRolloutRecord(row, input), events, changes: [] };
+}
+
+/** What getRollout returns for a rollout just created (every batch pending, nothing recorded). */
+function newRolloutRecord(row: RolloutsTable, input: NewRollout): RolloutRecord {
+  return {
+    ...rolloutFields(row),
+    batches: input.batches.map((batch, index) => ({
+      index,
+      status: "pending",
+      startedAt: null,
+      startedSeq: null,
+      completedAt: null,
+      machines: batch.map((m) => ({
+        machineId: m.machineId,
+        batchIndex: index,
+        targetGeneration: m.targetGeneration,
+        previousRecorded: false,
+        previousGeneration: null,
+        gateState: "pending",
+        gateReason: "",
+      })),
+    })),
+  };
 }
 
 function isUniqueViolation(err: unknown): boolean {
@@ -246,43 +292,78 @@ export async function startBatch(
   if (!batch || batch.status === "deploying" || batch.status === "succeeded") return null;
   const machines = await ctx.q
     .selectFrom("rollout_machines")
-    .select(["machine_id", "target_generation", "previous_recorded"])
+    .select(["machine_id", "target_generation", "position"])
     .where("rollout_id", "=", rolloutId)
     .where("batch_index", "=", index)
     .orderBy("position")
     .execute();
-  const changes: DesiredChange[] = [];
-  for (const m of machines) {
-    if (m.previous_recorded === 0) {
-      // Recorded once: a resumed batch keeps it, so a revert restores what was there before.
-      const previous = await ctx.q
-        .selectFrom("desired_generations")
-        .select(["store_path", "cache_url", "rollout_id"])
-        .where("machine_id", "=", m.machine_id)
-        .executeTakeFirst();
-      await ctx.q
-        .updateTable("rollout_machines")
-        .set({
-          previous_recorded: 1,
-          previous_generation: previous?.store_path ?? null,
-          previous_cache_url: previous?.cache_url ?? null,
-          previous_rollout_id: previous?.rollout_id ?? null,
-        })
-        .where("rollout_id", "=", rolloutId)
-        .where("machine_id", "=", m.machine_id)
-        .execute();
-    }
-    const desired = await writeDesired(
-      ctx,
-      m.machine_id,
-      m.target_generation,
-      rollout.cache_url,
-      rolloutId,
-      "executor",
-      now,
-    );
-    changes.push({ machineId: m.machine_id, desired });
+  // Set-based, a few statements whatever the batch size. First each machine's previous desired
+  // generation, recorded once: a resumed batch keeps it, so a revert restores what was there
+  // before this rollout.
+  await ctx.q
+    .updateTable("rollout_machines")
+    .set((eb) => {
+      const previous = (column: "store_path" | "cache_url" | "rollout_id") =>
+        eb
+          .selectFrom("desired_generations as d")
+          .select(`d.${column}`)
+          .whereRef("d.machine_id", "=", "rollout_machines.machine_id");
+      return {
+        previous_recorded: 1,
+        previous_generation: previous("store_path"),
+        previous_cache_url: previous("cache_url"),
+        previous_rollout_id: previous("rollout_id"),
+      };
+    })
+    .where("rollout_id", "=", rolloutId)
+    .where("batch_index", "=", index)
+    .where("previous_recorded", "=", 0)
+    .execute();
+  // Then the targets, each with a fresh revision: one block of revisions, one per position.
+  const count = machines.length === 0 ? 0 : machines[machines.length - 1]!.position + 1;
+  const first = count === 0 ? 0 : await nextRevisions(ctx, now, count);
+  if (count > 0) {
+    await ctx.q
+      .insertInto("desired_generations")
+      .columns(["machine_id", "store_path", "cache_url", "revision", "rollout_id", "set_by", "set_at"])
+      .expression(
+        ctx.q
+          .selectFrom("rollout_machines as rm")
+          .select([
+            "rm.machine_id",
+            "rm.target_generation",
+            sql<string>`CAST(${rollout.cache_url} AS TEXT)`.as("cache_url"),
+            sql<number>`CAST(${first} AS BIGINT) + rm.position`.as("revision"),
+            sql<string>`CAST(${rolloutId} AS TEXT)`.as("rollout_id"),
+            sql<string>`CAST('executor' AS TEXT)`.as("set_by"),
+            sql<number>`CAST(${now} AS BIGINT)`.as("set_at"),
+          ])
+          .where("rm.rollout_id", "=", rolloutId)
+          .where("rm.batch_index", "=", index),
+      )
+      .onConflict((oc) =>
+        oc.column("machine_id").doUpdateSet((eb) => ({
+          store_path: eb.ref("excluded.store_path"),
+          cache_url: eb.ref("excluded.cache_url"),
+          revision: eb.ref("excluded.revision"),
+          rollout_id: eb.ref("excluded.rollout_id"),
+          set_by: eb.ref("excluded.set_by"),
+          set_at: eb.ref("excluded.set_at"),
+        })),
+      )
+      .execute();
   }
+  const changes: DesiredChange[] = machines.map((m) => ({
+    machineId: m.machine_id,
+    desired: {
+      storePath: m.target_generation,
+      cacheUrl: rollout.cache_url,
+      revision: first + m.position,
+      rolloutId,
+      setBy: "executor",
+      setAt: now,
+    },
+  }));
   await ctx.q
     .updateTable("rollout_machines")
     .set({ gate_state: "pending", gate_reason: "" })
@@ -348,13 +429,39 @@ export async function recordGate(
     gates,
     index,
   );
-  for (const g of writes) {
-    await ctx.q
-      .updateTable("rollout_machines")
-      .set({ gate_state: g.state, gate_reason: g.reason })
-      .where("rollout_id", "=", rolloutId)
-      .where("machine_id", "=", g.machineId)
-      .execute();
+  if (writes.length > 0 && ctx.kind === "postgres") {
+    // One statement for all of them (a hash join with the new states, one JSON parameter).
+    const from = jsonRows(
+      ctx,
+      writes.map((g) => [g.machineId, g.state, g.reason]),
+      [
+        { name: "machine_id", type: "text" },
+        { name: "gate_state", type: "text" },
+        { name: "gate_reason", type: "text" },
+      ],
+      "j",
+    );
+    await sql`UPDATE rollout_machines SET gate_state = j.gate_state, gate_reason = j.gate_reason
+      FROM ${from}
+      WHERE rollout_machines.rollout_id = ${rolloutId} AND rollout_machines.machine_id = j.machine_id`.execute(
+      ctx.q,
+    );
+  } else {
+    // SQLite joins a JSON table by scanning it per row (quadratic); one prepared statement per
+    // machine, in process, costs microseconds instead.
+    for (const g of writes) {
+      await cachedQuery(
+        ctx,
+        "gate-write",
+        (p) =>
+          ctx.q
+            .updateTable("rollout_machines")
+            .set({ gate_state: p[0], gate_reason: p[1] })
+            .where("rollout_id", "=", p[2])
+            .where("machine_id", "=", p[3]),
+        [g.state, g.reason, rolloutId, g.machineId],
+      );
+    }
   }
   if (events.length)
     await ctx.q.updateTable("rollouts").set({ updated_at: now }).where("id", "=", rolloutId).execute();

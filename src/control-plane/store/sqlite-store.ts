@@ -64,6 +64,7 @@ export class SqliteFleetStore extends KyselyFleetStore {
   }
 
   async close(): Promise<void> {
+    await this.evidence.idle();
     if (this.db.open) await this.kysely.destroy();
   }
 }

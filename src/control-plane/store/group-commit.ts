@@ -1,0 +1,116 @@
+/**
+ * Group commit for agent evidence (reports, health reports): writes that arrive together share
+ * one transaction, so a fleet's reports pay one BEGIN/COMMIT (and, on SQLite, one append of the
+ * touched pages to the WAL) per group instead of per report.
+ *
+ * - Durable before acknowledged: a write's promise settles only after its group committed.
+ * - Isolated: each write runs inside its own SAVEPOINT; one that throws is rolled back to it and
+ *   rejects with its own error, and the rest of the group commits.
+ * - A failed COMMIT (or anything that breaks the transaction itself) rejects every write of the
+ *   group; nothing of it was stored.
+ *
+ * A group is whatever queued while the previous one ran, plus what arrives in the same turn of the
+ * event loop (the drain starts from setImmediate, after the pending I/O callbacks have run).
+ */
+import { CompiledQuery } from "kysely";
+import type { Ctx } from "./context.js";
+
+/** Bounds how long one group holds the write lock. */
+const MAX_GROUP = 128;
+
+const SAVEPOINT = CompiledQuery.raw("SAVEPOINT evidence");
+const RELEASE = CompiledQuery.raw("RELEASE SAVEPOINT evidence");
+const ROLLBACK_TO = CompiledQuery.raw("ROLLBACK TO SAVEPOINT evidence");
+
+interface Pending {
+  work: (ctx: Ctx) => Promise<unknown>;
+  resolve: (value: unknown) => void;
+  reject: (err: unknown) => void;
+}
+
+type Outcome = { ok: true; value: unknown } | { ok: false; err: unknown };
+
+export interface GroupCommitOptions {
+  /** Runs `fn` in one transaction (the store's own; it may run `fn` again on a retryable abort). */
+  transaction: <T>(fn: (ctx: Ctx) => Promise<T>) => Promise<T>;
+  /** Errors that must abort the whole transaction so it is retried (PostgreSQL deadlocks). */
+  abortsGroup?: (err: unknown) => boolean;
+}
+
+export class GroupCommit {
+  private queue: Pending[] = [];
+  private draining: Promise<void> | null = null;
+  /** Groups committed and writes in them, for tests and the bench. */
+  readonly stats = { groups: 0, writes: 0 };
+
+  constructor(private readonly o: GroupCommitOptions) {}
+
+  /** Runs `work` in the next group; resolves with its result once that group committed. */
+  submit<T>(work: (ctx: Ctx) => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({ work, resolve: resolve as (v: unknown) => void, reject });
+      if (!this.draining) {
+        this.draining = new Promise<void>((done) => setImmediate(() => void this.drain().finally(done)));
+      }
+    });
+  }
+
+  /** Resolves when every write submitted so far has settled (close waits for this). */
+  async idle(): Promise<void> {
+    while (this.draining) await this.draining;
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      while (this.queue.length > 0) {
+        const group = this.queue.splice(0, MAX_GROUP);
+        await this.commit(group);
+        // Let the I/O that arrived meanwhile queue up before the next group starts.
+        if (this.queue.length > 0) await new Promise((r) => setImmediate(r));
+      }
+    } finally {
+      this.draining = null;
+    }
+  }
+
+  private async commit(group: Pending[]): Promise<void> {
+    let outcomes: Outcome[] = [];
+    try {
+      await this.o.transaction(async (ctx) => {
+        outcomes = [];
+        if (group.length === 1) {
+          // Alone in its transaction, the write's own failure rolls back only itself.
+          outcomes.push({ ok: true, value: await group[0]!.work(ctx) });
+          return;
+        }
+        for (const p of group) outcomes.push(await this.isolated(ctx, p));
+      });
+    } catch (err) {
+      for (const p of group) p.reject(err);
+      return;
+    }
+    this.stats.groups++;
+    this.stats.writes += group.length;
+    group.forEach((p, i) => {
+      const o = outcomes[i]!;
+      if (o.ok) p.resolve(o.value);
+      else p.reject(o.err);
+    });
+  }
+
+  private async isolated(ctx: Ctx, p: Pending): Promise<Outcome> {
+    await ctx.q.executeQuery(SAVEPOINT);
+    try {
+      const value = await p.work(ctx);
+      await ctx.q.executeQuery(RELEASE);
+      return { ok: true, value };
+    } catch (err) {
+      if (this.o.abortsGroup?.(err)) throw err;
+      // If the database already ended the transaction (SQLite does on some I/O errors), this
+      // throws and the whole group fails, which is then the truth.
+      await ctx.q.executeQuery(ROLLBACK_TO);
+      await ctx.q.executeQuery(RELEASE);
+      return { ok: false, err };
+    }
+  }
+}

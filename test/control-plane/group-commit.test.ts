@@ -1,0 +1,128 @@
+/**
+ * Group commit of agent evidence (store/group-commit.ts): reports that arrive together share one
+ * transaction, yet each is acknowledged only once its group committed, and one that fails does
+ * not take the others with it. On both backends, plus a SIGKILL test on SQLite.
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { describe, it } from "node:test";
+import Database from "better-sqlite3";
+import type { ReportInput } from "../../src/control-plane/store/records.js";
+import { SqliteFleetStore } from "../../src/control-plane/store/sqlite-store.js";
+import { Outcome } from "../../src/gen/nixfleet/v1/types_pb.js";
+import { tempDir } from "../fixtures/tmp.js";
+import { storePath } from "./helpers.js";
+import { BACKENDS, count } from "./store-backends.js";
+
+function report(machineId: string, over: Partial<ReportInput> = {}): ReportInput {
+  return {
+    machineId,
+    currentGeneration: storePath(machineId, 0),
+    desiredGeneration: "",
+    desiredRevision: 0,
+    outcome: Outcome.UP_TO_DATE,
+    success: true,
+    message: `from ${machineId}`,
+    deploymentId: "",
+    tags: ["web"],
+    agentVersion: "1.0",
+    uptimeSeconds: 5,
+    agentTime: null,
+    ...over,
+  };
+}
+
+for (const backend of BACKENDS) {
+  describe(`group commit (${backend.name})`, { skip: backend.skip }, () => {
+    it("commits reports sent together in one transaction, and each is stored", async (t) => {
+      const store = await backend.open(t, await backend.location(t));
+      const before = { ...store.evidence.stats };
+      const ids = Array.from({ length: 20 }, (_, i) => `web-${String(i).padStart(2, "0")}`);
+      const results = await Promise.all(ids.map((id) => store.recordReport(report(id), 1000)));
+      assert.deepEqual(
+        results.map((r) => [r.machine.id, r.registered, r.machine.lastMessage]),
+        ids.map((id) => [id, true, `from ${id}`]),
+      );
+      assert.equal(store.evidence.stats.writes - before.writes, 20);
+      assert.ok(
+        store.evidence.stats.groups - before.groups < 20,
+        `20 reports sent together took ${store.evidence.stats.groups - before.groups} transactions`,
+      );
+      assert.equal(await count(store, "reports"), 20);
+      for (const id of ids) assert.equal((await store.machineReports(id, 10)).length, 1);
+    });
+
+    it("a report that fails in a group fails alone: the others are stored and resolve", async (t) => {
+      const store = await backend.open(t, await backend.location(t));
+      const before = store.evidence.stats.groups;
+      const settled = await Promise.allSettled([
+        store.recordReport(report("web-01"), 1000),
+        // NULL where the schema says NOT NULL: the database refuses this one report's rows.
+        store.recordReport(report("web-02", { message: null as unknown as string }), 1000),
+        store.recordHealth(
+          {
+            machineId: "web-03",
+            generation: storePath("web-03", 0),
+            allPassed: true,
+            results: [],
+            postApply: false,
+            deploymentId: "",
+            agentTime: null,
+          },
+          1000,
+        ),
+        store.recordReport(report("web-04"), 1000),
+      ]);
+      assert.deepEqual(
+        settled.map((s) => s.status),
+        ["fulfilled", "rejected", "fulfilled", "fulfilled"],
+      );
+      assert.equal(store.evidence.stats.groups - before, 1, "the four shared one transaction");
+      // Nothing of the failed one is left (its machine row was rolled back with it) …
+      assert.equal(await store.getMachine("web-02"), undefined);
+      assert.equal((await store.machineReports("web-02", 10)).length, 0);
+      // … and everything of the others is there.
+      assert.equal((await store.machineReports("web-01", 10)).length, 1);
+      assert.equal((await store.machineReports("web-04", 10)).length, 1);
+      assert.notEqual((await store.latestHealthReport("web-03"))?.generation, undefined);
+      assert.equal(await count(store, "reports"), 2);
+      assert.equal(await count(store, "health_reports"), 1);
+    });
+  });
+}
+
+describe("group commit durability (sqlite)", () => {
+  it("every report acknowledged before a SIGKILL is in the database afterwards", async (t) => {
+    const db = join(tempDir(t), "state.db");
+    const child = spawn(
+      process.execPath,
+      ["--import", "tsx", join(import.meta.dirname, "report-writer.ts"), db],
+      {
+        stdio: ["ignore", "pipe", "inherit"],
+      },
+    );
+    t.after(() => child.kill("SIGKILL"));
+    const acked: string[] = [];
+    const exited = new Promise((resolve) => child.on("exit", resolve));
+    for await (const line of createInterface({ input: child.stdout! })) {
+      if (!line.startsWith("acked ")) continue;
+      acked.push(line.slice("acked ".length));
+      // Killed mid-stream: groups are being committed and acknowledged as this happens.
+      if (acked.length === 500) child.kill("SIGKILL");
+    }
+    await exited;
+    assert.ok(acked.length >= 500);
+    const check = new Database(db, { readonly: true });
+    t.after(() => check.close());
+    const stored = new Set(
+      (check.prepare("SELECT message FROM reports").all() as { message: string }[]).map((r) => r.message),
+    );
+    const lost = acked.filter((m) => !stored.has(m));
+    assert.deepEqual(lost, [], `${lost.length} of ${acked.length} acknowledged reports were lost`);
+    // And it is still a database the control plane opens.
+    const { store } = await SqliteFleetStore.open({ path: db });
+    await store.close();
+  });
+});
