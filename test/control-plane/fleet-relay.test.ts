@@ -1,11 +1,13 @@
 /**
  * WatchFleet across replicas on one PostgreSQL database: a stream open on replica A tells of
  * changes made on replica B (an agent's report B received, an operator's desired generation set
- * through B), relayed over the cluster bus.
+ * through B), relayed over the cluster bus; and B's agent streams opening and closing, learnt from
+ * shared presence.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import type { AgentMessage, ControlMessage } from "../../src/gen/nixfleet/v1/agent_pb.js";
 import {
   FleetChangeKind,
   SnapshotReason,
@@ -16,7 +18,7 @@ import { createPki, type Pki } from "../fixtures/pki.js";
 import { postgresUnavailable, sharedPostgres } from "../fixtures/postgres.js";
 import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
 import { Harness } from "./harness.js";
-import { Inbox, storePath } from "./helpers.js";
+import { Feed, Inbox, storePath } from "./helpers.js";
 
 type Msg = WatchFleetResponse;
 
@@ -87,6 +89,28 @@ describe("WatchFleet across replicas", { skip: postgresUnavailable() }, () => {
       desired.message.case === "change" && desired.message.value.machine?.desiredGeneration,
       target,
     );
+
+    // A Session stream B holds: A's watchers learn it from shared presence, agreeing with it.
+    from = inbox.messages.length;
+    const feed = new Feed<Partial<AgentMessage>>();
+    feed.push({
+      message: {
+        case: "hello",
+        value: { machineId: "fr-01", currentGeneration: storePath("sys-fr-01", 1), tags: ["relay"] } as never,
+      },
+    });
+    const session = new Inbox<ControlMessage>(b.agent("fr-01").session(feed as AsyncIterable<never>));
+    const connected = await inbox.next("B's stream on A", change(FleetChangeKind.CONNECTED, "fr-01"), from);
+    assert.equal(connected.message.case === "change" && connected.message.value.machine?.connected, true);
+    from = inbox.messages.length;
+    feed.end();
+    await session.finished;
+    const gone = await inbox.next(
+      "B's stream gone, on A",
+      change(FleetChangeKind.DISCONNECTED, "fr-01"),
+      from,
+    );
+    assert.equal(gone.message.case === "change" && gone.message.value.machine?.connected, false);
 
     abort.abort();
     await inbox.finished;

@@ -63,12 +63,15 @@ export class Cluster {
       ? new PostgresBus({ url: o.databaseUrl, sink: this.sink, logger: o.logger, replicaId: newReplicaId() })
       : new InProcessBus(this.sink);
     // Every local FleetChanges publication, whatever its source, leaves here once ("others":
-    // this replica's watchers already had it). One replica (SQLite): nothing to relay.
+    // this replica's watchers already had it). One replica (SQLite): nothing to relay. Streams
+    // opening and closing are not relayed: the other replicas learn them from shared presence
+    // (onElsewhere below), and a CONNECTED sent before their view shows it would contradict it.
     const bus = this.bus;
     if (bus instanceof PostgresBus)
-      o.fleetChanges.relayTo((machineId, kind) =>
-        bus.publish({ kind: "fleet", changes: [{ machineId, kind }] }, "others"),
-      );
+      o.fleetChanges.relayTo((machineId, kind) => {
+        if (kind === "connected" || kind === "disconnected") return;
+        bus.publish({ kind: "fleet", changes: [{ machineId, kind }] }, "others");
+      });
   }
 
   /** Connects the bus and starts shared presence; `url` is where this replica listens. */
@@ -90,6 +93,8 @@ export class Cluster {
         clock: this.o.clock,
         logger: this.o.logger,
         ...(this.o.presenceFlushMs ? { flushMs: this.o.presenceFlushMs } : {}),
+        onElsewhere: (machineId, connected) =>
+          this.o.fleetChanges.publishRemote(machineId, connected ? "connected" : "disconnected"),
       });
       await this.shared.start();
       this.o.logger.info({ replicaId: this.bus.replicaId }, "joined the replicas of this database");
