@@ -196,7 +196,12 @@ export class SharedPresence {
         view.set(r.machine_id, { replicaId: r.replica_id, live: r.live, lastHeard: Number(r.last_heard) });
       const previous = this.view;
       this.view = view;
-      this.tellElsewhere(previous);
+      // A listener's failure is not a failure to write presence (which would re-send the rows).
+      try {
+        this.tellElsewhere(previous);
+      } catch (err) {
+        this.o.logger.error({ err }, "telling WatchFleet of other replicas' streams failed");
+      }
       if (++this.flushes % 1000 === 0) {
         await pool.query(`DELETE FROM cluster_replicas WHERE seen_at < ${DB_NOW} - $1`, [FORGET_REPLICA_MS]);
       }
