@@ -116,7 +116,7 @@ export class ControlPlane {
   readonly hub: PushHub;
   readonly changes = new RolloutChanges();
   readonly presence = new Presence();
-  /** Machine changes for WatchFleet (a cross-replica bus would publish into it too). */
+  /** Machine changes for WatchFleet (on PostgreSQL the cluster bus relays them to and from the other replicas). */
   readonly fleetChanges = new FleetChanges();
   readonly feed: FleetFeed;
   readonly notifier: RolloutNotifier;
@@ -142,6 +142,7 @@ export class ControlPlane {
       hub: this.hub,
       changes: this.changes,
       presence: this.presence,
+      fleetChanges: this.fleetChanges,
       clock: this.clock,
       logger: this.log,
       pollHintSeconds: options.pollHintSeconds,

@@ -12,6 +12,7 @@ import {
   type ClusterEvent,
   decodePayload,
   encodeEvent,
+  type FleetChange,
   MAX_PAYLOAD_BYTES,
 } from "../../src/control-plane/cluster/messages.js";
 import { PostgresBus } from "../../src/control-plane/cluster/pg-bus.js";
@@ -44,6 +45,7 @@ class RecordingSink implements ClusterSink {
   readonly hints: { ids: readonly string[]; seconds: number }[] = [];
   readonly rollouts: string[] = [];
   readonly kicks: string[] = [];
+  readonly fleet: FleetChange[] = [];
   resyncs = 0;
   desired(change: DesiredChange, hint: number | undefined): void {
     this.desiredSeen.push({ change, hint });
@@ -56,6 +58,9 @@ class RecordingSink implements ClusterSink {
   }
   kick(id: string): void {
     this.kicks.push(id);
+  }
+  fleetChanged(changes: readonly FleetChange[]): void {
+    this.fleet.push(...changes);
   }
   resync(): void {
     this.resyncs++;
@@ -101,6 +106,29 @@ describe("cluster messages", () => {
         assert.deepEqual(merged, [event]);
       }
     }
+  });
+
+  it("fleet changes travel as id lists per kind, under the NOTIFY limit", () => {
+    const changes: FleetChange[] = [
+      ...Array.from({ length: 10_000 }, (_, i) => ({ machineId: `machine-${i}`, kind: "desired" as const })),
+      { machineId: "m-1", kind: "report" },
+      { machineId: "m-2", kind: "connected" },
+    ];
+    const payloads = encodeEvent("a", { kind: "fleet", changes });
+    assert.ok(payloads.length < 40, `${payloads.length} payloads for 10,002 changes`);
+    for (const p of payloads) assert.ok(Buffer.byteLength(p) <= MAX_PAYLOAD_BYTES);
+    const back = payloads
+      .map(decodePayload)
+      .flatMap((d) => (d.ok && d.event.kind === "fleet" ? d.event.changes : assert.fail(JSON.stringify(d))));
+    assert.deepEqual(back, changes);
+    // A change kind a newer replica added is skipped with the reason; a bad id list is malformed.
+    assert.deepEqual(decodePayload('{"v":1,"f":"x","k":"m","i":["m-1"],"c":"teleported"}'), {
+      ok: false,
+      from: "x",
+      problem: 'unknown fleet change kind "teleported"',
+    });
+    assert.equal(decodePayload('{"v":1,"f":"x","k":"m","i":[1],"c":"report"}').ok, false);
+    assert.equal(decodePayload('{"v":1,"f":"x","k":"m","i":["m-1"]}').ok, false);
   });
 
   it("a payload from a newer or broken replica is refused with the reason, never thrown", () => {
@@ -173,6 +201,21 @@ describe("PostgreSQL bus", { skip: postgresUnavailable() }, () => {
       500,
       "this replica's executor is kicked every time (it coalesces itself)",
     );
+  });
+
+  it("fleet changes published in one burst leave coalesced, and only to the others", async (t) => {
+    const { a, b } = await pair(t);
+    const sentBefore = a.bus.stats.sent;
+    for (let i = 0; i < 10_000; i++)
+      a.bus.publish({ kind: "fleet", changes: [{ machineId: `m-${i}`, kind: "desired" }] }, "others");
+    a.bus.publish({ kind: "fleet", changes: [{ machineId: "m-1", kind: "desired" }] }, "others");
+    a.bus.publish({ kind: "fleet", changes: [{ machineId: "m-1", kind: "report" }] }, "others");
+    await waitFor("B to hear all", () => b.sink.fleet.length === 10_001);
+    const sent = a.bus.stats.sent - sentBefore;
+    t.diagnostic(`10,001 distinct fleet changes in ${sent} notifications`);
+    assert.ok(sent < 40, `${sent} notifications`);
+    assert.equal(new Set(b.sink.fleet.map((c) => `${c.kind}:${c.machineId}`)).size, 10_001, "each once");
+    assert.deepEqual(a.sink.fleet, [], "'others' is not delivered to the publisher");
   });
 
   it("a LISTEN connection killed by pg_terminate_backend reconnects, resyncs, and hears again", async (t) => {

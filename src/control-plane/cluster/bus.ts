@@ -9,7 +9,7 @@
  * (pg-bus.ts) for replicas sharing one PostgreSQL database.
  */
 import type { DesiredChange } from "../store/records.js";
-import type { ClusterEvent } from "./messages.js";
+import type { ClusterEvent, FleetChange } from "./messages.js";
 
 export type { ClusterEvent } from "./messages.js";
 
@@ -19,6 +19,8 @@ export interface ClusterSink {
   pollHint(machineIds: readonly string[], seconds: number): void;
   rolloutChanged(rolloutId: string): void;
   kick(rolloutId: string): void;
+  /** Machines changed on another replica: tell this replica's WatchFleet streams. */
+  fleetChanged(changes: readonly FleetChange[]): void;
   /**
    * The bus may have missed events (its connection to the other replicas was lost and is back):
    * send the agents held here their desired generations again.
@@ -53,10 +55,16 @@ export function deliver(sink: ClusterSink, event: ClusterEvent): void {
     case "kick":
       for (const id of event.rolloutIds) sink.kick(id);
       return;
+    case "fleet":
+      sink.fleetChanged(event.changes);
+      return;
   }
 }
 
-/** One replica: every event is a direct call on this process's sink. */
+/**
+ * One replica: every event is a direct call on this process's sink. Nothing relays fleet changes
+ * to it (there is nobody to relay them to), so it never sees one.
+ */
 export class InProcessBus implements ClusterBus {
   constructor(
     private readonly sink: ClusterSink,

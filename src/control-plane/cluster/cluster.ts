@@ -10,6 +10,7 @@ import type { Logger } from "../../common/logger.js";
 import type { Clock } from "../clock.js";
 import type { PushHub } from "../push/hub.js";
 import type { RolloutChanges } from "../rollouts/rollout-events.js";
+import type { FleetChanges } from "../services/fleet-changes.js";
 import type { Presence } from "../services/presence.js";
 import { DatabaseStartupError } from "../store/database.js";
 import { PostgresFleetStore } from "../store/postgres-store.js";
@@ -25,6 +26,8 @@ export interface ClusterOptions {
   hub: PushHub;
   changes: RolloutChanges;
   presence: Presence;
+  /** WatchFleet's publisher: relayed to the other replicas, fed by theirs. */
+  fleetChanges: FleetChanges;
   clock: Clock;
   logger: Logger;
   pollHintSeconds: number;
@@ -50,6 +53,7 @@ export class Cluster {
       hub: o.hub,
       changes: o.changes,
       kick: o.kick,
+      fleetChanges: o.fleetChanges,
       store: o.store,
       candidates: () => o.presence.ids(),
       pollHintSeconds: o.pollHintSeconds,
@@ -58,6 +62,16 @@ export class Cluster {
     this.bus = o.databaseUrl
       ? new PostgresBus({ url: o.databaseUrl, sink: this.sink, logger: o.logger, replicaId: newReplicaId() })
       : new InProcessBus(this.sink);
+    // Every local FleetChanges publication, whatever its source, leaves here once ("others":
+    // this replica's watchers already had it). One replica (SQLite): nothing to relay. Streams
+    // opening and closing are not relayed: the other replicas learn them from shared presence
+    // (onElsewhere below), and a CONNECTED sent before their view shows it would contradict it.
+    const bus = this.bus;
+    if (bus instanceof PostgresBus)
+      o.fleetChanges.relayTo((machineId, kind) => {
+        if (kind === "connected" || kind === "disconnected") return;
+        bus.publish({ kind: "fleet", changes: [{ machineId, kind }] }, "others");
+      });
   }
 
   /** Connects the bus and starts shared presence; `url` is where this replica listens. */
@@ -79,6 +93,8 @@ export class Cluster {
         clock: this.o.clock,
         logger: this.o.logger,
         ...(this.o.presenceFlushMs ? { flushMs: this.o.presenceFlushMs } : {}),
+        onElsewhere: (machineId, connected) =>
+          this.o.fleetChanges.publishRemote(machineId, connected ? "connected" : "disconnected"),
       });
       await this.shared.start();
       this.o.logger.info({ replicaId: this.bus.replicaId }, "joined the replicas of this database");

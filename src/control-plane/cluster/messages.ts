@@ -6,9 +6,12 @@
  * payload loses only its own items.
  *
  * Replicas of different versions run side by side during an upgrade: a payload of an unknown
- * version or kind is ignored (and logged once by the receiver), never fatal.
+ * version or kind is ignored (and logged once by the receiver), never fatal. So a new kind is
+ * added under the same wire version (an older replica merely misses what it could not act on);
+ * the version changes only when an existing kind changes its form.
  */
 import { z } from "zod";
+import { FLEET_CHANGE_KINDS, type FleetChangeKind } from "../services/fleet-changes.js";
 import type { DesiredChange } from "../store/records.js";
 
 export type ClusterEvent =
@@ -19,7 +22,14 @@ export type ClusterEvent =
   /** A rollout has new events: wake its WatchRollout streams. */
   | { kind: "rollout"; rolloutId: string }
   /** Evaluate these rollouts now (a report or health report arrived for one of their machines). */
-  | { kind: "kick"; rolloutIds: readonly string[] };
+  | { kind: "kick"; rolloutIds: readonly string[] }
+  /** Machines changed on the sender (WatchFleet's FleetChanges): tell this replica's watchers. */
+  | { kind: "fleet"; changes: readonly FleetChange[] };
+
+export interface FleetChange {
+  machineId: string;
+  kind: FleetChangeKind;
+}
 
 /** PostgreSQL refuses a NOTIFY payload of 8000 bytes or more. */
 export const MAX_PAYLOAD_BYTES = 7999;
@@ -82,6 +92,16 @@ export function encodeEvent(from: string, event: ClusterEvent): string[] {
       return pack(head("r"), "}", [event.rolloutId]);
     case "kick":
       return pack(head("k"), "}", event.rolloutIds);
+    case "fleet": {
+      // One list of machine ids per change kind: a batch of 10,000 "desired" is ids only.
+      const byKind = new Map<FleetChangeKind, string[]>();
+      for (const c of event.changes) {
+        const ids = byKind.get(c.kind);
+        if (ids) ids.push(c.machineId);
+        else byKind.set(c.kind, [c.machineId]);
+      }
+      return [...byKind].flatMap(([kind, ids]) => pack(head("m"), `,"c":"${kind}"}`, ids));
+    }
   }
 }
 
@@ -92,6 +112,7 @@ const desiredItems = z.array(
   z.union([z.tuple([text]), z.tuple([text, text, text, count, text, text, count])]),
 );
 const ids = z.array(text);
+const fleetKind = z.enum(FLEET_CHANGE_KINDS);
 
 export type Decoded =
   | { ok: true; from: string; event: ClusterEvent }
@@ -109,7 +130,7 @@ export function decodePayload(payload: string): Decoded {
   if (!env.success) return { ok: false, from: null, problem: "not a cluster message" };
   const { v, f: from, k, i } = env.data;
   if (v !== WIRE_VERSION) return { ok: false, from, problem: `wire version ${v} (this replica speaks 1)` };
-  const raw = json as { h?: unknown; s?: unknown };
+  const raw = json as { h?: unknown; s?: unknown; c?: unknown };
   switch (k) {
     case "d": {
       const items = desiredItems.safeParse(i);
@@ -145,6 +166,17 @@ export function decodePayload(payload: string): Decoded {
       const rollouts = ids.safeParse(i);
       if (!rollouts.success) return { ok: false, from, problem: "malformed kick" };
       return { ok: true, from, event: { kind: "kick", rolloutIds: rollouts.data } };
+    }
+    case "m": {
+      const machineIds = ids.safeParse(i);
+      if (!machineIds.success || typeof raw.c !== "string")
+        return { ok: false, from, problem: "malformed fleet change" };
+      // A kind a newer replica added: its watchers there see it; here it is skipped.
+      const kind = fleetKind.safeParse(raw.c);
+      if (!kind.success)
+        return { ok: false, from, problem: `unknown fleet change kind ${JSON.stringify(raw.c)}` };
+      const changes = machineIds.data.map((machineId) => ({ machineId, kind: kind.data }));
+      return { ok: true, from, event: { kind: "fleet", changes } };
     }
     default:
       return { ok: false, from, problem: `unknown kind ${JSON.stringify(k)}` };

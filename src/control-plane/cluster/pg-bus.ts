@@ -11,13 +11,15 @@
  *   were published. PostgreSQL delivers notifications in commit order. A NOTIFY that fails is
  *   retried a few times, then logged.
  * - Kicks (one per agent report) are coalesced per rollout over a short window: a batch of 10,000
- *   machines reporting costs a few notifications, not 10,000.
+ *   machines reporting costs a few notifications, not 10,000. WatchFleet's machine changes (one
+ *   per report, per desired generation a batch writes, per stream attach) are coalesced the same
+ *   way, a repeated (machine, kind) within the window leaving once.
  * - A replica ignores its own notifications: it already delivered them to itself directly.
  */
 import pg from "pg";
 import type { Logger } from "../../common/logger.js";
 import { type ClusterBus, type ClusterSink, deliver, type Scope } from "./bus.js";
-import { type ClusterEvent, decodePayload, encodeEvent } from "./messages.js";
+import { type ClusterEvent, decodePayload, encodeEvent, type FleetChange } from "./messages.js";
 
 export const CLUSTER_CHANNEL = "nixfleet_cluster";
 
@@ -27,7 +29,7 @@ export interface PostgresBusOptions {
   logger: Logger;
   replicaId: string;
   channel?: string;
-  /** Kicks of one rollout within this window leave as one notification. */
+  /** Kicks of one rollout (and fleet changes) within this window leave as one notification. */
   kickCoalesceMs?: number;
   /** Reconnect back-off of the LISTEN connection: first delay and cap. */
   reconnectMinMs?: number;
@@ -43,6 +45,8 @@ export class PostgresBus implements ClusterBus {
   private sender: pg.Pool | null = null;
   private sending: Promise<void> = Promise.resolve();
   private readonly pendingKicks = new Set<string>();
+  /** Fleet changes waiting for the coalescing window, keyed by kind and machine. */
+  private readonly pendingFleet = new Map<string, FleetChange>();
   private kickTimer: NodeJS.Timeout | null = null;
   private reconnectTimer: NodeJS.Timeout | null = null;
   private probeTimer: NodeJS.Timeout | null = null;
@@ -99,21 +103,29 @@ export class PostgresBus implements ClusterBus {
   publish(event: ClusterEvent, scope: Scope = "all"): void {
     if (scope === "all") deliver(this.o.sink, event);
     if (this.stopped) return;
-    if (event.kind === "kick") {
-      for (const id of event.rolloutIds) this.pendingKicks.add(id);
+    if (event.kind === "kick" || event.kind === "fleet") {
+      if (event.kind === "kick") for (const id of event.rolloutIds) this.pendingKicks.add(id);
+      else for (const c of event.changes) this.pendingFleet.set(`${c.kind}\0${c.machineId}`, c);
       this.kickTimer ??= setTimeout(() => this.flushKicks(), this.o.kickCoalesceMs ?? 20);
       return;
     }
     this.send(encodeEvent(this.o.replicaId, event));
   }
 
+  /** Sends the coalesced kicks and fleet changes. */
   private flushKicks(): void {
     if (this.kickTimer) clearTimeout(this.kickTimer);
     this.kickTimer = null;
-    if (this.pendingKicks.size === 0) return;
-    const rolloutIds = [...this.pendingKicks];
-    this.pendingKicks.clear();
-    this.send(encodeEvent(this.o.replicaId, { kind: "kick", rolloutIds }));
+    if (this.pendingKicks.size) {
+      const rolloutIds = [...this.pendingKicks];
+      this.pendingKicks.clear();
+      this.send(encodeEvent(this.o.replicaId, { kind: "kick", rolloutIds }));
+    }
+    if (this.pendingFleet.size) {
+      const changes = [...this.pendingFleet.values()];
+      this.pendingFleet.clear();
+      this.send(encodeEvent(this.o.replicaId, { kind: "fleet", changes }));
+    }
   }
 
   /** Queues the payloads behind those already queued: one round trip sends them all. */

@@ -30,6 +30,13 @@ export interface SharedPresenceOptions {
   logger: Logger;
   flushMs?: number;
   expireMs?: number;
+  /**
+   * A machine's stream opened or closed on another replica (or that replica expired), as this
+   * replica's view learned it; not called for machines whose stream this replica holds (the hub
+   * tells of those). WatchFleet's CONNECTED/DISCONNECTED for other replicas' streams come from
+   * here, so the state a watcher reads agrees with the change.
+   */
+  onElsewhere?: (machineId: string, connected: boolean) => void;
 }
 
 interface Entry {
@@ -112,6 +119,23 @@ export class SharedPresence {
     return this.flushing;
   }
 
+  private tellElsewhere(previous: Map<string, Entry>): void {
+    const tell = this.o.onElsewhere;
+    if (!tell) return;
+    const elsewhere = (m: Map<string, Entry>, id: string) => {
+      const e = m.get(id);
+      return e?.live === true && e.replicaId !== this.o.replicaId;
+    };
+    const ids = new Set<string>();
+    for (const [id, e] of this.view)
+      if (e.live !== previous.get(id)?.live || e.replicaId !== previous.get(id)?.replicaId) ids.add(id);
+    for (const id of previous.keys()) if (!this.view.has(id)) ids.add(id);
+    for (const id of ids) {
+      const now = elsewhere(this.view, id);
+      if (now !== elsewhere(previous, id) && !this.o.hub.isConnected(id)) tell(id, now);
+    }
+  }
+
   private changedRows(now: number) {
     const { local, hub } = this.o;
     const ids = new Set([...this.deferred, ...local.takeChanged()]);
@@ -170,7 +194,14 @@ export class SharedPresence {
       const view = new Map<string, Entry>();
       for (const r of result.rows)
         view.set(r.machine_id, { replicaId: r.replica_id, live: r.live, lastHeard: Number(r.last_heard) });
+      const previous = this.view;
       this.view = view;
+      // A listener's failure is not a failure to write presence (which would re-send the rows).
+      try {
+        this.tellElsewhere(previous);
+      } catch (err) {
+        this.o.logger.error({ err }, "telling WatchFleet of other replicas' streams failed");
+      }
       if (++this.flushes % 1000 === 0) {
         await pool.query(`DELETE FROM cluster_replicas WHERE seen_at < ${DB_NOW} - $1`, [FORGET_REPLICA_MS]);
       }

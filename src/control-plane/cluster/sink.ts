@@ -1,19 +1,23 @@
 /**
  * What this replica does with a cluster event, whichever replica published it: push to the
  * streams it holds (the hub ignores machines whose stream is elsewhere), wake its WatchRollout
- * streams, kick its executor (a no-op where this replica is not the executor's leader).
+ * streams, kick its executor (a no-op where this replica is not the executor's leader), tell its
+ * WatchFleet streams of machines changed elsewhere.
  */
 import type { Logger } from "../../common/logger.js";
 import type { PushHub } from "../push/hub.js";
 import type { RolloutChanges } from "../rollouts/rollout-events.js";
+import type { FleetChanges } from "../services/fleet-changes.js";
 import type { DesiredChange } from "../store/records.js";
 import type { FleetStore } from "../store/repository.js";
 import type { ClusterSink } from "./bus.js";
+import type { FleetChange } from "./messages.js";
 
 export interface ReplicaSinkOptions {
   hub: PushHub;
   changes: RolloutChanges;
   kick: (rolloutId: string) => void;
+  fleetChanges: FleetChanges;
   store: () => FleetStore;
   /** Machines whose stream this replica may hold (checked against the hub at resync). */
   candidates: () => Iterable<string>;
@@ -43,6 +47,11 @@ export class ReplicaSink implements ClusterSink {
 
   kick(rolloutId: string): void {
     this.o.kick(rolloutId);
+  }
+
+  fleetChanged(changes: readonly FleetChange[]): void {
+    // publishRemote, not publish: a relayed change must not be relayed back.
+    for (const c of changes) this.o.fleetChanges.publishRemote(c.machineId, c.kind);
   }
 
   resync(): void {
