@@ -170,6 +170,7 @@ const bus = new InProcessBus({
   pollHint: (ids, seconds) => hub.pushPollHint(ids, seconds),
   rolloutChanged: (id) => changes.publish(id),
   kick: (id) => void executor?.kick(id),
+  fleetChanged: () => {},
   resync: () => {},
 });
 const notifier = new RolloutNotifier({
