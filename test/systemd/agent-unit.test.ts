@@ -59,7 +59,10 @@ describe("systemd tier: the agent unit", tier, () => {
       assert.equal(started["activation"], "systemd-run");
       const machine = await waitFor(
         "sd-01 to register with the control plane",
-        async () => (await fleet.status()).machines.find((x) => x.machineId === "sd-01" && x.connected),
+        async () => {
+          const s = await am.machineStatus();
+          return s?.connected ? s : undefined;
+        },
         60_000,
         250,
       );

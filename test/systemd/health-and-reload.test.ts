@@ -29,7 +29,7 @@ describe("systemd tier: health checks on real units, and systemctl reload", tier
   let fleet: Fleet;
   let am: AgentMachine;
 
-  const machineStatus = async () => (await fleet.status()).machines.find((m) => m.machineId === "sd-health");
+  const machineStatus = () => am.machineStatus();
 
   before(async () => {
     fleet = await Fleet.create({ dir, hosts: [] });

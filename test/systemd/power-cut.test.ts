@@ -77,7 +77,7 @@ describe("systemd tier: power cut during verification", tier, () => {
       const status = await waitFor(
         "the control plane to record the rollback",
         async () => {
-          const s = (await fleet.status()).machines.find((x) => x.machineId === "sd-cut");
+          const s = await am.machineStatus();
           const refused =
             s?.lastOutcome === Outcome.ROLLED_BACK_BY_REBOOT || s?.lastOutcome === Outcome.QUARANTINED;
           return refused && s?.currentGeneration === base ? s : undefined;
