@@ -121,7 +121,7 @@ export function decideRecovery(input: RecoveryInput): RecoveryAction {
       if (current === desired) return { kind: "verify" };
       return {
         kind: "rollback",
-        reason: `the agent restarted while verifying and the host is no longer on the new generation (${where(current)})`,
+        reason: `the agent restarted while ${input.phase} and the host is no longer on the new generation (${where(current)})`,
       };
 
     case "rolling_back": {

@@ -189,6 +189,14 @@ describe("crash recovery decision table", () => {
     });
   }
 
+  it("names the phase the agent restarted in (verifying or committing)", () => {
+    for (const phase of ["verifying", "committing"] as const) {
+      const action = decideRecovery(input({ phase }));
+      assert.equal(action.kind, "rollback");
+      assert.match((action as { reason: string }).reason, new RegExp(`restarted while ${phase}\\b`));
+    }
+  });
+
   it("treats exactly 0 and 4 as switched", () => {
     assert.deepEqual([0, 1, 2, 3, 4, 5, 100, 143].map(switchedExitCode), [
       true,
