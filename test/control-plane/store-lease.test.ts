@@ -72,6 +72,14 @@ async function oneMachineRollout(store: KyselyFleetStore, id: string) {
   return `r-${id}`;
 }
 
+/** Why a PostgreSQL-only case is skipped on SQLite (printed by the runner); false elsewhere. */
+function postgresOnly(backend: string): string | false {
+  return (
+    backend === "sqlite" &&
+    "PostgreSQL only: a SQLite database has one control-plane process, nothing to race"
+  );
+}
+
 for (const backend of BACKENDS) {
   const fresh = async (t: { after(fn: () => void | Promise<void>): void }) =>
     backend.open(t, await backend.location(t));
@@ -105,7 +113,7 @@ for (const backend of BACKENDS) {
     });
 
     // Several replicas exist only on PostgreSQL (a SQLite file belongs to one process).
-    it("replicas claiming at once: exactly one acquires", { skip: backend.name === "sqlite" }, async (t) => {
+    it("replicas claiming at once: exactly one acquires", { skip: postgresOnly(backend.name) }, async (t) => {
       const location = await backend.location(t);
       const stores = [
         await backend.open(t, location),
@@ -121,7 +129,7 @@ for (const backend of BACKENDS) {
     });
 
     it("a replica frozen inside a lease transaction is cut off by the server, so the takeover is not blocked until it wakes", {
-      skip: backend.name === "sqlite",
+      skip: postgresOnly(backend.name),
     }, async (t) => {
       const location = await backend.location(t);
       const [frozen, other] = [await backend.open(t, location), await backend.open(t, location)];
