@@ -127,7 +127,9 @@ describe("executor leadership on PostgreSQL (in-process replicas)", { skip }, ()
     await leader!.close();
     const next = await waitFor("a new leader", () => leaders(followers)[0]);
     assert.equal(leaders(followers).length, 1);
-    assert.equal(next.cp.leadership.epoch, 2);
+    // 2, or more when a renewal of the 1 s test lease missed its deadline on a loaded machine and
+    // another follower took over once more: either way a newer term than the stopped leader's.
+    assert.ok((next.cp.leadership.epoch ?? 0) >= 2, `epoch ${next.cp.leadership.epoch}`);
     assert.ok(leader!.logLines.some((l) => l.includes("lost executor leadership: shutting down")));
     for (const a of agents.filter((a) => a.id !== first)) await a.deploy();
     const done = await waitFor("the rollout completed", async () => {

@@ -68,19 +68,19 @@ function hostForUrl(host: string): string {
   return host.includes(":") ? `[${host}]` : host;
 }
 
-/**
- * The accept queue. Node's default (511) overflows when thousands of agents reconnect at once
- * after a restart; the kernel then drops their SYNs and each waits out a TCP retransmission
- * (1 s, 3 s, 7 s, …), which stretches a reconnect storm's tail. Linux caps it at
- * net.core.somaxconn (4096 by default since 5.4).
+/*
+ * The accept queue stays at Node's default (511). A larger one (4096, for reconnect storms: an
+ * overflowing queue drops SYNs that then wait out TCP retransmissions) was tried twice, and both
+ * times the insecure listener's connection-timeouts test failed in a full CI run with a partial
+ * HTTP/1.1 head left open for 30 s, while passing alone; the cause is not understood, so the
+ * storm benefit is not worth an unexplained failure. See docs/benchmarks.md.
  */
-export const LISTEN_BACKLOG = 4096;
 
 function listenOn(server: net.Server, host: string, port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once("error", onError);
-    server.listen({ host, port, backlog: LISTEN_BACKLOG }, () => {
+    server.listen({ host, port }, () => {
       server.off("error", onError);
       resolve((server.address() as AddressInfo).port);
     });
