@@ -7,7 +7,6 @@
  * cost of crossing replicas through LISTEN/NOTIFY (the other's, against the leader's). Ratios are
  * PostgreSQL / SQLite, and cross-replica / same-replica.
  */
-import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -19,7 +18,7 @@ import type { Pki } from "../test/fixtures/pki.js";
 import { postgresUnavailable, sharedPostgres } from "../test/fixtures/postgres.js";
 import { programArgs } from "../test/fixtures/programs.js";
 import { mintClientCerts } from "./certs.js";
-import { type Child, child, lineChild, ROOT } from "./child.js";
+import { type Child, child, createAdminKey, lineChild } from "./child.js";
 
 export type Backend = "sqlite" | "postgres";
 
@@ -133,23 +132,7 @@ export async function measureBackend(o: BackendOptions, backend: Backend): Promi
   const dbArgs = databaseUrl
     ? ["--database-url", databaseUrl]
     : ["--db-path", join(o.dir, `backend-${backend}.db`)];
-  const key = execFileSync(
-    process.execPath,
-    [
-      ...programArgs("control-plane"),
-      "keys",
-      "create",
-      "--init",
-      ...dbArgs,
-      "--name",
-      "bench",
-      "--role",
-      "admin",
-    ],
-    { cwd: ROOT },
-  )
-    .toString()
-    .trim();
+  const key = createAdminKey(dbArgs);
   const replicas = [await startReplica(o, dbArgs)];
   if (databaseUrl) replicas.push(await startReplica(o, dbArgs));
   const groups: { agents: Child; names: string[] }[] = [];

@@ -2,8 +2,9 @@
  * A bench child process (`node --import tsx bench/<script>`), with its stdout read line by line
  * so the orchestrator can wait for what it prints, and its stdin open for commands.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { join } from "node:path";
+import { programArgs } from "../test/fixtures/programs.js";
 
 export const ROOT = join(import.meta.dirname, "..");
 
@@ -57,4 +58,25 @@ export function lineChild(command: string, args: string[], env: NodeJS.ProcessEn
 /** A TypeScript script under bench/ run with tsx. */
 export function child(script: string, args: string[]): Child {
   return lineChild(process.execPath, ["--import", "tsx", join(ROOT, "bench", script), ...args]);
+}
+
+/** An admin API key for the bench, made the way an operator makes the first one (`keys create --init`). */
+export function createAdminKey(dbArgs: readonly string[]): string {
+  return execFileSync(
+    process.execPath,
+    [
+      ...programArgs("control-plane"),
+      "keys",
+      "create",
+      "--init",
+      ...dbArgs,
+      "--name",
+      "bench",
+      "--role",
+      "admin",
+    ],
+    { cwd: ROOT },
+  )
+    .toString()
+    .trim();
 }

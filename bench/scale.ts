@@ -11,7 +11,6 @@
  * connected (heartbeats only); for nixfleet also GetFleetStatus at S machines, Report throughput
  * against the bare store call, and a reconnect storm after SIGKILL + restart.
  */
-import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import { join } from "node:path";
@@ -23,7 +22,7 @@ import { FleetService, RolloutStrategy } from "../src/gen/nixfleet/v1/fleet_pb.j
 import type { Pki } from "../test/fixtures/pki.js";
 import { programArgs } from "../test/fixtures/programs.js";
 import { mintClientCerts } from "./certs.js";
-import { type Child, child, lineChild, ROOT } from "./child.js";
+import { type Child, child, createAdminKey, lineChild } from "./child.js";
 import { cpuMs, openFileLimit, rssBytes } from "./proc-stats.js";
 
 export interface ScaleOptions {
@@ -122,24 +121,7 @@ interface NixfleetServer extends Server {
 
 async function nixfleet(o: ScaleOptions, names: string[]): Promise<NixfleetServer> {
   const db = join(o.dir, "scale.db");
-  const key = execFileSync(
-    process.execPath,
-    [
-      ...programArgs("control-plane"),
-      "keys",
-      "create",
-      "--init",
-      "--db-path",
-      db,
-      "--name",
-      "bench",
-      "--role",
-      "admin",
-    ],
-    { cwd: ROOT },
-  )
-    .toString()
-    .trim();
+  const key = createAdminKey(["--db-path", db]);
   let cp = await startControlPlane(o, db, "127.0.0.1:0");
   const url = JSON.parse(cp.lines.find((l) => l.includes('"msg":"listening"'))!).url as string;
   const client = createClient(
