@@ -324,6 +324,7 @@ export class ControlPlane {
         phase: () => this.phaseValue,
         allowInsecure: o.allowInsecure,
         maxMessageBytes: grpcSession.maxMessageBytes,
+        halfOpenTimeoutMs: (o.connectionTimeouts ?? DEFAULT_CONNECTION_TIMEOUTS).idleMs,
       }) satisfies StreamRoute,
       dashboard: dashboardListenerHandler({
         fleetServicePrefix: `/${FleetService.typeName}/`,

@@ -17,7 +17,12 @@
  *
  * Every other protocol (Connect, Connect JSON, gRPC-web, gRPC+json) stays with Connect.
  */
-import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from "node:http2";
+import {
+  constants,
+  type IncomingHttpHeaders,
+  type OutgoingHttpHeaders,
+  type ServerHttp2Stream,
+} from "node:http2";
 import { performance } from "node:perf_hooks";
 import type { DescMethodUnary } from "@bufbuild/protobuf";
 import {
@@ -55,6 +60,11 @@ export interface GrpcUnaryOptions {
   phase: () => Phase;
   allowInsecure: boolean;
   maxMessageBytes: number;
+  /**
+   * A request whose body stops arriving before its end is reset (CANCEL) after this long without
+   * bytes, as the listener's guard does for every compat request (connection-timeouts.ts idleMs).
+   */
+  halfOpenTimeoutMs: number;
 }
 
 interface UnaryMethod {
@@ -99,6 +109,7 @@ export function serveUnary(
   stream.on("error", onError);
   stream.on("close", onClose);
   stream.on("wantTrailers", onWantTrailers);
+  stream.setTimeout(o.halfOpenTimeoutMs, onHalfOpen);
   call.start(headers);
 }
 
@@ -106,7 +117,11 @@ function onData(this: Stream, chunk: Buffer): void {
   this[STATE]?.receive(chunk);
 }
 function onEnd(this: Stream): void {
+  this.setTimeout(0);
   this[STATE]?.requestEnded();
+}
+function onHalfOpen(this: Stream): void {
+  this.close(constants.NGHTTP2_CANCEL);
 }
 function onError(): void {
   // A reset or broken connection; "close" follows.
