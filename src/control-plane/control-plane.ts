@@ -17,6 +17,7 @@ import { authInterceptor, availabilityInterceptor, type Phase } from "./auth/int
 import { peerIdentityOf, peerKey } from "./auth/peer-identity.js";
 import { type Clock, wallClock } from "./clock.js";
 import { Cluster } from "./cluster/cluster.js";
+import { agentGrpcRoute } from "./http/agent-grpc-route.js";
 import { type ConnectionTimeouts, DEFAULT_CONNECTION_TIMEOUTS } from "./http/connection-timeouts.js";
 import {
   dashboardHandler,
@@ -24,7 +25,7 @@ import {
   dashboardPointer,
   defaultDashboardDir,
 } from "./http/dashboard.js";
-import { claimsSession, type GrpcSessionOptions, serveSession } from "./http/grpc-session.js";
+import type { GrpcSessionOptions } from "./http/grpc-session.js";
 import { mapUnaryDecodeErrors, streamDecodeErrorInterceptor } from "./http/library-errors.js";
 import {
   type Listener,
@@ -47,6 +48,7 @@ import { RolloutChanges } from "./rollouts/rollout-events.js";
 import { AgentIntake } from "./services/agent-intake.js";
 import { agentServiceImpl } from "./services/agent-service.js";
 import { AgentSessions } from "./services/agent-session.js";
+import { AgentUnary } from "./services/agent-unary.js";
 import { isStale, type LiveView } from "./services/convert.js";
 import { FleetChanges } from "./services/fleet-changes.js";
 import { FleetFeed } from "./services/fleet-feed.js";
@@ -313,11 +315,17 @@ export class ControlPlane {
     });
     const pointer = dashboardPointer(() => this.dashboardUrl);
     return {
-      // The gRPC protocol of Session (what agents speak) bypasses Connect: http/grpc-session.ts.
-      sessionRoute: {
-        claims: claimsSession,
-        serve: (stream, headers) => serveSession(grpcSession, stream, headers),
-      } satisfies StreamRoute,
+      // The gRPC protocol of what agents call (Session, Report, ReportHealth, GetDesiredGeneration)
+      // bypasses Connect: http/agent-grpc-route.ts.
+      sessionRoute: agentGrpcRoute(grpcSession, {
+        unary: new AgentUnary({ intake: this.intake, logger: this.log, allowInsecure: o.allowInsecure }),
+        metrics: this.metrics,
+        logger: this.log,
+        phase: () => this.phaseValue,
+        allowInsecure: o.allowInsecure,
+        maxMessageBytes: grpcSession.maxMessageBytes,
+        halfOpenTimeoutMs: (o.connectionTimeouts ?? DEFAULT_CONNECTION_TIMEOUTS).idleMs,
+      }) satisfies StreamRoute,
       dashboard: dashboardListenerHandler({
         fleetServicePrefix: `/${FleetService.typeName}/`,
         connect: (req, res) => connect(req as never, res as never),

@@ -18,8 +18,7 @@ import { performance } from "node:perf_hooks";
 import { fromBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type Compression, compressionNegotiate } from "@connectrpc/connect/protocol";
-import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
-import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
+import { parseTimeout } from "@connectrpc/connect/protocol-grpc";
 import type { Logger } from "../../common/logger.js";
 import { type AgentMessage, AgentMessageSchema, AgentService } from "../../gen/nixfleet/v1/agent_pb.js";
 import { availabilityError, type Phase } from "../auth/interceptors.js";
@@ -31,15 +30,9 @@ import type { OutgoingMessage } from "../push/outgoing.js";
 import { type AgentSessions, helloTimeoutError } from "../services/agent-session.js";
 import { toConnectError } from "../services/errors.js";
 import { type GrpcFrame, splitFrames } from "./grpc-frames.js";
+import { COMPRESSIONS, header, isBinaryGrpc, RESPONSE_HEADERS, statusHeaders } from "./grpc-protocol.js";
 
 export const SESSION_PATH = `/${AgentService.typeName}/${AgentService.method.session.name}`;
-const COMPRESSIONS: Compression[] = [compressionGzip, compressionBrotli];
-const ACCEPT_ENCODING = COMPRESSIONS.map((c) => c.name).join(",");
-const RESPONSE_HEADERS: OutgoingHttpHeaders = {
-  ":status": 200,
-  "content-type": "application/grpc+proto",
-  "grpc-accept-encoding": ACCEPT_ENCODING,
-};
 
 export interface GrpcSessionOptions {
   sessions: AgentSessions;
@@ -54,9 +47,7 @@ export interface GrpcSessionOptions {
 
 /** Whether a request is a gRPC (binary) Session — the rest, gRPC+json included, is Connect's. */
 export function claimsSession(headers: IncomingHttpHeaders): boolean {
-  if (headers[":path"] !== SESSION_PATH || headers[":method"] !== "POST") return false;
-  const type = headers["content-type"];
-  return type === "application/grpc" || type === "application/grpc+proto";
+  return headers[":path"] === SESSION_PATH && headers[":method"] === "POST" && isBinaryGrpc(headers);
 }
 
 const STATE = Symbol("grpcSession");
@@ -388,18 +379,4 @@ class GrpcSession {
     this.helloTimer = null;
     this.deadline = null;
   }
-}
-
-function header(value: string | string[] | undefined): string | null {
-  if (value === undefined) return null;
-  return Array.isArray(value) ? value.join(",") : value;
-}
-
-/** grpc-status, grpc-message (percent-encoded) and grpc-status-details-bin, by Connect's encoder. */
-function statusHeaders(error: ConnectError | null): OutgoingHttpHeaders {
-  const out: OutgoingHttpHeaders = {};
-  setTrailerStatus(new Headers(), error ?? undefined).forEach((value, key) => {
-    out[key] = value;
-  });
-  return out;
 }

@@ -2,20 +2,15 @@
  * AgentService handlers. Every call first proves that the connection may act for the machine
  * it names (client certificate CN == machine_id), then hands the validated input to AgentIntake.
  */
-import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { Logger } from "../../common/logger.js";
-import type {
-  AgentMessage,
-  AgentService,
-  GetDesiredGenerationResponseSchema,
-} from "../../gen/nixfleet/v1/agent_pb.js";
+import type { AgentMessage, AgentService } from "../../gen/nixfleet/v1/agent_pb.js";
 import { peerKey } from "../auth/peer-identity.js";
 import { desiredChangedMessage, type PushHub } from "../push/hub.js";
-import { healthFromProto, helloFromProto, reportFromProto } from "./agent-input.js";
+import { helloFromProto } from "./agent-input.js";
 import type { AgentIntake } from "./agent-intake.js";
 import { AgentSessions, authorizeMachine, guarded, helloTimeoutError } from "./agent-session.js";
-import { desiredToProto } from "./convert.js";
+import { AgentUnary } from "./agent-unary.js";
 
 export interface AgentServiceOptions {
   intake: AgentIntake;
@@ -55,6 +50,7 @@ export function agentServiceImpl(o: AgentServiceOptions): Partial<ServiceImpl<ty
   const { intake, hub, logger, allowInsecure } = o;
 
   const sessions = new AgentSessions({ intake, hub, logger, allowInsecure });
+  const unary = new AgentUnary({ intake, logger, allowInsecure });
 
   async function initialMessage(machineId: string) {
     const answer = await intake.desired(machineId);
@@ -62,35 +58,11 @@ export function agentServiceImpl(o: AgentServiceOptions): Partial<ServiceImpl<ty
   }
 
   return {
-    async getDesiredGeneration(
-      req,
-      ctx,
-    ): Promise<MessageInitShape<typeof GetDesiredGenerationResponseSchema>> {
-      authorize(ctx, req.machineId, allowInsecure);
-      return guarded(logger, "GetDesiredGeneration", async () => {
-        const answer = await intake.desired(req.machineId);
-        return {
-          ...(answer.desired ? { generation: desiredToProto(answer.desired) } : {}),
-          ...(answer.pollHintSeconds !== undefined ? { pollHintSeconds: answer.pollHintSeconds } : {}),
-        };
-      });
-    },
-
-    async report(req, ctx) {
-      authorize(ctx, req.machineId, allowInsecure);
-      return guarded(logger, "Report", async () => {
-        await intake.report(reportFromProto(req));
-        return {};
-      });
-    },
-
-    async reportHealth(req, ctx) {
-      authorize(ctx, req.machineId, allowInsecure);
-      return guarded(logger, "ReportHealth", async () => {
-        await intake.health(healthFromProto(req));
-        return {};
-      });
-    },
+    // The gRPC protocol of these (what agents speak) is served by http/grpc-unary.ts without
+    // Connect; both call the same AgentUnary.
+    getDesiredGeneration: (req, ctx) => unary.getDesiredGeneration(ctx.values.get(peerKey), req),
+    report: (req, ctx) => unary.report(ctx.values.get(peerKey), req),
+    reportHealth: (req, ctx) => unary.reportHealth(ctx.values.get(peerKey), req),
 
     // The gRPC protocol of Session (what agents speak) is served by http/grpc-session.ts without
     // Connect; this serves the Connect and gRPC-web protocols, with the same AgentSessions logic.

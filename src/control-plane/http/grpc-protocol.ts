@@ -1,0 +1,44 @@
+/**
+ * What the raw gRPC paths (grpc-session.ts, grpc-unary.ts) share of the protocol: the
+ * compressions they accept (Connect's own codecs, so both paths accept the same), the response
+ * headers, and the status as trailers (Connect's encoder: grpc-status, percent-encoded
+ * grpc-message, grpc-status-details-bin).
+ */
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http2";
+import type { ConnectError } from "@connectrpc/connect";
+import type { Compression } from "@connectrpc/connect/protocol";
+import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
+
+export const COMPRESSIONS: Compression[] = [compressionGzip, compressionBrotli];
+
+export const RESPONSE_HEADERS: OutgoingHttpHeaders = {
+  ":status": 200,
+  "content-type": "application/grpc+proto",
+  "grpc-accept-encoding": COMPRESSIONS.map((c) => c.name).join(","),
+};
+
+/** The status of a successful call, as trailers. */
+export const OK_TRAILERS: OutgoingHttpHeaders = { "grpc-status": "0" };
+
+/** Whether the request is the binary gRPC protocol (gRPC+json and the rest are Connect's). */
+export function isBinaryGrpc(headers: IncomingHttpHeaders): boolean {
+  const type = headers["content-type"];
+  return type === "application/grpc" || type === "application/grpc+proto";
+}
+
+/** A header's value as one string (null: absent). */
+export function header(value: string | string[] | undefined): string | null {
+  if (value === undefined) return null;
+  return Array.isArray(value) ? value.join(",") : value;
+}
+
+/** grpc-status, grpc-message (percent-encoded) and grpc-status-details-bin, by Connect's encoder. */
+export function statusHeaders(error: ConnectError | null): OutgoingHttpHeaders {
+  if (!error) return OK_TRAILERS;
+  const out: OutgoingHttpHeaders = {};
+  setTrailerStatus(new Headers(), error).forEach((value, key) => {
+    out[key] = value;
+  });
+  return out;
+}
