@@ -39,6 +39,8 @@ export interface IdleResult {
   seconds: number;
   rssMB: number;
   cpuPercent: number;
+  /** The idle window on CLOCK_MONOTONIC (µs), to cut it out of a CPU profile (default config). */
+  window?: [number, number];
   /** The default-config agent's memory breakdown (MB), from the probe. */
   memory?: {
     heapUsed: number;
@@ -198,13 +200,20 @@ export async function agentBench(
     const idle = async (pid: number, config: IdleResult["config"]): Promise<IdleResult> => {
       await sleep(5000);
       const cpu0 = cpuMs(pid);
+      // The default-config agent has the probe: its CPU in µs, and the window for a profile.
+      const p0 = config === "default" ? await readProbe(pid, probeFile) : undefined;
       await sleep(idleSeconds * 1000);
-      const cpuPercent = ((cpuMs(pid) - cpu0) / (idleSeconds * 1000)) * 100;
+      const p1 = p0 ? await readProbe(pid, probeFile) : undefined;
+      const cpuPercent =
+        p0 && p1
+          ? ((ownCpuMsOf(p1) - ownCpuMsOf(p0)) / ((p1.monoUs - p0.monoUs) / 1000)) * 100
+          : ((cpuMs(pid) - cpu0) / (idleSeconds * 1000)) * 100;
       const result: IdleResult = {
         config,
         seconds: idleSeconds,
         rssMB: rssBytes(pid) / 1024 / 1024,
         cpuPercent,
+        ...(p0 && p1 ? { window: [p0.monoUs, p1.monoUs] as [number, number] } : {}),
       };
       if (config === "default") {
         const p = await readProbe(pid, probeFile, true);
