@@ -16,6 +16,8 @@ import {
 import { runInNewContext } from "node:vm";
 
 const out = process.env.BENCH_AGENT_PROBE;
+// Experiments: V8 flags set as early as src/agent/heap.ts sets its own (before the agent loads).
+if (process.env.BENCH_AGENT_V8_FLAGS) setFlagsFromString(process.env.BENCH_AGENT_V8_FLAGS);
 if (out) {
   const spawned = [];
   const original = ChildProcess.prototype.spawn;

@@ -75,6 +75,31 @@ export interface AgentResult {
   cycles: CycleResult[];
   /** 1-minute load average at the start and the end of the run. */
   loadAverage: [number, number];
+  /**
+   * The yardstick measured in the same run: the own CPU (ms) a bare Node process spends per
+   * child it spawns and reads (`true`, piped like the agent's commands) — what one of the agent's
+   * spawns costs at best on this machine at this load.
+   */
+  spawnBaselineMs: number;
+}
+
+const SPAWN_BASELINE = `
+const { spawn } = require("node:child_process");
+const run = () => new Promise((r) => {
+  const c = spawn("true", [], { stdio: ["ignore", "pipe", "pipe"], detached: true });
+  c.stdout.on("data", () => {}); c.stderr.on("data", () => {}); c.on("close", r);
+});
+(async () => {
+  for (let i = 0; i < 3; i++) await run();
+  const t0 = process.cpuUsage();
+  for (let i = 0; i < 30; i++) await run();
+  const u = process.cpuUsage(t0);
+  process.stdout.write(String((u.user + u.system) / 30 / 1000));
+})();`;
+
+async function spawnBaseline(): Promise<number> {
+  const { stdout } = await promisify(execFile)(process.execPath, ["-e", SPAWN_BASELINE]);
+  return Number(stdout);
 }
 
 interface Probe {
@@ -150,6 +175,9 @@ export async function agentBench(
     dir: join(dir, "agent-fleet"),
     hosts: [{ name: "agent-01", tags: ["bench"] }],
     systems: labels,
+    // The control plane's own defaults, not the test fleet's quick ones (a heartbeat every 2 s
+    // on the agent's Session): an idle agent is measured as a fleet would run it.
+    controlPlaneArgs: ["--heartbeat-interval", "15", "--poll-hint", "5"],
   });
   const savedNodeOptions = process.env.NODE_OPTIONS;
   try {
@@ -289,6 +317,8 @@ export async function agentBench(
       );
       results.push(cycle);
     }
+    const spawnBaselineMs = await spawnBaseline();
+    log(`spawn baseline: ${spawnBaselineMs.toFixed(2)} ms own CPU per spawn of a bare Node process`);
     // A clean stop, so --cpu-prof writes its profile.
     await agent.stop();
     return {
@@ -298,6 +328,7 @@ export async function agentBench(
       idle: [dflt, busy],
       cycles: results,
       loadAverage: [load0, loadavg()[0]!],
+      spawnBaselineMs,
     };
   } finally {
     await fleet.close();
@@ -326,7 +357,8 @@ export function formatAgent(agent: AgentResult): string {
     `${idle}${breakdown}\nagent deploy cycles (own CPU, children excluded / wall): ${cycles}\n` +
     `agent per cycle, min / median: own CPU ${minMed((c) => c.ownCpuMs)} ms, children ${minMed((c) => c.childCpuMs)} ms, ` +
     `wall ${minMed((c) => c.wallMs)} ms, spawns ${minMed((c) => c.spawns)} ` +
-    `(load average ${agent.loadAverage.map((l) => l.toFixed(1)).join(" → ")})\n`
+    `(load average ${agent.loadAverage.map((l) => l.toFixed(1)).join(" → ")}); ` +
+    `a bare Node process spends ${agent.spawnBaselineMs.toFixed(1)} ms own CPU per spawn in the same run\n`
   );
 }
 

@@ -224,8 +224,14 @@ export class Nix {
     if (readlinkOr(link) === path) return true;
     const tmp = `${link}.tmp-${process.pid}`;
     try {
-      rmSync(tmp, { force: true });
-      symlinkSync(path, tmp);
+      try {
+        symlinkSync(path, tmp);
+      } catch (err) {
+        // A leftover of a crash between the two calls: replace it.
+        if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+        rmSync(tmp, { force: true });
+        symlinkSync(path, tmp);
+      }
       renameSync(tmp, link);
       return true;
     } catch {
