@@ -56,6 +56,8 @@ export interface IdleResult {
 export interface CycleResult {
   /** The agent process's own CPU (user + system, children excluded), ms. */
   ownCpuMs: number;
+  /** Of which in the kernel (fork, pipes, fsync, writes), ms. */
+  ownSysMs: number;
   /** Its children's CPU (nix, the switch script, health commands), ms. */
   childCpuMs: number;
   wallMs: number;
@@ -305,6 +307,7 @@ export async function agentBench(
       const spawned = p1.spawned.slice(p0.spawned.length);
       const cycle: CycleResult = {
         ownCpuMs: Math.round(ownCpuMsOf(p1) - ownCpuMsOf(p0)),
+        ownSysMs: Math.round((p1.resourceUsage.systemCPUTime - p0.resourceUsage.systemCPUTime) / 1000),
         childCpuMs: childCpuMs(agent.pid) - k0,
         wallMs,
         spawns: spawned.length,
@@ -312,7 +315,7 @@ export async function agentBench(
         window: [p0.monoUs, p1.monoUs],
       };
       log(
-        `agent cycle ${label}: ${cycle.ownCpuMs} ms own CPU, ${cycle.childCpuMs} ms children, ${cycle.wallMs} ms wall, ` +
+        `agent cycle ${label}: ${cycle.ownCpuMs} ms own CPU (${cycle.ownSysMs} in the kernel), ${cycle.childCpuMs} ms children, ${cycle.wallMs} ms wall, ` +
           `${cycle.spawns} spawns (${spawned.join("; ")})`,
       );
       results.push(cycle);
@@ -355,7 +358,7 @@ export function formatAgent(agent: AgentResult): string {
   const cycles = agent.cycles.map((c) => `${c.ownCpuMs.toFixed(0)} ms CPU / ${c.wallMs} ms wall`).join(", ");
   return (
     `${idle}${breakdown}\nagent deploy cycles (own CPU, children excluded / wall): ${cycles}\n` +
-    `agent per cycle, min / median: own CPU ${minMed((c) => c.ownCpuMs)} ms, children ${minMed((c) => c.childCpuMs)} ms, ` +
+    `agent per cycle, min / median: own CPU ${minMed((c) => c.ownCpuMs)} ms (kernel ${minMed((c) => c.ownSysMs)} ms), children ${minMed((c) => c.childCpuMs)} ms, ` +
     `wall ${minMed((c) => c.wallMs)} ms, spawns ${minMed((c) => c.spawns)} ` +
     `(load average ${agent.loadAverage.map((l) => l.toFixed(1)).join(" → ")}); ` +
     `a bare Node process spends ${agent.spawnBaselineMs.toFixed(1)} ms own CPU per spawn in the same run\n`
