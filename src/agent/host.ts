@@ -124,6 +124,11 @@ export function lockHolder(path: string): LockHolder | undefined {
  * a sure "free" — a held flock is always listed — and spares a `flock` process per deploy;
  * true (or no /proc/locks) means ask flock itself. Inode numbers alone, because some file
  * systems (btrfs subvolumes, overlayfs) show another device in /proc/locks than stat does.
+ * The limit: Linux lists a lock only while the process that took it is visible in this pid
+ * namespace — a holder in another container sharing the file, or a lock left to a child by a
+ * taker that exited, goes unseen. switch-to-configuration and nixos-rebuild hold the lock in the
+ * process that took it (opened close-on-exec); a switch started against an unseen holder waits
+ * for the lock, bounded by activationTimeout.
  */
 function flockCandidate(path: string): boolean {
   let ino: number;
