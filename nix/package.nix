@@ -76,8 +76,9 @@ let
       (root + "/tsconfig.json")
       (root + "/tsconfig.build.json")
       (root + "/src")
-      # The dashboard's bundler step of `npm run build` (esbuild, a devDependency).
+      # The bundler steps of `npm run build` (esbuild, a devDependency): the dashboard, the agent.
       (root + "/scripts/build-dashboard.mjs")
+      (root + "/scripts/build-agent.mjs")
       (lib.fileset.maybeMissing (root + "/bin"))
       (lib.fileset.maybeMissing (root + "/LICENSE"))
     ];
@@ -102,6 +103,7 @@ buildNpmPackage {
   env.npm_config_build_from_source = "true";
 
   # `npm run build` = tsc -p tsconfig.build.json → dist/{agent,control-plane,cli}/main.js, then
+  # scripts/build-agent.mjs bundles the agent into dist/agent/main.js, and
   # scripts/build-dashboard.mjs bundles the web dashboard (preact) → dist/dashboard, which the
   # control plane serves with --dashboard-listen.
   npmBuildScript = "build";

@@ -120,12 +120,42 @@ export function lockHolder(path: string): LockHolder | undefined {
 }
 
 /**
+ * Whether /proc/locks lists any flock on an inode numbered like `path`'s (any device): false is
+ * a sure "free" — a held flock is always listed — and spares a `flock` process per deploy;
+ * true (or no /proc/locks) means ask flock itself. Inode numbers alone, because some file
+ * systems (btrfs subvolumes, overlayfs) show another device in /proc/locks than stat does.
+ * The limit: Linux lists a lock only while the process that took it is visible in this pid
+ * namespace — a holder in another container sharing the file, or a lock left to a child by a
+ * taker that exited, goes unseen. switch-to-configuration and nixos-rebuild hold the lock in the
+ * process that took it (opened close-on-exec); a switch started against an unseen holder waits
+ * for the lock, bounded by activationTimeout.
+ */
+function flockCandidate(path: string): boolean {
+  let ino: number;
+  let locks: string;
+  try {
+    ino = statSync(path).ino;
+    locks = readFileSync("/proc/locks", "utf8");
+  } catch {
+    return true;
+  }
+  const suffix = `:${ino}`;
+  for (const line of locks.split("\n")) {
+    const fields = line.trim().split(/\s+/);
+    // Blocked waiters ("->") hold nothing; only the holder's line counts.
+    if (fields[1] === "FLOCK" && fields[5]?.endsWith(suffix)) return true;
+  }
+  return false;
+}
+
+/**
  * Whether another process holds switch-to-configuration's lock (a manual `nixos-rebuild`, or a
- * stuck switch). Uses `flock --nonblock` on the real file, so it sees exactly what
- * switch-to-configuration would. A missing lock file means nobody holds it.
+ * stuck switch). When /proc/locks shows no flock on the file, it is free; otherwise `flock
+ * --nonblock` on the real file decides, so a held lock is judged exactly as
+ * switch-to-configuration would meet it. A missing lock file means nobody holds it.
  */
 export async function checkSwitchLock(lockPath: string, timeoutMs = 10_000): Promise<SwitchLockState> {
-  if (!existsSync(lockPath)) return { held: false };
+  if (!existsSync(lockPath) || !flockCandidate(lockPath)) return { held: false };
   const result = await runCommand(["flock", "--nonblock", "--conflict-exit-code", "75", lockPath, "true"], {
     timeoutMs,
   });

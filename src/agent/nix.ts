@@ -3,8 +3,8 @@
  * named), set the system profile, pin GC roots. Every call has a hard timeout and reports the
  * trimmed stderr, so a failure reaches the control plane as a sentence an operator can act on.
  */
-import { mkdirSync } from "node:fs";
-import { dirname } from "node:path";
+import { mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, symlinkSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { describeExit, type RunResult, runCommand } from "./process.js";
 import { trimOutput } from "./text.js";
 
@@ -65,7 +65,23 @@ const FETCH_ADVICE: Record<FetchFailureKind, string> = {
   other: "see the error above",
 };
 
+/** How many paths fetch() found valid are remembered for rooting them without Nix. */
+const VALIDATED_KEPT = 8;
+
+function readlinkOr(path: string): string | undefined {
+  try {
+    return readlinkSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
 export class Nix {
+  /** A link's entry in gcroots/auto, once seen: what makes the link an indirect GC root. */
+  private readonly autoRoots = new Map<string, string>();
+  /** Paths fetch() just found valid (newest last). */
+  private readonly validated: string[] = [];
+
   constructor(private readonly env: NodeJS.ProcessEnv = process.env) {}
 
   private run(argv: string[], options: CallOptions): Promise<RunResult> {
@@ -108,7 +124,10 @@ export class Nix {
         throw new FetchError("interrupted", `fetching ${path} was interrupted (${FETCH_ADVICE.interrupted})`);
       throw err;
     }
-    if (valid) return "local";
+    if (valid) {
+      this.remember(path);
+      return "local";
+    }
     if (cacheUrl === null) {
       throw new FetchError(
         "missing",
@@ -137,7 +156,10 @@ export class Nix {
     );
     if (result.code === 0) {
       // Trust but verify: nix copy exiting 0 must have made the path valid.
-      if (await this.isValid(path, { ...options, timeoutMs: Math.min(remaining(), 60_000) })) return "cache";
+      if (await this.isValid(path, { ...options, timeoutMs: Math.min(remaining(), 60_000) })) {
+        this.remember(path);
+        return "cache";
+      }
       throw new FetchError("other", `nix copy --from ${cacheUrl} exited 0 but ${path} is still not valid`);
     }
     const kind: FetchFailureKind = result.timedOut
@@ -174,13 +196,84 @@ export class Nix {
     );
   }
 
-  /** Pins `path` against garbage collection through the symlink `link` (an indirect root). */
+  private remember(path: string): void {
+    this.validated.push(path);
+    if (this.validated.length > VALIDATED_KEPT) this.validated.shift();
+  }
+
+  /**
+   * Pins `path` against garbage collection through the symlink `link` (an indirect root).
+   *
+   * Once `link` is registered (its entry in <state dir>/gcroots/auto, which `nix-store --add-root
+   * --indirect` made on an earlier deploy), re-pointing the link is all Nix would do: it is done
+   * here, atomically, without a process — when `path` is known valid (fetch() just found it so,
+   * or a registered root beside `link` pins it), which `--realise` would otherwise make sure of.
+   */
   async addGcRoot(link: string, path: string, options: CallOptions): Promise<void> {
+    if (this.repointRoot(link, path)) return;
     await this.mustSucceed(
       ["nix-store", "--add-root", link, "--indirect", "--realise", path],
       options,
       `pin ${path} as a GC root at ${link}`,
     );
+  }
+
+  private repointRoot(link: string, path: string): boolean {
+    if (!this.validated.includes(path) && !this.pinnedBeside(link, path)) return false;
+    if (!this.registered(link)) return false;
+    if (readlinkOr(link) === path) return true;
+    const tmp = `${link}.tmp-${process.pid}`;
+    try {
+      try {
+        symlinkSync(path, tmp);
+      } catch (err) {
+        // A leftover of a crash between the two calls: replace it.
+        if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+        rmSync(tmp, { force: true });
+        symlinkSync(path, tmp);
+      }
+      renameSync(tmp, link);
+      return true;
+    } catch {
+      rmSync(tmp, { force: true });
+      return false;
+    }
+  }
+
+  /** Whether a registered root in `link`'s directory (previous, desired) pins `path`: then it is valid. */
+  private pinnedBeside(link: string, path: string): boolean {
+    let names: string[];
+    try {
+      names = readdirSync(dirname(link));
+    } catch {
+      return false;
+    }
+    return names.some((name) => {
+      const other = join(dirname(link), name);
+      return readlinkOr(other) === path && this.registered(other);
+    });
+  }
+
+  /** Whether gcroots/auto holds an entry pointing at `link` (found once, then checked by one readlink). */
+  private registered(link: string): boolean {
+    const known = this.autoRoots.get(link);
+    if (known !== undefined && readlinkOr(known) === link) return true;
+    this.autoRoots.delete(link);
+    const dir = join(this.env["NIX_STATE_DIR"] ?? "/nix/var/nix", "gcroots", "auto");
+    let names: string[];
+    try {
+      names = readdirSync(dir);
+    } catch {
+      return false;
+    }
+    for (const name of names) {
+      const entry = join(dir, name);
+      if (readlinkOr(entry) === link) {
+        this.autoRoots.set(link, entry);
+        return true;
+      }
+    }
+    return false;
   }
 
   private async mustSucceed(argv: string[], options: CallOptions, what: string): Promise<void> {

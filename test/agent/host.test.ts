@@ -61,6 +61,20 @@ describe("switch lock", () => {
     assert.deepEqual(await checkSwitchLock(lock), { held: false });
   });
 
+  it("judges a free lock from /proc/locks, without running flock", async (t) => {
+    const host = createHost(join(tempDir(t), "host"));
+    t.after(() => host.cleanup());
+    const holder = await host.holdSwitchLock();
+    await holder.release();
+    // No flock on PATH: a check that needed the program would throw "could not be started".
+    const path = process.env.PATH;
+    process.env.PATH = tempDir(t);
+    t.after(() => {
+      process.env.PATH = path;
+    });
+    assert.deepEqual(await checkSwitchLock(host.paths.switchLock), { held: false });
+  });
+
   it("sees a lock held by another process, names the holder, and sees it released", async (t) => {
     const host = createHost(join(tempDir(t), "host"));
     t.after(() => host.cleanup());

@@ -5,6 +5,7 @@
  * (hard timeout), no cache at all.
  */
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -210,6 +211,33 @@ describe("nix layer (real Nix, real caches)", () => {
       nix.setProfile(profile, "/nix/store/00000000000000000000000000000000-gone", { timeoutMs: 60_000 }),
       /could not set profile/,
     );
+  });
+
+  it("re-points a registered GC root to a pinned path without running Nix; anything else goes to nix-store", async () => {
+    const a = systems["local-only"]!.path;
+    const b = systems["from-file"]!.path;
+    const previous = join(dir, "roots", "previous");
+    const desired = join(dir, "roots", "desired");
+    // Registered by nix-store (an entry in gcroots/auto pointing at each link).
+    await nix.addGcRoot(previous, a, { timeoutMs: 60_000 });
+    await nix.addGcRoot(desired, b, { timeoutMs: 60_000 });
+    // No Nix on PATH: a call that needed nix-store would fail "could not be started".
+    const noNix = new Nix({ ...nixEnv(), PATH: join(dir, "no-such-bin") });
+    await noNix.addGcRoot(previous, b, { timeoutMs: 60_000 });
+    assert.equal(readlinkSync(previous), b, "pinned by the desired root, so known valid");
+    // `a` is pinned by nothing now: whether it is still valid is Nix's to say (--realise).
+    await assert.rejects(
+      noNix.addGcRoot(desired, a, { timeoutMs: 60_000 }),
+      /could not pin .* could not be started/,
+    );
+    // A link Nix never registered still needs nix-store, even for a pinned path.
+    await assert.rejects(
+      noNix.addGcRoot(join(dir, "roots", "other"), b, { timeoutMs: 60_000 }),
+      /could not pin .* could not be started/,
+    );
+    // What the garbage collector sees: the re-pointed link is a root of `b`.
+    const roots = execFileSync("nix-store", ["--gc", "--print-roots"], { env: nixEnv(), encoding: "utf8" });
+    assert.match(roots, new RegExp(`${previous} -> ${b}`));
   });
 
   it("reports an invalid path as not valid", async () => {

@@ -109,6 +109,7 @@ describe("nix/package.nix", () => {
       "tsconfig.build.json",
       "src",
       "scripts/build-dashboard.mjs",
+      "scripts/build-agent.mjs",
     ]) {
       assert.ok(rel.includes(needed), `${needed} is in the source set`);
     }

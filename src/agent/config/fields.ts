@@ -7,7 +7,7 @@
  * Messages are ours, not zod's: they say what is expected and echo what was given ("must be true
  * or false, got \"yes\""), and the caller adds the key and where it came from.
  */
-import { z } from "zod";
+import * as z from "zod";
 import { DURATION_HINT, parseDuration } from "../../common/duration.js";
 import { machineIdProblem, normalizeTags, tagsProblem } from "../../common/ids.js";
 import { isLogLevel, LOG_LEVELS } from "../../common/logger.js";

@@ -7,7 +7,7 @@
  * checked against these declarations by test/nix/agent-module.test.ts.
  */
 import { hostname } from "node:os";
-import { z } from "zod";
+import * as z from "zod";
 import { LOG_LEVELS } from "../../common/logger.js";
 import {
   absolutePath,
