@@ -1,13 +1,13 @@
 /**
  * What the raw gRPC paths (grpc-session.ts, grpc-unary.ts) share of the protocol: the
- * compressions they accept (Connect's own codecs, so both paths accept the same), the response
- * headers, and the status as trailers (Connect's encoder: grpc-status, percent-encoded
+ * compressions they accept (Connect's own codecs, so both paths accept the same), the request
+ * headers they read before the body, the response headers, and the status as trailers (Connect's encoder: grpc-status, percent-encoded
  * grpc-message, grpc-status-details-bin).
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http2";
 import type { ConnectError } from "@connectrpc/connect";
-import type { Compression } from "@connectrpc/connect/protocol";
-import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { type Compression, compressionNegotiate } from "@connectrpc/connect/protocol";
+import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 
 export const COMPRESSIONS: Compression[] = [compressionGzip, compressionBrotli];
@@ -41,4 +41,23 @@ export function statusHeaders(error: ConnectError | null): OutgoingHttpHeaders {
     out[key] = value;
   });
   return out;
+}
+
+/** What the request's headers ask for, as Connect's gRPC handler reads them before the body. */
+export type RequestTerms =
+  | { error: null; compression: Compression | null; timeoutMs: number | undefined }
+  | { error: ConnectError };
+
+/** grpc-encoding against the compressions we accept, and grpc-timeout. */
+export function requestTerms(headers: IncomingHttpHeaders): RequestTerms {
+  const negotiated = compressionNegotiate(
+    COMPRESSIONS,
+    header(headers["grpc-encoding"]),
+    null,
+    "grpc-accept-encoding",
+  );
+  if (negotiated.error) return { error: negotiated.error };
+  const timeout = parseTimeout(header(headers["grpc-timeout"]), Number.MAX_SAFE_INTEGER);
+  if (timeout.error) return { error: timeout.error };
+  return { error: null, compression: negotiated.request, timeoutMs: timeout.timeoutMs };
 }

@@ -17,8 +17,7 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from
 import { performance } from "node:perf_hooks";
 import { fromBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { type Compression, compressionNegotiate } from "@connectrpc/connect/protocol";
-import { parseTimeout } from "@connectrpc/connect/protocol-grpc";
+import type { Compression } from "@connectrpc/connect/protocol";
 import type { Logger } from "../../common/logger.js";
 import { type AgentMessage, AgentMessageSchema, AgentService } from "../../gen/nixfleet/v1/agent_pb.js";
 import { availabilityError, type Phase } from "../auth/interceptors.js";
@@ -30,7 +29,7 @@ import type { OutgoingMessage } from "../push/outgoing.js";
 import { type AgentSessions, helloTimeoutError } from "../services/agent-session.js";
 import { toConnectError } from "../services/errors.js";
 import { type GrpcFrame, splitFrames } from "./grpc-frames.js";
-import { COMPRESSIONS, header, isBinaryGrpc, RESPONSE_HEADERS, statusHeaders } from "./grpc-protocol.js";
+import { isBinaryGrpc, RESPONSE_HEADERS, requestTerms, statusHeaders } from "./grpc-protocol.js";
 
 export const SESSION_PATH = `/${AgentService.typeName}/${AgentService.method.session.name}`;
 
@@ -156,23 +155,13 @@ class GrpcSession {
       this.finish(new ConnectError(decision.message, decision.code));
       return;
     }
-    const negotiated = compressionNegotiate(
-      COMPRESSIONS,
-      header(headers["grpc-encoding"]),
-      null,
-      "grpc-accept-encoding",
-    );
-    if (negotiated.error) {
-      this.finish(negotiated.error);
+    const terms = requestTerms(headers);
+    if (terms.error) {
+      this.finish(terms.error);
       return;
     }
-    this.compression = negotiated.request;
-    const timeout = parseTimeout(header(headers["grpc-timeout"]), Number.MAX_SAFE_INTEGER);
-    if (timeout.error) {
-      this.finish(timeout.error);
-      return;
-    }
-    if (timeout.timeoutMs !== undefined) this.deadline = setTimeout(deadlineExpired, timeout.timeoutMs, this);
+    this.compression = terms.compression;
+    if (terms.timeoutMs !== undefined) this.deadline = setTimeout(deadlineExpired, terms.timeoutMs, this);
     this.helloTimer = setTimeout(helloExpired, this.o.helloTimeoutMs, this);
   }
 

@@ -34,8 +34,7 @@ import {
   toBinary,
 } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { type Compression, compressionNegotiate } from "@connectrpc/connect/protocol";
-import { parseTimeout } from "@connectrpc/connect/protocol-grpc";
+import type { Compression } from "@connectrpc/connect/protocol";
 import type { Logger } from "../../common/logger.js";
 import { AgentService } from "../../gen/nixfleet/v1/agent_pb.js";
 import { availabilityError, type Phase } from "../auth/interceptors.js";
@@ -44,14 +43,7 @@ import type { ControlPlaneMetrics } from "../metrics.js";
 import type { AgentUnary } from "../services/agent-unary.js";
 import { toConnectError } from "../services/errors.js";
 import { type GrpcFrame, splitFrames } from "./grpc-frames.js";
-import {
-  COMPRESSIONS,
-  header,
-  isBinaryGrpc,
-  OK_TRAILERS,
-  RESPONSE_HEADERS,
-  statusHeaders,
-} from "./grpc-protocol.js";
+import { isBinaryGrpc, OK_TRAILERS, RESPONSE_HEADERS, requestTerms, statusHeaders } from "./grpc-protocol.js";
 
 export interface GrpcUnaryOptions {
   unary: AgentUnary;
@@ -153,23 +145,13 @@ class UnaryCall {
 
   /** What Connect's gRPC handler checks before reading the body: compression and timeout. */
   start(headers: IncomingHttpHeaders): void {
-    const negotiated = compressionNegotiate(
-      COMPRESSIONS,
-      header(headers["grpc-encoding"]),
-      null,
-      "grpc-accept-encoding",
-    );
-    if (negotiated.error) {
-      this.finish(negotiated.error);
+    const terms = requestTerms(headers);
+    if (terms.error) {
+      this.finish(terms.error);
       return;
     }
-    this.compression = negotiated.request;
-    const timeout = parseTimeout(header(headers["grpc-timeout"]), Number.MAX_SAFE_INTEGER);
-    if (timeout.error) {
-      this.finish(timeout.error);
-      return;
-    }
-    if (timeout.timeoutMs !== undefined) this.deadline = setTimeout(deadlineExpired, timeout.timeoutMs, this);
+    this.compression = terms.compression;
+    if (terms.timeoutMs !== undefined) this.deadline = setTimeout(deadlineExpired, terms.timeoutMs, this);
   }
 
   receive(chunk: Buffer): void {
