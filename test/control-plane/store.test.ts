@@ -507,6 +507,51 @@ for (const backend of BACKENDS) {
       await store.createRollout(rollout("r-3", "rel-1", [[["a", storePath("a", 2)]]]), "x", 6);
     });
 
+    it("startBatch returns the rollout as it now reads, without re-reading it (first start and re-start)", async (t) => {
+      const store = await fresh(t);
+      await fleet(store, "a", "b", "c");
+      await store.setDesired({ machineId: "a", storePath: storePath("a", 1), cacheUrl: "" }, "x", 3);
+      await store.createRollout(
+        rollout("r-1", "rel-1", [
+          [
+            ["a", storePath("a", 2)],
+            ["b", storePath("b", 2)],
+          ],
+          [["c", storePath("c", 2)]],
+        ]),
+        "x",
+        4,
+      );
+      const first = (await store.startBatch("r-1", 0, 5))!;
+      assert.deepEqual(first.rollout, await store.getRollout("r-1"));
+      assert.equal(first.rollout.batches[0]!.machines[0]!.previousGeneration, storePath("a", 1));
+      // Gate states recorded, the batch failed and resumed: the re-start resets the gate states
+      // and keeps the previous generations recorded the first time.
+      const startedSeq = first.rollout.batches[0]!.startedSeq!;
+      await store.recordGate(
+        "r-1",
+        0,
+        startedSeq,
+        [
+          { machineId: "a", state: "healthy", reason: "" },
+          { machineId: "b", state: "unhealthy", reason: "check nginx failed" },
+        ],
+        6,
+      );
+      await store.finishBatch("r-1", 0, startedSeq, { passed: false, message: "b failed" }, 7);
+      await store.resumeRollout("r-1", "apikey:ops", 8);
+      const again = (await store.startBatch("r-1", 0, 9))!;
+      assert.deepEqual(again.rollout, await store.getRollout("r-1"));
+      assert.deepEqual(
+        again.rollout.batches[0]!.machines.map((m) => [m.machineId, m.gateState, m.previousGeneration]),
+        [
+          ["a", "pending", storePath("a", 1)],
+          ["b", "pending", null],
+        ],
+      );
+      assert.equal(again.rollout.batches[1]!.machines[0]!.previousRecorded, false);
+    });
+
     it("records previous desired generations once; revert restores them (clearing where there were none)", async (t) => {
       const store = await fresh(t);
       await fleet(store, "a", "b");

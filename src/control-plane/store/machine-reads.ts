@@ -208,6 +208,73 @@ export async function listMachines(ctx: Ctx, filter: MachineFilter): Promise<Mac
   return (await query.orderBy("m.id").limit(filter.limit).execute()).map(toMachine);
 }
 
+/** What choosing a rollout's machines needs of each: its lifecycle and any active rollout. */
+export type TargetCandidate = Pick<MachineRecord, "id" | "lifecycle" | "activeRollout">;
+
+type CandidateRow = [
+  id: string,
+  lifecycle: MachineRecord["lifecycle"],
+  activeId: string | null,
+  activeBatch: number | null,
+  activeStatus: NonNullable<MachineRecord["activeRollout"]>["status"] | null,
+];
+
+/**
+ * The machines a rollout target names — having all `tags`, or the `hosts` (missing ones absent) —
+ * with only what resolveTargets needs, sorted by id: CreateRollout lists the whole fleet before
+ * its first push, and the full machine record (tags, health, desired) is most of that cost.
+ */
+export async function targetCandidates(
+  ctx: Ctx,
+  target: { tags: readonly string[] } | { hosts: readonly string[] },
+): Promise<TargetCandidate[]> {
+  const columns = sql.join([
+    sql.ref("m.id"),
+    sql.ref("m.lifecycle"),
+    sql.ref("rm.rollout_id"),
+    sql.ref("rm.batch_index"),
+    sql.ref("r.status"),
+  ]);
+  const row =
+    ctx.kind === "postgres"
+      ? sql<CandidateRow | string>`json_build_array(${columns})`
+      : sql<CandidateRow | string>`json_array(${columns})`;
+  let query = ctx.q
+    .selectFrom("machines as m")
+    .leftJoin("rollout_machines as rm", (j) => j.onRef("rm.machine_id", "=", "m.id").on("rm.active", "=", 1))
+    .leftJoin("rollouts as r", "r.id", "rm.rollout_id")
+    .select(row.as("r"));
+  if ("hosts" in target) {
+    if (target.hosts.length === 0) return [];
+    query = query.where("m.id", "in", jsonList(ctx, [...new Set(target.hosts)]));
+  } else {
+    const tags = [...new Set(target.tags)];
+    query = query.where("m.id", "in", (eb) =>
+      eb
+        .selectFrom("machine_tags")
+        .select("machine_id")
+        .where("tag", "in", tags)
+        .groupBy("machine_id")
+        .having((h) => h.fn.countAll(), "=", tags.length),
+    );
+  }
+  const rows = await query.execute();
+  const out = rows.map(({ r }): TargetCandidate => {
+    const [id, lifecycle, activeId, activeBatch, activeStatus] =
+      typeof r === "string" ? (JSON.parse(r) as CandidateRow) : r;
+    return {
+      id,
+      lifecycle,
+      activeRollout:
+        activeId === null
+          ? null
+          : { rolloutId: activeId, batchIndex: activeBatch ?? 0, status: activeStatus ?? "running" },
+    };
+  });
+  // Sorted here, not by the database: the same order (code units) whatever PostgreSQL's collation.
+  return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+}
+
 export async function desiredFor(
   ctx: Ctx,
   machineId: string,

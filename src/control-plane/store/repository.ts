@@ -6,9 +6,11 @@
  * embedded SQLite implementation is sqlite-store.ts, the PostgreSQL one
  * postgres-store.ts; both are kysely-store.ts, the queries written once.
  */
+
 import type { LeaseRow } from "../leader/lease.js";
 import type { HealthEvidence, OutcomeEvidence } from "../rollouts/gate.js";
 import type { LeaseClaim } from "./lease.js";
+import type { TargetCandidate } from "./machine-reads.js";
 import type {
   AgentContactResult,
   ApiKeyRecord,
@@ -152,6 +154,10 @@ export interface FleetStore {
   /** The machine's latest health report, or null before its first. */
   latestHealthReport(machineId: string): Promise<HealthReportRecord | null>;
   listMachines(filter: MachineFilter): Promise<MachineRecord[]>;
+  /** The machines a rollout target names, with only what choosing them needs (sorted by id). */
+  targetCandidates(
+    target: { tags: readonly string[] } | { hosts: readonly string[] },
+  ): Promise<TargetCandidate[]>;
   registerMachine(
     input: { id: string; tags: string[]; lifecycle: Lifecycle | null },
     actor: string,
