@@ -43,6 +43,14 @@ const rounds = Number(values.rounds);
 let writes: number[] = [];
 let flushed: number[] = [];
 let pendingFlush = 0;
+/** This process's CPU (ms) from the call to the first push written, and to the last flushed. */
+let cpuAtFirst = 0;
+let cpuAtFlush = 0;
+let cpuStart = process.cpuUsage();
+const cpuSince = () => {
+  const c = process.cpuUsage(cpuStart);
+  return (c.user + c.system) / 1000;
+};
 
 /** A stream that takes every message at once, encoding it as the raw gRPC Session path does. */
 class RecordingConnection extends AgentConnection {
@@ -52,9 +60,11 @@ class RecordingConnection extends AgentConnection {
   protected write(message: OutgoingMessage): void {
     message.frame();
     if (message.kind !== "desiredGenerationChanged") return;
+    if (writes.length === 0) cpuAtFirst = cpuSince();
     writes.push(performance.now());
     if (pendingFlush++ === 0)
       setImmediate(() => {
+        cpuAtFlush = cpuSince();
         const at = performance.now();
         for (let i = 0; i < pendingFlush; i++) flushed.push(at);
         pendingFlush = 0;
@@ -152,6 +162,7 @@ async function main(): Promise<void> {
     writes = [];
     flushed = [];
     const cpu0 = process.cpuUsage();
+    cpuStart = cpu0;
     const t0 = performance.now();
     const res = await client.createRollout(
       {
@@ -180,6 +191,8 @@ async function main(): Promise<void> {
       p99FlushMs: round1(pct(f, 99)),
       lastFlushMs: round1(Math.max(...f)),
       responseMs: round1(responseMs),
+      cpuToFirstPushMs: round1(cpuAtFirst),
+      cpuToLastFlushMs: round1(cpuAtFlush),
       cpuMs: round1((cpu.user + cpu.system) / 1000),
     };
     if (r >= 0) results.push(row);

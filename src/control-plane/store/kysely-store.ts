@@ -124,6 +124,9 @@ export abstract class KyselyFleetStore implements FleetStore {
   getRollout(id: string) {
     return rolloutReads.getRollout(this.read, id);
   }
+  rolloutHead(id: string) {
+    return rolloutReads.rolloutHead(this.read, id);
+  }
   listRollouts(filter: RolloutFilter) {
     return rolloutReads.listRollouts(this.read, filter);
   }

@@ -33,6 +33,7 @@ import type {
   RolloutStatus,
   Strategy,
 } from "./records.js";
+import type { RolloutHead } from "./rollout-reads.js";
 
 export interface MachineFilter {
   tags: readonly string[];
@@ -189,6 +190,8 @@ export interface FleetStore {
   // --- rollouts
   createRollout(input: NewRollout, actor: string, now: number): Promise<RolloutChange>;
   getRollout(id: string): Promise<RolloutRecord | undefined>;
+  /** The rollout's fields and batches without its machines (the executor's view). */
+  rolloutHead(id: string): Promise<RolloutHead | undefined>;
   listRollouts(filter: RolloutFilter): Promise<RolloutRecord[]>;
   rolloutEvents(id: string, afterId: number, limit: number): Promise<RolloutEventRecord[]>;
   runningRolloutIds(): Promise<string[]>;

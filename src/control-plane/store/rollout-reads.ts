@@ -170,6 +170,26 @@ export async function batchRow(ctx: Ctx, rolloutId: string, index: number) {
     .executeTakeFirst();
 }
 
+/** A rollout without its machines: what the executor decides its next step from. */
+export type RolloutHead = Omit<RolloutRecord, "batches"> & { batches: Omit<BatchRecord, "machines">[] };
+
+/**
+ * The rollout's fields and batches, not its machines: the executor evaluates a rollout on every
+ * report from one of its machines, and reading 10,000 machine rows each time was most of that.
+ */
+export async function rolloutHead(ctx: Ctx, id: string): Promise<RolloutHead | undefined> {
+  const row = await rolloutRow(ctx, id);
+  if (!row) return undefined;
+  const batches = (await batchRows(ctx, id)).map((b) => ({
+    index: b.batch_index,
+    status: b.status,
+    startedAt: b.started_at,
+    startedSeq: b.started_seq,
+    completedAt: b.completed_at,
+  }));
+  return { ...rolloutFields(row), batches };
+}
+
 export async function getRollout(ctx: Ctx, id: string): Promise<RolloutRecord | undefined> {
   const row = await rolloutRow(ctx, id);
   return row ? toRollout(ctx, row) : undefined;
