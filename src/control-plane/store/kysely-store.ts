@@ -85,6 +85,9 @@ export abstract class KyselyFleetStore implements FleetStore {
   listMachines(filter: MachineFilter) {
     return machineReads.listMachines(this.read, filter);
   }
+  machineStatusRows(filter: Omit<MachineFilter, "afterId" | "limit">) {
+    return machineReads.machineStatusRows(this.read, filter);
+  }
   targetCandidates(target: { tags: readonly string[] } | { hosts: readonly string[] }) {
     return machineReads.targetCandidates(this.read, target);
   }

@@ -10,7 +10,7 @@
 import type { LeaseRow } from "../leader/lease.js";
 import type { HealthEvidence, OutcomeEvidence } from "../rollouts/gate.js";
 import type { LeaseClaim } from "./lease.js";
-import type { TargetCandidate } from "./machine-reads.js";
+import type { MachineStatusRow, TargetCandidate } from "./machine-reads.js";
 import type {
   AgentContactResult,
   ApiKeyRecord,
@@ -155,6 +155,8 @@ export interface FleetStore {
   /** The machine's latest health report, or null before its first. */
   latestHealthReport(machineId: string): Promise<HealthReportRecord | null>;
   listMachines(filter: MachineFilter): Promise<MachineRecord[]>;
+  /** Every machine the filter picks, sorted by id, in the fleet status's form (GetFleetStatus). */
+  machineStatusRows(filter: Omit<MachineFilter, "afterId" | "limit">): Promise<MachineStatusRow[]>;
   /** The machines a rollout target names, with only what choosing them needs (sorted by id). */
   targetCandidates(
     target: { tags: readonly string[] } | { hosts: readonly string[] },
