@@ -10,7 +10,7 @@
  *   per call and appended (protobuf merges repeated occurrences of a message's fields, and these
  *   three are absent from the first part).
  *
- * The response carries each machine as an already-encoded `machines` field (field 1) among its
+ * The response carries the machines as already-encoded `machines` fields (field 1) in its
  * unknown fields, which protobuf-es writes verbatim; a binary client decodes exactly the message
  * the plain path builds. JSON clients get the plain path (unknown fields have no JSON form).
  */
@@ -54,10 +54,10 @@ export class FleetStatusEncoder {
     staleAfterSeconds: number,
   ): GetFleetStatusResponse {
     const next = new Map<string, Kept>();
-    const unknown: { no: number; wireType: WireType; data: Uint8Array }[] = [];
     let inSync = 0;
     let stale = 0;
     let healthy = 0;
+    // Every machine as a `machines` entry, one after the other, in one buffer.
     const w = new BinaryWriter();
     for (const row of rows) {
       let kept = this.kept.get(row.id);
@@ -68,6 +68,7 @@ export class FleetStatusEncoder {
       if (kept.inSync) inSync++;
       if (isStaleNow) stale++;
       if (kept.healthy) healthy++;
+      w.tag(MACHINES, WireType.LengthDelimited).fork().raw(kept.bytes);
       // The per-call part, as protobuf-es writes it (proto3: zero values are not written).
       if (lastSeen !== null) {
         w.tag(LAST_SEEN, WireType.LengthDelimited).fork();
@@ -79,15 +80,7 @@ export class FleetStatusEncoder {
       }
       if (isStaleNow) w.tag(STALE, WireType.Varint).bool(true);
       if (this.live.connected(row.id)) w.tag(CONNECTED, WireType.Varint).bool(true);
-      const dynamic = w.finish();
-      // An unknown length-delimited field's data is its length prefix and its bytes.
-      const length = kept.bytes.length + dynamic.length;
-      const prefix = new BinaryWriter().uint32(length).finish();
-      const data = new Uint8Array(prefix.length + length);
-      data.set(prefix, 0);
-      data.set(kept.bytes, prefix.length);
-      data.set(dynamic, prefix.length + kept.bytes.length);
-      unknown.push({ no: MACHINES, wireType: WireType.LengthDelimited, data });
+      w.join();
     }
     this.kept = next;
     // A message, not an init shape: creating one from an init shape drops unknown fields.
@@ -98,7 +91,13 @@ export class FleetStatusEncoder {
       healthy,
       staleAfterSeconds,
     });
-    response.$unknown = unknown;
+    if (rows.length > 0) {
+      // toBinary writes an unknown field as its tag and then its data verbatim: the data here is
+      // everything after the first entry's tag (one byte: field 1, length-delimited), so the
+      // bytes written are exactly the entries above.
+      const entries = w.finish();
+      response.$unknown = [{ no: MACHINES, wireType: WireType.LengthDelimited, data: entries.subarray(1) }];
+    }
     return response;
   }
 
