@@ -11,6 +11,7 @@ import {
 } from "../../src/control-plane/store/database.js";
 import { AlreadyExistsError, ConflictError, NotFoundError } from "../../src/control-plane/store/errors.js";
 import type { KyselyFleetStore } from "../../src/control-plane/store/kysely-store.js";
+import { statusRowMachine } from "../../src/control-plane/store/machine-reads.js";
 import type { ReportInput } from "../../src/control-plane/store/records.js";
 import type { NewRollout } from "../../src/control-plane/store/repository.js";
 import { LATEST_SCHEMA_VERSION, MIGRATIONS } from "../../src/control-plane/store/schema.js";
@@ -393,6 +394,54 @@ for (const backend of BACKENDS) {
       assert.deepEqual(await ids({ tags: ["eu", "eu"] }), ["a", "c"]);
       assert.deepEqual(await ids({ lifecycle: "maintenance" }), ["c"]);
       assert.deepEqual(await ids({ afterId: "a", limit: 1 }), ["b"]);
+    });
+
+    it("status rows and target candidates say what the machine records say", async (t) => {
+      const store = await fresh(t);
+      await store.recordReport(report("a", { tags: ["web", "eu"] }), 1);
+      await store.recordReport(report("b", { tags: ["web", "us"] }), 2);
+      await store.recordReport(report("c", { tags: ["db", "eu"] }), 3);
+      await store.setDesired({ machineId: "a", storePath: storePath("a", 2), cacheUrl: "https://c" }, "x", 4);
+      await store.setLifecycle("c", "maintenance", "x", 5);
+      const all = await store.listMachines({
+        tags: [],
+        match: "all",
+        lifecycle: null,
+        afterId: null,
+        limit: 100,
+      });
+      const rows = await store.machineStatusRows({ tags: [], match: "all", lifecycle: null });
+      assert.deepEqual(rows.map(statusRowMachine), all);
+      assert.deepEqual(
+        rows.map((r) => [r.id, r.lastSeen, r.registeredAt]),
+        all.map((m) => [m.id, m.lastSeen, m.registeredAt]),
+      );
+      const eu = await store.machineStatusRows({ tags: ["eu"], match: "all", lifecycle: null });
+      assert.deepEqual(
+        eu.map((r) => r.id),
+        ["a", "c"],
+      );
+      // The key stays while nothing is written, and changes with a write to that machine only.
+      const same = await store.machineStatusRows({ tags: [], match: "all", lifecycle: null });
+      assert.deepEqual(
+        same.map((r) => r.key),
+        rows.map((r) => r.key),
+      );
+      const before = rows.find((r) => r.id === "b")!.key;
+      await store.setDesired({ machineId: "b", storePath: storePath("b", 2), cacheUrl: "" }, "x", 11);
+      const changed = await store.machineStatusRows({ tags: [], match: "all", lifecycle: null });
+      assert.notEqual(changed.find((r) => r.id === "b")!.key, before);
+      assert.equal(changed.find((r) => r.id === "a")!.key, rows.find((r) => r.id === "a")!.key);
+      assert.deepEqual(
+        await store.targetCandidates({ tags: ["eu"] }),
+        all
+          .filter((m) => m.tags.includes("eu"))
+          .map((m) => ({ id: m.id, lifecycle: m.lifecycle, activeRollout: null })),
+      );
+      assert.deepEqual(
+        (await store.targetCandidates({ hosts: ["c", "ghost", "a"] })).map((m) => m.id),
+        ["a", "c"],
+      );
     });
   });
 
