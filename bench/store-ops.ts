@@ -2,7 +2,8 @@
  * The store operations behind a push and behind agent reports, at N machines on SQLite, in one
  * process without the RPC layer (`npx tsx bench/store-ops.ts [--machines N] [--seconds T]`):
  *
- * - listing the machines a tag selector picks (what CreateRollout does first),
+ * - listing the machines a tag selector picks (listMachines, the full records; CreateRollout now
+ *   reads only targetCandidates), reading the release and the rollout (CPU only),
  * - createRollout of all of them in one ALL_AT_ONCE batch, and startBatch of that batch,
  * - recordReport in a bare loop (one call at a time: ms per call),
  * - the report path as the control plane runs it — AgentIntake with a live executor, every
@@ -106,7 +107,16 @@ const newRollout = (id: string, machines: string[]) => ({
 const list: number[] = [];
 const create: number[] = [];
 const start: number[] = [];
+// CPU ms of the other reads before a push: the release, the light candidate list, the rollout.
+const extra: Record<string, number[]> = { getRelease: [], targetCandidates: [], getRollout: [] };
+const cpuOf = async (name: string, fn: () => Promise<unknown>) => {
+  const c0 = cpuMs();
+  await fn();
+  extra[name]!.push(cpuMs() - c0);
+};
 for (let r = 0; r < rounds; r++) {
+  await cpuOf("getRelease", () => store.getRelease("rel-bench"));
+  await cpuOf("targetCandidates", () => store.targetCandidates({ tags: ["bench"] }));
   let listed: string[] = [];
   list.push(
     await time(async () => {
@@ -123,6 +133,7 @@ for (let r = 0; r < rounds; r++) {
   if (listed.length !== N) throw new Error(`listed ${listed.length} machines, expected ${N}`);
   const id = `r-${r}`;
   create.push(await time(() => store.createRollout(newRollout(id, listed), "bench", Date.now())));
+  await cpuOf("getRollout", () => store.getRollout(id));
   start.push(await time(() => store.startBatch(id, 0, Date.now())));
   if (r < rounds - 1)
     await store.endRollout(
@@ -221,6 +232,9 @@ process.stdout.write(
     startBatchMs: Math.round(median(start) * 10) / 10,
     // CPU ms per list / create / start (same order), each the median round's
     cpuMs: [0, 1, 2].map((k) => Math.round(median(cpu.filter((_, i) => i % 3 === k)) * 10) / 10),
+    otherCpuMs: Object.fromEntries(
+      Object.entries(extra).map(([k, v]) => [k, Math.round(median(v) * 10) / 10]),
+    ),
     recordReportMs: Math.round(bareMs * 1000) / 1000,
     recordReportCpuMs: Math.round(bareCpuMs * 1000) / 1000,
     reportPathCpuMs: Math.round(pathCpuMs * 1000) / 1000,

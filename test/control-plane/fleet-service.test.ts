@@ -570,6 +570,40 @@ describe("FleetService", () => {
       assert.equal(b?.health?.state, 1, "UNKNOWN before any health report");
     });
 
+    it("GetFleetStatus answers binary and JSON clients alike, before and after a machine changes", async () => {
+      const cur = storePath("sys-fe-01", 1);
+      await report("fe-01", ["fe"], cur);
+      await report("fe-02", ["fe"], cur);
+      await h.fleet("deploy").setDesiredGeneration({ machineId: "fe-01", storePath: cur });
+      await h.agent("fe-01").reportHealth({ machineId: "fe-01", currentGeneration: cur, allPassed: false });
+      const both = async () => {
+        const binary = await h.fleet("readonly", "grpc").getFleetStatus({ tags: ["fe"] });
+        const json = await h.fleet("readonly", "connect-json").getFleetStatus({ tags: ["fe"] });
+        // Last seen moves with the clock between the two calls; everything else must match.
+        assert.deepEqual(
+          { ...binary, machines: binary.machines.map((m) => ({ ...m, lastSeen: undefined })) },
+          { ...json, machines: json.machines.map((m) => ({ ...m, lastSeen: undefined })) },
+        );
+        for (const [i, m] of binary.machines.entries()) {
+          assert.ok(m.lastSeen && json.machines[i]!.lastSeen);
+          assert.ok(Math.abs(Number(m.lastSeen.seconds - json.machines[i]!.lastSeen!.seconds)) <= 5);
+        }
+        return binary;
+      };
+      const before = await both();
+      assert.equal(before.machines[0]!.health?.failingChecks.length, 0);
+      assert.equal(before.machines[1]!.desiredGeneration, "");
+      // A changed machine is rebuilt; the other keeps its bytes.
+      await h
+        .fleet("deploy")
+        .setDesiredGeneration({ machineId: "fe-02", storePath: storePath("sys-fe-02", 2) });
+      await h.agent("fe-01").reportHealth({ machineId: "fe-01", currentGeneration: cur, allPassed: true });
+      const after = await both();
+      assert.equal(after.machines[1]!.desiredGeneration, storePath("sys-fe-02", 2));
+      assert.equal(after.healthy, 1);
+      assert.equal(after.inSync, 1);
+    });
+
     it("ListAuditEvents filters by actor, action, target and pages newest first", async () => {
       const ro = h.fleet("readonly");
       const all = await ro.listAuditEvents({ pageSize: 3 });

@@ -26,7 +26,8 @@ import type { CertPair, Pki } from "../fixtures/pki.js";
 import { testDatabaseUrl } from "../fixtures/postgres.js";
 import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
 
-export type Protocol = "grpc" | "connect" | "connect-h1" | "grpc-web";
+/** "connect-json": the Connect protocol with JSON messages (the others are binary). */
+export type Protocol = "grpc" | "connect" | "connect-json" | "connect-h1" | "grpc-web";
 
 export interface HarnessOptions extends Partial<Omit<ControlPlaneOptions, "logger" | "tls">> {
   /** Bind only; do not open the database (to observe the start-up phase). */
@@ -177,7 +178,7 @@ export class Clients {
     const base = { baseUrl: this.url, httpVersion: "2" as const, sessionManager: manager, interceptors };
     if (protocol === "grpc") return createGrpcTransport(base);
     if (protocol === "grpc-web") return createGrpcWebTransport(base);
-    return createConnectTransport(base);
+    return createConnectTransport({ ...base, useBinaryFormat: protocol !== "connect-json" });
   }
 
   fleet(secret: string | null, protocol: Protocol = "grpc"): Client<typeof FleetService> {

@@ -11,6 +11,7 @@ import {
 } from "../../src/control-plane/store/database.js";
 import { AlreadyExistsError, ConflictError, NotFoundError } from "../../src/control-plane/store/errors.js";
 import type { KyselyFleetStore } from "../../src/control-plane/store/kysely-store.js";
+import { statusRowMachine } from "../../src/control-plane/store/machine-reads.js";
 import type { ReportInput } from "../../src/control-plane/store/records.js";
 import type { NewRollout } from "../../src/control-plane/store/repository.js";
 import { LATEST_SCHEMA_VERSION, MIGRATIONS } from "../../src/control-plane/store/schema.js";
@@ -394,6 +395,54 @@ for (const backend of BACKENDS) {
       assert.deepEqual(await ids({ lifecycle: "maintenance" }), ["c"]);
       assert.deepEqual(await ids({ afterId: "a", limit: 1 }), ["b"]);
     });
+
+    it("status rows and target candidates say what the machine records say", async (t) => {
+      const store = await fresh(t);
+      await store.recordReport(report("a", { tags: ["web", "eu"] }), 1);
+      await store.recordReport(report("b", { tags: ["web", "us"] }), 2);
+      await store.recordReport(report("c", { tags: ["db", "eu"] }), 3);
+      await store.setDesired({ machineId: "a", storePath: storePath("a", 2), cacheUrl: "https://c" }, "x", 4);
+      await store.setLifecycle("c", "maintenance", "x", 5);
+      const all = await store.listMachines({
+        tags: [],
+        match: "all",
+        lifecycle: null,
+        afterId: null,
+        limit: 100,
+      });
+      const rows = await store.machineStatusRows({ tags: [], match: "all", lifecycle: null });
+      assert.deepEqual(rows.map(statusRowMachine), all);
+      assert.deepEqual(
+        rows.map((r) => [r.id, r.lastSeen, r.registeredAt]),
+        all.map((m) => [m.id, m.lastSeen, m.registeredAt]),
+      );
+      const eu = await store.machineStatusRows({ tags: ["eu"], match: "all", lifecycle: null });
+      assert.deepEqual(
+        eu.map((r) => r.id),
+        ["a", "c"],
+      );
+      // The key stays while nothing is written, and changes with a write to that machine only.
+      const same = await store.machineStatusRows({ tags: [], match: "all", lifecycle: null });
+      assert.deepEqual(
+        same.map((r) => r.key),
+        rows.map((r) => r.key),
+      );
+      const before = rows.find((r) => r.id === "b")!.key;
+      await store.setDesired({ machineId: "b", storePath: storePath("b", 2), cacheUrl: "" }, "x", 11);
+      const changed = await store.machineStatusRows({ tags: [], match: "all", lifecycle: null });
+      assert.notEqual(changed.find((r) => r.id === "b")!.key, before);
+      assert.equal(changed.find((r) => r.id === "a")!.key, rows.find((r) => r.id === "a")!.key);
+      assert.deepEqual(
+        await store.targetCandidates({ tags: ["eu"] }),
+        all
+          .filter((m) => m.tags.includes("eu"))
+          .map((m) => ({ id: m.id, lifecycle: m.lifecycle, activeRollout: null })),
+      );
+      assert.deepEqual(
+        (await store.targetCandidates({ hosts: ["c", "ghost", "a"] })).map((m) => m.id),
+        ["a", "c"],
+      );
+    });
   });
 
   suite("releases, rollouts and keys", () => {
@@ -505,6 +554,51 @@ for (const backend of BACKENDS) {
         5,
       );
       await store.createRollout(rollout("r-3", "rel-1", [[["a", storePath("a", 2)]]]), "x", 6);
+    });
+
+    it("startBatch returns the rollout as it now reads, without re-reading it (first start and re-start)", async (t) => {
+      const store = await fresh(t);
+      await fleet(store, "a", "b", "c");
+      await store.setDesired({ machineId: "a", storePath: storePath("a", 1), cacheUrl: "" }, "x", 3);
+      await store.createRollout(
+        rollout("r-1", "rel-1", [
+          [
+            ["a", storePath("a", 2)],
+            ["b", storePath("b", 2)],
+          ],
+          [["c", storePath("c", 2)]],
+        ]),
+        "x",
+        4,
+      );
+      const first = (await store.startBatch("r-1", 0, 5))!;
+      assert.deepEqual(first.rollout, await store.getRollout("r-1"));
+      assert.equal(first.rollout.batches[0]!.machines[0]!.previousGeneration, storePath("a", 1));
+      // Gate states recorded, the batch failed and resumed: the re-start resets the gate states
+      // and keeps the previous generations recorded the first time.
+      const startedSeq = first.rollout.batches[0]!.startedSeq!;
+      await store.recordGate(
+        "r-1",
+        0,
+        startedSeq,
+        [
+          { machineId: "a", state: "healthy", reason: "" },
+          { machineId: "b", state: "unhealthy", reason: "check nginx failed" },
+        ],
+        6,
+      );
+      await store.finishBatch("r-1", 0, startedSeq, { passed: false, message: "b failed" }, 7);
+      await store.resumeRollout("r-1", "apikey:ops", 8);
+      const again = (await store.startBatch("r-1", 0, 9))!;
+      assert.deepEqual(again.rollout, await store.getRollout("r-1"));
+      assert.deepEqual(
+        again.rollout.batches[0]!.machines.map((m) => [m.machineId, m.gateState, m.previousGeneration]),
+        [
+          ["a", "pending", storePath("a", 1)],
+          ["b", "pending", null],
+        ],
+      );
+      assert.equal(again.rollout.batches[1]!.machines[0]!.previousRecorded, false);
     });
 
     it("records previous desired generations once; revert restores them (clearing where there were none)", async (t) => {

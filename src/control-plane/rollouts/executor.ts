@@ -1,8 +1,8 @@
 /**
  * The rollout executor: moves running rollouts along. It is driven by events — a report or
  * health report from a machine in a running rollout, a new or resumed rollout — and by a
- * periodic tick that catches timeouts and soak periods. Every evaluation re-reads the rollout
- * from the store, decides with the pure gate and state machine, and applies the decision in one
+ * periodic tick that catches timeouts and soak periods. Every evaluation reads the rollout (its
+ * fields and batches; the machines' evidence comes from gateEvidence) from the store, decides with the pure gate and state machine, and applies the decision in one
  * store transaction, so a control plane restarted mid-rollout simply continues.
  *
  * Evaluations run one at a time (a single queue); repeated requests for a rollout already
@@ -17,6 +17,7 @@ import type { Logger } from "../../common/logger.js";
 import type { Clock } from "../clock.js";
 import { StaleEpochError } from "../store/lease.js";
 import type { FleetStore } from "../store/repository.js";
+import type { RolloutHead } from "../store/rollout-reads.js";
 import { type BatchVerdict, classifyMachine, type MachineGate } from "./gate.js";
 import type { RolloutNotifier } from "./notifier.js";
 import { nextStep } from "./state-machine.js";
@@ -138,10 +139,14 @@ export class RolloutExecutor {
   private async evaluate(rolloutId: string, term: Term): Promise<void> {
     const { store, clock } = this.o;
     const { epoch } = term;
+    // The record a write just returned (as the store now reads it): the next step starts from it
+    // instead of reading the whole rollout again. Later writes re-check what they depend on.
+    let known: RolloutHead | null = null;
     for (let step = 0; step < MAX_STEPS; step++) {
       // Deposed meanwhile (follow()): stop before deciding anything more.
       if (this.term !== term) return;
-      const rollout = await store.getRollout(rolloutId);
+      const rollout = known ?? (await store.rolloutHead(rolloutId));
+      known = null;
       if (rollout?.status !== "running") return;
       const batch = rollout.batches[rollout.currentBatch];
       const threshold = parseFailureThreshold(rollout.failureThreshold);
@@ -185,6 +190,11 @@ export class RolloutExecutor {
           const change = await store.startBatch(rolloutId, decision.index, clock.now(), epoch);
           if (!change) return;
           this.o.notifier.applied(change);
+          // The pushes are on the streams now; node:http2 writes them to the sockets on the event
+          // loop's next turn. Give it that turn before the gate's reads (on SQLite they never
+          // yield), so no agent waits for the gate.
+          await nextTurn();
+          known = change.rollout;
           continue;
         }
         case "wait": {
@@ -196,14 +206,14 @@ export class RolloutExecutor {
             now,
             epoch,
           );
-          this.o.notifier.applied({ rollout, events, changes: [] });
+          this.o.notifier.gateRecorded(rolloutId, events);
           return;
         }
         case "batch-passed":
         case "batch-failed": {
           const startedSeq = batch!.startedSeq!;
           const events = await store.recordGate(rolloutId, decision.index, startedSeq, gates!, now, epoch);
-          this.o.notifier.applied({ rollout, events, changes: [] });
+          this.o.notifier.gateRecorded(rolloutId, events);
           const passed = decision.kind === "batch-passed";
           const change = await store.finishBatch(
             rolloutId,
@@ -218,12 +228,19 @@ export class RolloutExecutor {
           );
           if (!change) return;
           this.o.notifier.applied(change);
+          await nextTurn();
+          known = change.rollout;
           continue;
         }
       }
     }
     this.o.logger.error({ rolloutId }, "rollout evaluation did not settle; stopping this round");
   }
+}
+
+/** Resolves on the event loop's next turn (after pending I/O callbacks and writes). */
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 function verdictMessage(verdict: BatchVerdict, gates: readonly MachineGate[]): string {

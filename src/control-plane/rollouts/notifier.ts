@@ -7,7 +7,7 @@
  */
 import type { Logger } from "../../common/logger.js";
 import type { ClusterBus } from "../cluster/bus.js";
-import type { DesiredChange, RolloutStatus } from "../store/records.js";
+import type { DesiredChange, RolloutEventRecord, RolloutStatus } from "../store/records.js";
 import type { RolloutChange } from "../store/repository.js";
 
 export interface RolloutNotifierOptions {
@@ -37,18 +37,17 @@ export class RolloutNotifier {
     this.o.bus.publish({ kind: "desired", changes: [change], pollHintSeconds: undefined });
   }
 
-  applied(change: RolloutChange | null): void {
-    if (!change) return;
-    const { rollout } = change;
-    const active = rollout.status === "running" || rollout.status === "paused";
-    if (change.changes.length) {
-      this.o.bus.publish({
-        kind: "desired",
-        changes: change.changes,
-        pollHintSeconds: active ? this.o.pollHintSeconds : undefined,
-      });
-    }
-    for (const e of change.events) {
+  /**
+   * The gate recorded machines turning healthy or unhealthy: log them and wake the rollout's
+   * watchers. (Nothing else follows from gate events: no pushes, no status, no membership.)
+   */
+  gateRecorded(rolloutId: string, events: readonly RolloutEventRecord[]): void {
+    this.log(events);
+    if (events.length) this.o.bus.publish({ kind: "rollout", rolloutId });
+  }
+
+  private log(events: readonly RolloutEventRecord[]): void {
+    for (const e of events) {
       this.o.logger.info(
         {
           rolloutId: e.rolloutId,
@@ -62,6 +61,20 @@ export class RolloutNotifier {
       const status = STATUS_EVENTS[e.type];
       if (status) this.o.onStatus?.(status);
     }
+  }
+
+  applied(change: RolloutChange | null): void {
+    if (!change) return;
+    const { rollout } = change;
+    const active = rollout.status === "running" || rollout.status === "paused";
+    if (change.changes.length) {
+      this.o.bus.publish({
+        kind: "desired",
+        changes: change.changes,
+        pollHintSeconds: active ? this.o.pollHintSeconds : undefined,
+      });
+    }
+    this.log(change.events);
     if (change.events.length) this.o.bus.publish({ kind: "rollout", rolloutId: rollout.id });
     // The operator's replica kicks its own executor; the others' (the leader's, if elsewhere)
     // learn of the new or resumed rollout here rather than at their next tick.

@@ -150,14 +150,17 @@ function describeTarget(target: RolloutTargetSpec): string {
  * `candidates`: for a tag target, the machines having all the tags (any lifecycle); for a host
  * target, the machines found for the hosts (missing ones are simply absent).
  */
+/** What choosing a machine needs of it. */
+export type Candidate = Pick<MachineRecord, "id" | "lifecycle" | "activeRollout">;
+
 export function resolveTargets(
   request: ValidRolloutRequest,
-  candidates: readonly MachineRecord[],
+  candidates: readonly Candidate[],
   release: ReleaseRecord,
 ): TargetResolution {
   const entries = new Map(release.entries.map((e) => [e.hostname, e.storePath]));
   const byId = new Map(candidates.map((m) => [m.id, m]));
-  let chosen: MachineRecord[];
+  let chosen: Candidate[];
   const skipped: string[] = [];
 
   if (request.target.kind === "hosts") {

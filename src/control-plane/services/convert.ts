@@ -137,7 +137,7 @@ export function desiredToProto(d: DesiredRecord): MessageInitShape<typeof Desire
 /** Presence the store does not know: open streams and recent contact held in memory. */
 export interface LiveView {
   connected(machineId: string): boolean;
-  lastSeen(machine: MachineRecord): number | null;
+  lastSeen(machine: Pick<MachineRecord, "id" | "lastSeen">): number | null;
 }
 
 export function machineToProto(m: MachineRecord, live: LiveView): MachineInit {
@@ -193,7 +193,7 @@ export function machineStatusToProto(
 
 /** Not heard from for longer than the threshold; a machine never heard from counts from registration. */
 export function isStale(
-  m: MachineRecord,
+  m: Pick<MachineRecord, "registeredAt">,
   lastSeen: number | null,
   now: number,
   staleAfterMs: number,

@@ -14,6 +14,7 @@ import { lineProblem } from "../input-rules.js";
 import { machineStatusToProto } from "./convert.js";
 import { type FeedEntry, type FeedWatcher, matchesFilter, type TagFilter } from "./fleet-feed.js";
 import { ALL_MACHINES, checkTags, type FleetRpcKit, principal, tagMatch } from "./fleet-rpc-kit.js";
+import { FleetStatusEncoder, isBinaryRequest } from "./fleet-status-encoder.js";
 
 type WatchMessage = MessageInitShape<typeof WatchFleetResponseSchema>;
 
@@ -25,6 +26,7 @@ export const DEFAULT_WATCH_QUEUE_LIMIT = 20_000;
 export function fleetStatusRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof FleetService>> {
   const { o, store, now, handle } = k;
   const staleAfterSeconds = Math.round(o.staleAfterMs / 1000);
+  const encoder = new FleetStatusEncoder(o.live, o.staleAfterMs);
 
   /** Statuses are created here (not left to Connect) so a page is converted exactly once. */
   const status = (m: Parameters<typeof machineStatusToProto>[0], t: number) =>
@@ -87,9 +89,17 @@ export function fleetStatusRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof Flee
   }
 
   return {
-    getFleetStatus: (req) =>
+    getFleetStatus: (req, ctx) =>
       handle("GetFleetStatus", async () => {
         checkTags("tags", req.tags);
+        if (isBinaryRequest(ctx.requestHeader.get("content-type"))) {
+          const rows = await store().machineStatusRows({
+            tags: req.tags,
+            match: tagMatch(req.match),
+            lifecycle: null,
+          });
+          return encoder.response(rows, now(), staleAfterSeconds);
+        }
         const machines = await store().listMachines({
           tags: req.tags,
           match: tagMatch(req.match),

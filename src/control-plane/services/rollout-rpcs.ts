@@ -10,7 +10,7 @@ import { MAX_REASON_LENGTH, textProblem } from "../input-rules.js";
 import { resolveTargets, validateRolloutRequest } from "../rollouts/rollout-request.js";
 import { isActiveStatus } from "../rollouts/state-machine.js";
 import { ROLLOUT_STATUS_FROM_PROTO, rolloutEventToProto, rolloutToProto } from "./convert.js";
-import { ALL_MACHINES, type FleetRpcKit, principal } from "./fleet-rpc-kit.js";
+import { type FleetRpcKit, principal } from "./fleet-rpc-kit.js";
 import { decodeToken, encodeToken, pageSize } from "./paging.js";
 
 export function rolloutRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof FleetService>> {
@@ -33,16 +33,9 @@ export function rolloutRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof FleetSer
         const release = await store().getRelease(valid.releaseId);
         if (!release)
           throw new ConnectError(`release_id: release ${valid.releaseId} does not exist`, Code.NotFound);
-        const candidates =
-          valid.target.kind === "tags"
-            ? await store().listMachines({
-                tags: valid.target.tags,
-                match: "all",
-                lifecycle: null,
-                afterId: null,
-                limit: ALL_MACHINES,
-              })
-            : await store().getMachines(valid.target.hosts);
+        const candidates = await store().targetCandidates(
+          valid.target.kind === "tags" ? { tags: valid.target.tags } : { hosts: valid.target.hosts },
+        );
         const resolved = resolveTargets(valid, candidates, release);
         if (!resolved.ok)
           throw new ConnectError(

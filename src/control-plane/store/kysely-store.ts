@@ -85,6 +85,12 @@ export abstract class KyselyFleetStore implements FleetStore {
   listMachines(filter: MachineFilter) {
     return machineReads.listMachines(this.read, filter);
   }
+  machineStatusRows(filter: Omit<MachineFilter, "afterId" | "limit">) {
+    return machineReads.machineStatusRows(this.read, filter);
+  }
+  targetCandidates(target: { tags: readonly string[] } | { hosts: readonly string[] }) {
+    return machineReads.targetCandidates(this.read, target);
+  }
   registerMachine(
     input: { id: string; tags: string[]; lifecycle: Lifecycle | null },
     actor: string,
@@ -120,6 +126,9 @@ export abstract class KyselyFleetStore implements FleetStore {
   }
   getRollout(id: string) {
     return rolloutReads.getRollout(this.read, id);
+  }
+  rolloutHead(id: string) {
+    return rolloutReads.rolloutHead(this.read, id);
   }
   listRollouts(filter: RolloutFilter) {
     return rolloutReads.listRollouts(this.read, filter);

@@ -18,8 +18,10 @@ const TAG_SEPARATOR = "\u001f";
 function tagList(ctx: Ctx) {
   return ctx.kind === "postgres"
     ? sql`(SELECT string_agg(t.tag, chr(31) ORDER BY t.tag) FROM machine_tags t WHERE t.machine_id = m.id)`
-    : // SQLite's group_concat keeps the order of its (ordered) input.
-      sql`(SELECT group_concat(tag, char(31)) FROM (SELECT t.tag FROM machine_tags t WHERE t.machine_id = m.id ORDER BY t.tag))`;
+    : // An ordered aggregate (SQLite ≥ 3.44; better-sqlite3 bundles its own): it walks the
+      // primary key (machine_id, tag) in order, where an ordered sub-select cost a co-routine per
+      // machine (≈ 40 % of listing 10,000 machines).
+      sql`(SELECT group_concat(t.tag, char(31) ORDER BY t.tag) FROM machine_tags t WHERE t.machine_id = m.id)`;
 }
 
 /** The columns of a machine record, in the order `toMachine` reads them. */
@@ -179,12 +181,17 @@ export async function getMachines(ctx: Ctx, ids: readonly string[]): Promise<Mac
   return machines.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
 
-export async function listMachines(ctx: Ctx, filter: MachineFilter): Promise<MachineRecord[]> {
-  let query = machineQuery(ctx);
+/** Narrows a machine query to the filter's tags and lifecycle, after `afterId`, sorted by id. */
+function filtered<Q extends ReturnType<typeof machineQuery> | ReturnType<typeof statusQuery>>(
+  query: Q,
+  filter: Omit<MachineFilter, "limit">,
+): Q {
+  // The filter only adds WHERE clauses on m.*: the query's shape (and type) is unchanged.
+  let q = query as ReturnType<typeof machineQuery>;
   const tags = [...new Set(filter.tags)];
   if (tags.length > 0) {
     if (filter.match === "all") {
-      query = query.where("m.id", "in", (eb) =>
+      q = q.where("m.id", "in", (eb) =>
         eb
           .selectFrom("machine_tags")
           .select("machine_id")
@@ -193,7 +200,7 @@ export async function listMachines(ctx: Ctx, filter: MachineFilter): Promise<Mac
           .having((h) => h.fn.countAll(), "=", tags.length),
       );
     } else {
-      query = query.where(({ exists, selectFrom }) =>
+      q = q.where(({ exists, selectFrom }) =>
         exists(
           selectFrom("machine_tags as t")
             .select("t.tag")
@@ -203,9 +210,127 @@ export async function listMachines(ctx: Ctx, filter: MachineFilter): Promise<Mac
       );
     }
   }
-  if (filter.lifecycle) query = query.where("m.lifecycle", "=", filter.lifecycle);
-  if (filter.afterId !== null) query = query.where("m.id", ">", filter.afterId);
-  return (await query.orderBy("m.id").limit(filter.limit).execute()).map(toMachine);
+  if (filter.lifecycle) q = q.where("m.lifecycle", "=", filter.lifecycle);
+  if (filter.afterId !== null) q = q.where("m.id", ">", filter.afterId);
+  return q.orderBy("m.id") as unknown as Q;
+}
+
+export async function listMachines(ctx: Ctx, filter: MachineFilter): Promise<MachineRecord[]> {
+  return (await filtered(machineQuery(ctx), filter).limit(filter.limit).execute()).map(toMachine);
+}
+
+/**
+ * A machine for the fleet status: what can change only by a write (everything but when it was
+ * last seen) as one JSON text — equal text, equal status, so the caller can keep what it built
+ * from it — and the inputs of "last seen" and "stale" on their own.
+ */
+export interface MachineStatusRow {
+  id: string;
+  lastSeen: number | null;
+  registeredAt: number;
+  /** The JSON text of the machine record's other columns (parse with `statusRowMachine`). */
+  key: string;
+}
+
+/** The columns of `COLUMNS` in the status row's JSON: all but last_seen, which changes on every report. */
+const STATUS_COLUMNS = COLUMNS.filter((c) => c !== "m.last_seen");
+
+function statusQuery(ctx: Ctx) {
+  const columns = sql.join([...STATUS_COLUMNS.map((c) => sql.ref(c)), tagList(ctx)]);
+  const row =
+    ctx.kind === "postgres"
+      ? sql<string>`CAST(json_build_array(${columns}) AS TEXT)`
+      : sql<string>`json_array(${columns})`;
+  return ctx.q
+    .selectFrom("machines as m")
+    .leftJoin("desired_generations as d", "d.machine_id", "m.id")
+    .leftJoin("rollout_machines as rm", (j) => j.onRef("rm.machine_id", "=", "m.id").on("rm.active", "=", 1))
+    .leftJoin("rollouts as r", "r.id", "rm.rollout_id")
+    .select(["m.id", "m.last_seen", "m.registered_at", row.as("r")]);
+}
+
+/** Every machine the filter picks, sorted by id, as status rows (GetFleetStatus). */
+export async function machineStatusRows(
+  ctx: Ctx,
+  filter: Omit<MachineFilter, "afterId" | "limit">,
+): Promise<MachineStatusRow[]> {
+  const rows = await filtered(statusQuery(ctx), { ...filter, afterId: null }).execute();
+  return rows.map((r) => ({ id: r.id, lastSeen: r.last_seen, registeredAt: r.registered_at, key: r.r }));
+}
+
+/** The machine record of a status row (lastSeen from the row's own column). */
+export function statusRowMachine(row: MachineStatusRow): MachineRecord {
+  const values = JSON.parse(row.key) as unknown[];
+  // Put last_seen back where toMachine expects it (after id, lifecycle, registered_at).
+  values.splice(3, 0, row.lastSeen);
+  return toMachine({ r: values as Row });
+}
+
+/** What choosing a rollout's machines needs of each: its lifecycle and any active rollout. */
+export type TargetCandidate = Pick<MachineRecord, "id" | "lifecycle" | "activeRollout">;
+
+type CandidateRow = [
+  id: string,
+  lifecycle: MachineRecord["lifecycle"],
+  activeId: string | null,
+  activeBatch: number | null,
+  activeStatus: NonNullable<MachineRecord["activeRollout"]>["status"] | null,
+];
+
+/**
+ * The machines a rollout target names — having all `tags`, or the `hosts` (missing ones absent) —
+ * with only what resolveTargets needs, sorted by id: CreateRollout lists the whole fleet before
+ * its first push, and the full machine record (tags, health, desired) is most of that cost.
+ */
+export async function targetCandidates(
+  ctx: Ctx,
+  target: { tags: readonly string[] } | { hosts: readonly string[] },
+): Promise<TargetCandidate[]> {
+  const columns = sql.join([
+    sql.ref("m.id"),
+    sql.ref("m.lifecycle"),
+    sql.ref("rm.rollout_id"),
+    sql.ref("rm.batch_index"),
+    sql.ref("r.status"),
+  ]);
+  const row =
+    ctx.kind === "postgres"
+      ? sql<CandidateRow | string>`json_build_array(${columns})`
+      : sql<CandidateRow | string>`json_array(${columns})`;
+  let query = ctx.q
+    .selectFrom("machines as m")
+    .leftJoin("rollout_machines as rm", (j) => j.onRef("rm.machine_id", "=", "m.id").on("rm.active", "=", 1))
+    .leftJoin("rollouts as r", "r.id", "rm.rollout_id")
+    .select(row.as("r"));
+  if ("hosts" in target) {
+    if (target.hosts.length === 0) return [];
+    query = query.where("m.id", "in", jsonList(ctx, [...new Set(target.hosts)]));
+  } else {
+    const tags = [...new Set(target.tags)];
+    query = query.where("m.id", "in", (eb) =>
+      eb
+        .selectFrom("machine_tags")
+        .select("machine_id")
+        .where("tag", "in", tags)
+        .groupBy("machine_id")
+        .having((h) => h.fn.countAll(), "=", tags.length),
+    );
+  }
+  const rows = await query.execute();
+  const out = rows.map(({ r }): TargetCandidate => {
+    const [id, lifecycle, activeId, activeBatch, activeStatus] =
+      typeof r === "string" ? (JSON.parse(r) as CandidateRow) : r;
+    return {
+      id,
+      lifecycle,
+      activeRollout:
+        activeId === null
+          ? null
+          : { rolloutId: activeId, batchIndex: activeBatch ?? 0, status: activeStatus ?? "running" },
+    };
+  });
+  // Sorted here, not by the database: the same order (code units) whatever PostgreSQL's collation.
+  return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
 
 export async function desiredFor(

@@ -6,9 +6,11 @@
  * embedded SQLite implementation is sqlite-store.ts, the PostgreSQL one
  * postgres-store.ts; both are kysely-store.ts, the queries written once.
  */
+
 import type { LeaseRow } from "../leader/lease.js";
 import type { HealthEvidence, OutcomeEvidence } from "../rollouts/gate.js";
 import type { LeaseClaim } from "./lease.js";
+import type { MachineStatusRow, TargetCandidate } from "./machine-reads.js";
 import type {
   AgentContactResult,
   ApiKeyRecord,
@@ -31,6 +33,7 @@ import type {
   RolloutStatus,
   Strategy,
 } from "./records.js";
+import type { RolloutHead } from "./rollout-reads.js";
 
 export interface MachineFilter {
   tags: readonly string[];
@@ -152,6 +155,12 @@ export interface FleetStore {
   /** The machine's latest health report, or null before its first. */
   latestHealthReport(machineId: string): Promise<HealthReportRecord | null>;
   listMachines(filter: MachineFilter): Promise<MachineRecord[]>;
+  /** Every machine the filter picks, sorted by id, in the fleet status's form (GetFleetStatus). */
+  machineStatusRows(filter: Omit<MachineFilter, "afterId" | "limit">): Promise<MachineStatusRow[]>;
+  /** The machines a rollout target names, with only what choosing them needs (sorted by id). */
+  targetCandidates(
+    target: { tags: readonly string[] } | { hosts: readonly string[] },
+  ): Promise<TargetCandidate[]>;
   registerMachine(
     input: { id: string; tags: string[]; lifecycle: Lifecycle | null },
     actor: string,
@@ -183,6 +192,8 @@ export interface FleetStore {
   // --- rollouts
   createRollout(input: NewRollout, actor: string, now: number): Promise<RolloutChange>;
   getRollout(id: string): Promise<RolloutRecord | undefined>;
+  /** The rollout's fields and batches without its machines (the executor's view). */
+  rolloutHead(id: string): Promise<RolloutHead | undefined>;
   listRollouts(filter: RolloutFilter): Promise<RolloutRecord[]>;
   rolloutEvents(id: string, afterId: number, limit: number): Promise<RolloutEventRecord[]>;
   runningRolloutIds(): Promise<string[]>;
