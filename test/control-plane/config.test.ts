@@ -31,7 +31,32 @@ describe("serve configuration", () => {
     assert.equal(c.reportRetentionHours, 168);
     assert.equal(c.allowInsecure, false);
     assert.equal(c.metricsListen, null);
-    assert.deepEqual(c.tls, { cert: "/c.pem", key: "/k.pem", clientCa: "/ca.pem" });
+    assert.deepEqual(c.tls, {
+      cert: "/c.pem",
+      key: "/k.pem",
+      clientCa: "/ca.pem",
+      ticketKeys: "/var/lib/nixfleet-cp/tls-ticket-keys",
+    });
+  });
+
+  it("keeps the TLS ticket key next to the database unless told where", () => {
+    assert.equal(
+      resolveServeConfig({ ...tls, dbPath: "/srv/cp/x.db" }, {}).tls?.ticketKeys,
+      "/srv/cp/tls-ticket-keys",
+    );
+    assert.equal(
+      resolveServeConfig({ ...tls }, { NIXFLEET_CP_TLS_TICKET_KEYS: "/run/k" }).tls?.ticketKeys,
+      "/run/k",
+    );
+    assert.equal(
+      resolveServeConfig({ ...tls, tlsTicketKeys: "/flag" }, { NIXFLEET_CP_TLS_TICKET_KEYS: "/run/k" }).tls
+        ?.ticketKeys,
+      "/flag",
+    );
+    assert.match(
+      usage({ allowInsecure: true, tlsTicketKeys: "/k" }),
+      /^--allow-insecure: .*--tls-ticket-keys/,
+    );
   });
 
   it("reads NIXFLEET_CP_* variables, and a flag wins over its variable", () => {

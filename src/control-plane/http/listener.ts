@@ -12,6 +12,7 @@
  * Both track their connections so shutdown can let in-flight requests finish, then close, and
  * apply the handshake, header and idle timeouts of connection-timeouts.ts.
  */
+import { createHash } from "node:crypto";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import http2, {
   type Http2ServerRequest,
@@ -23,6 +24,7 @@ import http2, {
 import net, { type AddressInfo, type Socket } from "node:net";
 import { Duplex } from "node:stream";
 import { type ConnectionTimeouts, DEFAULT_CONNECTION_TIMEOUTS, TimeoutGuard } from "./connection-timeouts.js";
+import { loadTicketKeys, watchTicketKeys } from "./ticket-keys.js";
 
 export type RequestHandler = (
   req: IncomingMessage | Http2ServerRequest,
@@ -48,6 +50,38 @@ export interface TlsOptions {
    * does not: browsers would show a certificate picker, and operators sign in with API keys.
    */
   requestClientCert?: boolean;
+  /** Session-ticket keys shared across restarts and replicas (ticket-keys.ts); absent: per process. */
+  ticketKeys?: TicketKeysOptions;
+}
+
+export interface TicketKeysOptions {
+  file: string;
+  /** The option that named the file, for errors. */
+  option: string;
+  /** A rotated file that cannot be used (the previous key stays). */
+  onReloadError: (message: string) => void;
+}
+
+/**
+ * How long a session ticket can be resumed: the TLS 1.3 maximum (RFC 8446 §4.6.1). Node's default
+ * (300 s) would make every agent connected for longer than that do a full handshake after a
+ * restart. The peer certificate is not re-verified on resumption, so this also bounds how long a
+ * certificate can outlive its expiry on a resumed session.
+ */
+const TICKET_LIFETIME_SECONDS = 7 * 24 * 3600;
+
+/**
+ * The session-id context sessions are bound to: OpenSSL resumes only sessions of the same context.
+ * Node's default is a hash of process.argv, which differs between replicas (and after a flag
+ * change), so it is derived from what a session's authorization depends on: the client CA (a new
+ * CA must not honour sessions verified under the old one) and whether a certificate was asked for.
+ */
+function sessionIdContext(tls: TlsOptions): string {
+  return createHash("sha256")
+    .update(tls.ca)
+    .update(tls.requestClientCert === false ? "no-client-cert" : "client-cert")
+    .digest("hex")
+    .slice(0, 32);
 }
 
 export interface Listener {
@@ -68,19 +102,26 @@ function hostForUrl(host: string): string {
   return host.includes(":") ? `[${host}]` : host;
 }
 
-/*
- * The accept queue stays at Node's default (511). A larger one (4096, for reconnect storms: an
- * overflowing queue drops SYNs that then wait out TCP retransmissions) was tried twice, and both
- * times the insecure listener's connection-timeouts test failed in a full CI run with a partial
- * HTTP/1.1 head left open for 30 s, while passing alone; the cause is not understood, so the
- * storm benefit is not worth an unexplained failure. See docs/benchmarks.md.
- */
+/** Per-listener settings: the connection timeouts, and the accept queue's length. */
+export interface ListenSettings extends ConnectionTimeouts {
+  /**
+   * listen(2)'s backlog (the kernel caps it at net.core.somaxconn); Node's default is 511. In a
+   * reconnect storm an overflowing queue drops SYNs, which the client resends only after 1, 3,
+   * 7… seconds.
+   */
+  backlog?: number | undefined;
+}
 
-function listenOn(server: net.Server, host: string, port: number): Promise<number> {
+function listenOn(
+  server: net.Server,
+  host: string,
+  port: number,
+  backlog: number | undefined,
+): Promise<number> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once("error", onError);
-    server.listen({ host, port }, () => {
+    server.listen({ host, port, ...(backlog ? { backlog } : {}) }, () => {
       server.off("error", onError);
       resolve((server.address() as AddressInfo).port);
     });
@@ -254,12 +295,16 @@ export async function listenTls(
   port: number,
   tls: TlsOptions,
   handler: RequestHandler,
-  timeouts: ConnectionTimeouts = DEFAULT_CONNECTION_TIMEOUTS,
+  timeouts: ListenSettings = DEFAULT_CONNECTION_TIMEOUTS,
   route?: StreamRoute,
 ): Promise<Listener> {
   const tracker = new ConnectionTracker(new TimeoutGuard(timeouts));
+  const ticketKeys = tls.ticketKeys ? loadTicketKeys(tls.ticketKeys.file, tls.ticketKeys.option) : undefined;
   const server = http2.createSecureServer(
     {
+      ...(ticketKeys ? { ticketKeys } : {}),
+      sessionTimeout: TICKET_LIFETIME_SECONDS,
+      sessionIdContext: sessionIdContext(tls),
       cert: tls.cert,
       key: tls.key,
       ca: tls.ca,
@@ -283,7 +328,18 @@ export async function listenTls(
   // own connection; none of it may take the server down.
   server.on("tlsClientError", () => {});
   server.on("sessionError", () => {});
-  const bound = await listenOn(server, host, port);
+  const bound = await listenOn(server, host, port, timeouts.backlog);
+  const stopWatching =
+    tls.ticketKeys && ticketKeys
+      ? watchTicketKeys(
+          tls.ticketKeys.file,
+          tls.ticketKeys.option,
+          ticketKeys,
+          (keys) => server.setTicketKeys(keys),
+          tls.ticketKeys.onReloadError,
+        )
+      : undefined;
+  server.once("close", () => stopWatching?.());
   return listener(`https://${hostForUrl(host)}:${bound}`, bound, server, tracker);
 }
 
@@ -349,7 +405,7 @@ export async function listenInsecure(
   host: string,
   port: number,
   handler: RequestHandler,
-  timeouts: ConnectionTimeouts = DEFAULT_CONNECTION_TIMEOUTS,
+  timeouts: ListenSettings = DEFAULT_CONNECTION_TIMEOUTS,
   route?: StreamRoute,
 ): Promise<Listener> {
   const tracker = new ConnectionTracker(new TimeoutGuard(timeouts));
@@ -387,7 +443,7 @@ export async function listenInsecure(
     socket.on("data", onData);
     socket.on("error", () => {});
   });
-  const bound = await listenOn(server, host, port);
+  const bound = await listenOn(server, host, port, timeouts.backlog);
   return listener(`http://${hostForUrl(host)}:${bound}`, bound, server, tracker, h1);
 }
 
@@ -396,7 +452,7 @@ export async function listenPlainHttp(
   host: string,
   port: number,
   handler: RequestHandler,
-  timeouts: ConnectionTimeouts = DEFAULT_CONNECTION_TIMEOUTS,
+  timeouts: ListenSettings = DEFAULT_CONNECTION_TIMEOUTS,
 ): Promise<Listener> {
   const tracker = new ConnectionTracker(new TimeoutGuard(timeouts));
   const server = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES }, tracker.wrap(handler));
@@ -404,6 +460,6 @@ export async function listenPlainHttp(
     tracker.socket(socket);
     tracker.guard.http1Socket(socket);
   });
-  const bound = await listenOn(server, host, port);
+  const bound = await listenOn(server, host, port, timeouts.backlog);
   return listener(`http://${hostForUrl(host)}:${bound}`, bound, server, tracker, server);
 }
