@@ -12,6 +12,7 @@ import http2 from "node:http2";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { TLSSocket } from "node:tls";
+import { connectAgentService } from "../../src/agent/transport/client.js";
 import { resumingTlsConnector } from "../../src/agent/transport/tls-session.js";
 import { peerIdentityOf } from "../../src/control-plane/auth/peer-identity.js";
 import { type Listener, listenTls, type TlsOptions } from "../../src/control-plane/http/listener.js";
@@ -124,6 +125,52 @@ describe("TLS session resumption across restarts", () => {
     const otherAgain = await call(second.url, other);
     assert.equal(otherAgain.resumed, true);
     assert.equal(otherAgain.identity.commonName, "machine-02");
+  });
+
+  it("the agent's own client resumes its session after a restart", async () => {
+    const keys = join(dir, "agent-client", "tls-ticket-keys");
+    const seen: { resumed: boolean; machine: string | null }[] = [];
+    const tls: TlsOptions = {
+      cert: readFileSync(pki.server.cert),
+      key: readFileSync(pki.server.key),
+      ca: readFileSync(pki.ca),
+      ticketKeys: { file: keys, option: OPTION, onReloadError: () => {} },
+    };
+    // Any answer will do (the call fails as unimplemented): what counts is how it connected.
+    const record: Parameters<typeof listenTls>[3] = (req, res) => {
+      seen.push({
+        resumed: (req.socket as TLSSocket).isSessionReused(),
+        machine: peerIdentityOf(req).commonName,
+      });
+      res.writeHead(404);
+      res.end();
+    };
+    const c = pki.client("machine-05");
+    const material = { ca: readFileSync(pki.ca), cert: readFileSync(c.cert), key: readFileSync(c.key) };
+    const first = await listenTls("127.0.0.1", 0, tls, record);
+    open.push(first);
+    // The restarted control plane comes back on the same port, as after a SIGKILL.
+    const port = first.port;
+    const connection = connectAgentService({
+      baseUrls: [first.url],
+      protocol: "grpc",
+      tls: material,
+      pingIntervalMs: 60_000,
+    });
+    try {
+      await connection.client.getDesiredGeneration({ machineId: "machine-05" }).catch(() => {});
+      await stop(first);
+      const second = await listenTls("127.0.0.1", port, tls, record);
+      open.push(second);
+      // The manager notices the closed connection and opens a new one; a call may still meet the
+      // old one while it goes, so call until one reached the new listener.
+      while (seen.length < 2)
+        await connection.client.getDesiredGeneration({ machineId: "machine-05" }).catch(() => {});
+    } finally {
+      connection.close();
+    }
+    assert.deepEqual(seen[0], { resumed: false, machine: "machine-05" });
+    assert.deepEqual(seen.at(-1), { resumed: true, machine: "machine-05" }, "the reconnect resumed");
   });
 
   it("falls back to a full handshake, and still works, when the key changed", async () => {
