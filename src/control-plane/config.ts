@@ -51,8 +51,8 @@ export interface ServeConfig {
   dbPath: string;
   /** PostgreSQL instead of the SQLite file at dbPath (several replicas can share it). */
   databaseUrl: string | null;
-  /** ticketKeys: the session-ticket key file (http/ticket-keys.ts). */
-  tls: { cert: string; key: string; clientCa: string; ticketKeys: string } | null;
+  /** ticketKeys: the session-ticket key file (http/ticket-keys.ts); null: per-process keys. */
+  tls: { cert: string; key: string; clientCa: string; ticketKeys: string | null } | null;
   allowInsecure: boolean;
   metricsListen: HostPort | null;
   metricsRequireKey: boolean;
@@ -280,7 +280,7 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
         "--client-ca",
         "required: the CA (PEM) that signs agent client certificates; agents authenticate with them",
       );
-    tls = { cert, key, clientCa, ticketKeys: ticketKeys ?? "" };
+    tls = { cert, key, clientCa, ticketKeys: ticketKeys ?? null };
   }
 
   const logLevel = str("logLevel") ?? DEFAULTS.logLevel;
@@ -292,8 +292,10 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
   const dbPath = str("dbPath") ?? DEFAULTS.dbPath;
   if (dbPath.trim() === "") throw new UsageError("--db-path", "must not be empty");
   const databaseUrl = parseDatabaseUrl(str("databaseUrl"), str("dbPath") !== undefined);
-  // The state directory is where the SQLite file lives (by default also with PostgreSQL).
-  if (tls && !tls.ticketKeys) tls.ticketKeys = join(dirname(dbPath), TICKET_KEYS_FILE_NAME);
+  // The state directory is where the SQLite file lives (by default also with PostgreSQL); an
+  // in-memory database has none, and its restarts lose everything anyway.
+  if (tls && !tls.ticketKeys && dbPath !== ":memory:")
+    tls.ticketKeys = join(dirname(dbPath), TICKET_KEYS_FILE_NAME);
   const metricsListen = str("metricsListen");
   const dashboardListen = str("dashboardListen");
   const timeout = (key: "idleTimeout" | "headerTimeout" | "handshakeTimeout", fallback: number) => {

@@ -71,11 +71,15 @@ async function serve(flags: ServeFlags): Promise<void> {
         cert: material.cert!,
         key: material.key!,
         ca: material.ca!,
-        ticketKeys: {
-          file: config.tls.ticketKeys,
-          option: "--tls-ticket-keys",
-          onReloadError: (message: string) => logger.error(message),
-        },
+        ...(config.tls.ticketKeys
+          ? {
+              ticketKeys: {
+                file: config.tls.ticketKeys,
+                option: "--tls-ticket-keys",
+                onReloadError: (message: string) => logger.error(message),
+              },
+            }
+          : {}),
       };
     } catch (err) {
       if (err instanceof TlsConfigError) fail(1, err.message);
