@@ -12,7 +12,8 @@
  *   report <s> <conc>      unary Report calls for s seconds → {event:"report", rps, errors, lastError}
  *   storm <resume>         from now, time until every stream is back; resume 1: reconnects offer
  *                          the last TLS session as the agent does (src/agent/transport/tls-session.ts),
- *                          0: full handshakes     → {event:"storm", ms, attempts, resumed, handshakes}
+ *                          0: full handshakes     → {event:"storm", ms, attempts, resumed, handshakes,
+ *                          arrivals: {p10, p50, p90, p99} ms from the kill}
  *   quit
  * Args (JSON file path): {certsFile, ca, heartbeatMs, backoffMaxMs, roundTimeoutMs}.
  */
@@ -184,10 +185,16 @@ function storm(resumeSessions: boolean): void {
   handshakes = 0;
   resumed = 0;
   resume = resumeSessions;
+  // When each agent came back (ms from the kill): the spread shows whether the back-off keeps
+  // the fleet from arriving at once.
+  const back: number[] = [];
   const check = () => {
+    back.push(Date.now() - t0);
     if (agents.every((a) => a.up)) {
       onUp = () => {};
-      out({ event: "storm", ms: Date.now() - t0, attempts, handshakes, resumed });
+      const at = (p: number) => back[Math.min(back.length - 1, Math.floor(back.length * p))];
+      const arrivals = { p10: at(0.1), p50: at(0.5), p90: at(0.9), p99: at(0.99) };
+      out({ event: "storm", ms: Date.now() - t0, attempts, handshakes, resumed, arrivals });
     }
   };
   onUp = check;
