@@ -61,6 +61,8 @@ export interface StormRun {
   /** Handshakes during the storm and how many of them resumed a session. */
   handshakes: number;
   resumed: number;
+  /** When agents were back, ms from the kill (p10, p50, p90, p99). */
+  arrivalsMs: Record<string, number>;
   cpuMsPerReconnect: number;
   loadAverage: number;
 }
@@ -428,6 +430,7 @@ async function stormOnce(
     attempts: number;
     handshakes: number;
     resumed: number;
+    arrivals?: Record<string, number>;
   };
   const cpu = cpuMs(nf.pid) - cpu0;
   // Let the tickets of the last connections arrive and the server settle before the next kill.
@@ -438,6 +441,7 @@ async function stormOnce(
     reconnectAttempts: storm.attempts,
     handshakes: storm.handshakes,
     resumed: storm.resumed,
+    arrivalsMs: storm.arrivals ?? {},
     cpuMsPerReconnect: cpu / o.streams,
     loadAverage: loadavg()[0]!,
   };
