@@ -86,7 +86,9 @@ export const DEFAULTS = {
   idleTimeout: DEFAULT_CONNECTION_TIMEOUTS.idleMs / 1000,
   headerTimeout: DEFAULT_CONNECTION_TIMEOUTS.headerMs / 1000,
   handshakeTimeout: DEFAULT_CONNECTION_TIMEOUTS.handshakeMs / 1000,
-  listenBacklog: 511,
+  // Node's default is 511; a reconnect storm of 1,000 agents measured 132–396 s with it on full
+  // handshakes against 63–77 s with 4096 (see listener.ts).
+  listenBacklog: 4096,
 } as const;
 
 /** The environment variable for each flag. */

@@ -39,6 +39,17 @@ describe("serve configuration", () => {
     });
   });
 
+  it("takes a listen backlog, 4096 unless told", () => {
+    assert.equal(resolveServeConfig(tls, {}).listenBacklog, 4096);
+    assert.equal(resolveServeConfig({ ...tls, listenBacklog: "1024" }, {}).listenBacklog, 1024);
+    assert.equal(resolveServeConfig(tls, { NIXFLEET_CP_LISTEN_BACKLOG: "511" }).listenBacklog, 511);
+    for (const bad of ["0", "many", "70000", "1.5"])
+      assert.match(
+        usage({ ...tls, listenBacklog: bad }),
+        /^--listen-backlog: expected a whole number from 1 to 65535/,
+      );
+  });
+
   it("keeps the TLS ticket key next to the database unless told where", () => {
     assert.equal(
       resolveServeConfig({ ...tls, dbPath: "/srv/cp/x.db" }, {}).tls?.ticketKeys,

@@ -102,6 +102,17 @@ function hostForUrl(host: string): string {
   return host.includes(":") ? `[${host}]` : host;
 }
 
+/*
+ * The accept queue (--listen-backlog, default 4096, capped by net.core.somaxconn). Node's default,
+ * 511, overflows when a fleet reconnects after a restart: Linux then drops the client's final ACK
+ * or SYN and the client waits out TCP retransmissions (1, 2, 4… s) while it believes it is
+ * connected — the storm's long tail. 4096 was reverted twice because the insecure listener's
+ * connection-timeouts test failed in full CI runs; the cause was that test attaching its second
+ * close listener only after the first close, so a partial head closing first went unseen (fixed in
+ * the test; the backlog played no part). Measured, interleaved, 1,000 agents, load ≈ 20: see
+ * docs/control-plane.md.
+ */
+
 /** Per-listener settings: the connection timeouts, and the accept queue's length. */
 export interface ListenSettings extends ConnectionTimeouts {
   /**
