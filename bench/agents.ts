@@ -69,7 +69,9 @@ class Agent {
       if (!resume) this.connector = resumingTlsConnector({ ca, cert: this.cert, key: agentKey });
       const session = http2.connect(url, { createConnection: this.connector.createConnection });
       this.session = session;
+      let connected = false;
       session.once("connect", () => {
+        connected = true;
         handshakes++;
         if ((session.socket as unknown as TLSSocket).isSessionReused()) resumed++;
       });
@@ -85,6 +87,9 @@ class Agent {
       giveUp.unref();
       session.on("error", () => settle(false));
       session.on("close", () => {
+        // A handshake the client finished but the server dropped before the Session was up (in
+        // TLS 1.3 the client is done before the server has checked its certificate): work lost.
+        if (connected && !this.up) droppedAfterHandshake++;
         settle(false);
         if (this.session === session) this.lost(url);
       });
@@ -138,6 +143,7 @@ let attempts = 0;
 let resume = true;
 let handshakes = 0;
 let resumed = 0;
+let droppedAfterHandshake = 0;
 let onUp = () => {};
 let onPush: (a: Agent, hash: string) => void = () => {};
 
@@ -184,6 +190,7 @@ function storm(resumeSessions: boolean): void {
   attempts = 0;
   handshakes = 0;
   resumed = 0;
+  droppedAfterHandshake = 0;
   resume = resumeSessions;
   // When each agent came back (ms from the kill): the spread shows whether the back-off keeps
   // the fleet from arriving at once.
@@ -194,7 +201,15 @@ function storm(resumeSessions: boolean): void {
       onUp = () => {};
       const at = (p: number) => back[Math.min(back.length - 1, Math.floor(back.length * p))];
       const arrivals = { p10: at(0.1), p50: at(0.5), p90: at(0.9), p99: at(0.99) };
-      out({ event: "storm", ms: Date.now() - t0, attempts, handshakes, resumed, arrivals });
+      out({
+        event: "storm",
+        ms: Date.now() - t0,
+        attempts,
+        handshakes,
+        resumed,
+        droppedAfterHandshake,
+        arrivals,
+      });
     }
   };
   onUp = check;

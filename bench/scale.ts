@@ -61,6 +61,8 @@ export interface StormRun {
   /** Handshakes during the storm and how many of them resumed a session. */
   handshakes: number;
   resumed: number;
+  /** Connections whose handshake the client finished but that closed before the Session was up. */
+  droppedAfterHandshake: number;
   /** When agents were back, ms from the kill (p10, p50, p90, p99). */
   arrivalsMs: Record<string, number>;
   cpuMsPerReconnect: number;
@@ -430,6 +432,7 @@ async function stormOnce(
     attempts: number;
     handshakes: number;
     resumed: number;
+    droppedAfterHandshake?: number;
     arrivals?: Record<string, number>;
   };
   const cpu = cpuMs(nf.pid) - cpu0;
@@ -441,6 +444,7 @@ async function stormOnce(
     reconnectAttempts: storm.attempts,
     handshakes: storm.handshakes,
     resumed: storm.resumed,
+    droppedAfterHandshake: storm.droppedAfterHandshake ?? 0,
     arrivalsMs: storm.arrivals ?? {},
     cpuMsPerReconnect: cpu / o.streams,
     loadAverage: loadavg()[0]!,

@@ -7,7 +7,11 @@ import { dirname, join } from "node:path";
 import { parseDuration } from "../common/duration.js";
 import { isLogLevel, LOG_LEVELS } from "../common/logger.js";
 import type { HostPort } from "./control-plane.js";
-import { type ConnectionTimeouts, DEFAULT_CONNECTION_TIMEOUTS } from "./http/connection-timeouts.js";
+import {
+  type ConnectionTimeouts,
+  DEFAULT_CONNECTION_TIMEOUTS,
+  DEFAULT_LISTEN_BACKLOG,
+} from "./http/connection-timeouts.js";
 import { DEFAULT_EXECUTOR_LEASE_MS } from "./leader/lease.js";
 
 export class UsageError extends Error {
@@ -86,9 +90,7 @@ export const DEFAULTS = {
   idleTimeout: DEFAULT_CONNECTION_TIMEOUTS.idleMs / 1000,
   headerTimeout: DEFAULT_CONNECTION_TIMEOUTS.headerMs / 1000,
   handshakeTimeout: DEFAULT_CONNECTION_TIMEOUTS.handshakeMs / 1000,
-  // Node's default is 511; a reconnect storm of 1,000 agents measured 132–396 s with it on full
-  // handshakes against 63–77 s with 4096 (see listener.ts).
-  listenBacklog: 4096,
+  listenBacklog: DEFAULT_LISTEN_BACKLOG,
 } as const;
 
 /** The environment variable for each flag. */

@@ -97,7 +97,7 @@ export interface ControlPlaneOptions {
   watchFleetQueueLimit?: number;
   /** Handshake, header and idle timeouts of every listener (default DEFAULT_CONNECTION_TIMEOUTS). */
   connectionTimeouts?: ConnectionTimeouts;
-  /** The listeners' accept queue (listen(2) backlog); undefined: Node's default. */
+  /** The listeners' accept queue (listen(2) backlog); undefined: DEFAULT_LISTEN_BACKLOG. */
   listenBacklog?: number;
   /** How often shared presence is written and read, with PostgreSQL (default 2 s). */
   presenceFlushMs?: number;

@@ -23,7 +23,12 @@ import http2, {
 } from "node:http2";
 import net, { type AddressInfo, type Socket } from "node:net";
 import { Duplex } from "node:stream";
-import { type ConnectionTimeouts, DEFAULT_CONNECTION_TIMEOUTS, TimeoutGuard } from "./connection-timeouts.js";
+import {
+  type ConnectionTimeouts,
+  DEFAULT_CONNECTION_TIMEOUTS,
+  DEFAULT_LISTEN_BACKLOG,
+  TimeoutGuard,
+} from "./connection-timeouts.js";
 import { loadTicketKeys, watchTicketKeys } from "./ticket-keys.js";
 
 export type RequestHandler = (
@@ -115,11 +120,7 @@ function hostForUrl(host: string): string {
 
 /** Per-listener settings: the connection timeouts, and the accept queue's length. */
 export interface ListenSettings extends ConnectionTimeouts {
-  /**
-   * listen(2)'s backlog (the kernel caps it at net.core.somaxconn); Node's default is 511. In a
-   * reconnect storm an overflowing queue drops SYNs, which the client resends only after 1, 3,
-   * 7… seconds.
-   */
+  /** listen(2)'s backlog (the kernel caps it at net.core.somaxconn); default DEFAULT_LISTEN_BACKLOG. */
   backlog?: number | undefined;
 }
 
@@ -132,7 +133,7 @@ function listenOn(
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once("error", onError);
-    server.listen({ host, port, ...(backlog ? { backlog } : {}) }, () => {
+    server.listen({ host, port, backlog: backlog ?? DEFAULT_LISTEN_BACKLOG }, () => {
       server.off("error", onError);
       resolve((server.address() as AddressInfo).port);
     });
