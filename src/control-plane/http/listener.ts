@@ -114,8 +114,7 @@ function hostForUrl(host: string): string {
  * connected — the storm's long tail. 4096 was reverted twice because the insecure listener's
  * connection-timeouts test failed in full CI runs; the cause was that test attaching its second
  * close listener only after the first close, so a partial head closing first went unseen (fixed in
- * the test; the backlog played no part). Measured, interleaved, 1,000 agents, load ≈ 20: see
- * docs/control-plane.md.
+ * the test; the backlog played no part). Storm measurements: docs/control-plane.md.
  */
 
 /** Per-listener settings: the connection timeouts, and the accept queue's length. */
