@@ -211,6 +211,20 @@ describe("TLS session resumption across restarts", () => {
     assert.deepEqual([again.identity.verified, again.identity.commonName], [false, null]);
   });
 
+  it("does not keep the identity of a certificate that expired since the session was created", () => {
+    // A resumed session carries the original handshake's verification; only the dates tell. (A
+    // fake socket: a certificate expiring between two real handshakes would need the clock moved.)
+    const socket = (reused: boolean) => ({
+      encrypted: true,
+      authorized: true,
+      isSessionReused: () => reused,
+      getPeerCertificate: () => ({ subject: { CN: "machine-06" }, valid_to: "Jan  1 00:00:00 2020 GMT" }),
+    });
+    const resumed = peerIdentityOf({ socket: socket(true) } as never);
+    assert.equal(resumed.verified, false);
+    assert.match(resumed.problem ?? "", /CN machine-06\) expired on Jan {2}1 00:00:00 2020 GMT; renew it/);
+  });
+
   it("creates the key file with mode 0600, and names the option when the file is bad", () => {
     const created = join(dir, "new", "state", "tls-ticket-keys");
     const keys = loadTicketKeys(created, OPTION);
