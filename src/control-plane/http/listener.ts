@@ -12,7 +12,6 @@
  * Both track their connections so shutdown can let in-flight requests finish, then close, and
  * apply the handshake, header and idle timeouts of connection-timeouts.ts.
  */
-import { createHash } from "node:crypto";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import http2, {
   type Http2ServerRequest,
@@ -29,7 +28,7 @@ import {
   DEFAULT_LISTEN_BACKLOG,
   TimeoutGuard,
 } from "./connection-timeouts.js";
-import { loadTicketKeys, watchTicketKeys } from "./ticket-keys.js";
+import { loadTicketKeys, resumptionOptions, type TicketKeysOptions, watchTicketKeys } from "./ticket-keys.js";
 
 export type RequestHandler = (
   req: IncomingMessage | Http2ServerRequest,
@@ -57,36 +56,6 @@ export interface TlsOptions {
   requestClientCert?: boolean;
   /** Session-ticket keys shared across restarts and replicas (ticket-keys.ts); absent: per process. */
   ticketKeys?: TicketKeysOptions;
-}
-
-export interface TicketKeysOptions {
-  file: string;
-  /** The option that named the file, for errors. */
-  option: string;
-  /** A rotated file that cannot be used (the previous key stays). */
-  onReloadError: (message: string) => void;
-}
-
-/**
- * How long a session ticket can be resumed: the TLS 1.3 maximum (RFC 8446 §4.6.1). Node's default
- * (300 s) would make every agent connected for longer than that do a full handshake after a
- * restart. The peer certificate is not re-verified on resumption, so this also bounds how long a
- * certificate can outlive its expiry on a resumed session.
- */
-const TICKET_LIFETIME_SECONDS = 7 * 24 * 3600;
-
-/**
- * The session-id context sessions are bound to: OpenSSL resumes only sessions of the same context.
- * Node's default is a hash of process.argv, which differs between replicas (and after a flag
- * change), so it is derived from what a session's authorization depends on: the client CA (a new
- * CA must not honour sessions verified under the old one) and whether a certificate was asked for.
- */
-function sessionIdContext(tls: TlsOptions): string {
-  return createHash("sha256")
-    .update(tls.ca)
-    .update(tls.requestClientCert === false ? "no-client-cert" : "client-cert")
-    .digest("hex")
-    .slice(0, 32);
 }
 
 export interface Listener {
@@ -313,9 +282,7 @@ export async function listenTls(
   const ticketKeys = tls.ticketKeys ? loadTicketKeys(tls.ticketKeys.file, tls.ticketKeys.option) : undefined;
   const server = http2.createSecureServer(
     {
-      ...(ticketKeys ? { ticketKeys } : {}),
-      sessionTimeout: TICKET_LIFETIME_SECONDS,
-      sessionIdContext: sessionIdContext(tls),
+      ...resumptionOptions(tls.ca, tls.requestClientCert ?? true, ticketKeys),
       cert: tls.cert,
       key: tls.key,
       ca: tls.ca,

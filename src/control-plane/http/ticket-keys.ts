@@ -9,13 +9,48 @@
  * (replacing the file; each listener re-reads it every minute) makes tickets issued under the
  * old key fall back to one full handshake — cheap, since agents hold their connection for long.
  */
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 
 export const TICKET_KEYS_BYTES = 48;
 /** How often a listener re-reads the file to pick up a rotated key. */
 export const TICKET_KEYS_RELOAD_MS = 60_000;
+
+export interface TicketKeysOptions {
+  file: string;
+  /** The option that named the file, for errors. */
+  option: string;
+  /** A rotated file that cannot be used (the previous key stays). */
+  onReloadError: (message: string) => void;
+}
+
+/**
+ * How long a session ticket can be resumed: the TLS 1.3 maximum (RFC 8446 §4.6.1). Node's default
+ * (300 s) would make every agent connected for longer than that do a full handshake after a
+ * restart. The client certificate is not re-verified on resumption (auth/peer-identity.ts checks
+ * its expiry again).
+ */
+const TICKET_LIFETIME_SECONDS = 7 * 24 * 3600;
+
+/**
+ * The TLS server options for resumption. Sessions are bound to a session-id context: Node's
+ * default is a hash of process.argv, which differs between replicas (and after a flag change), so
+ * it is derived from what a session's authorization depends on — the client CA (a new CA must not
+ * honour sessions verified under the old one) and whether a client certificate is asked for.
+ */
+export function resumptionOptions(
+  clientCa: Buffer,
+  requestClientCert: boolean,
+  ticketKeys: Buffer | undefined,
+): { ticketKeys?: Buffer; sessionTimeout: number; sessionIdContext: string } {
+  const sessionIdContext = createHash("sha256")
+    .update(clientCa)
+    .update(requestClientCert ? "client-cert" : "no-client-cert")
+    .digest("hex")
+    .slice(0, 32);
+  return { ...(ticketKeys ? { ticketKeys } : {}), sessionTimeout: TICKET_LIFETIME_SECONDS, sessionIdContext };
+}
 
 export class TicketKeysError extends Error {
   constructor(message: string) {
