@@ -10,14 +10,19 @@
  *   arm <marker>           await the next push carrying marker on every stream
  *                                                       → {event:"round", received:[epoch ms…], missing}
  *   report <s> <conc>      unary Report calls for s seconds → {event:"report", rps, errors, lastError}
- *   storm <url>            from now, time until every stream is back → {event:"storm", ms, attempts}
+ *   storm <resume>         from now, time until every stream is back; resume 1: reconnects offer
+ *                          the last TLS session as the agent does (src/agent/transport/tls-session.ts),
+ *                          0: full handshakes     → {event:"storm", ms, attempts, resumed, handshakes,
+ *                          arrivals: {p10, p50, p90, p99} ms from the kill}
  *   quit
  * Args (JSON file path): {certsFile, ca, heartbeatMs, backoffMaxMs, roundTimeoutMs}.
  */
 import { readFileSync } from "node:fs";
 import http2 from "node:http2";
 import { createInterface } from "node:readline";
+import type { TLSSocket } from "node:tls";
 import { reconnectDelayMs } from "../src/agent/schedule.js";
+import { resumingTlsConnector } from "../src/agent/transport/tls-session.js";
 import {
   AgentMessageSchema,
   ControlMessageSchema,
@@ -33,7 +38,7 @@ interface Args {
   roundTimeoutMs: number;
 }
 const args = JSON.parse(readFileSync(process.argv[2]!, "utf8")) as Args;
-const { key, certs } = JSON.parse(readFileSync(args.certsFile, "utf8")) as {
+const { key: agentKey, certs } = JSON.parse(readFileSync(args.certsFile, "utf8")) as {
   key: string;
   certs: { cn: string; cert: string }[];
 };
@@ -49,16 +54,27 @@ class Agent {
   up = false;
   attempt = 0;
   received = 0;
+  private connector: ReturnType<typeof resumingTlsConnector>;
   constructor(
     readonly cn: string,
     readonly cert: string,
-  ) {}
+  ) {
+    this.connector = resumingTlsConnector({ ca, cert, key: agentKey });
+  }
 
   /** Opens the connection and the Session; resolves when the initial message arrived (or it failed). */
   open(url: string): Promise<boolean> {
     return new Promise((resolve) => {
-      const session = http2.connect(url, { ca, cert: this.cert, key });
+      // Without resumption each connection starts with no ticket: a full handshake.
+      if (!resume) this.connector = resumingTlsConnector({ ca, cert: this.cert, key: agentKey });
+      const session = http2.connect(url, { createConnection: this.connector.createConnection });
       this.session = session;
+      let connected = false;
+      session.once("connect", () => {
+        connected = true;
+        handshakes++;
+        if ((session.socket as unknown as TLSSocket).isSessionReused()) resumed++;
+      });
       let settled = false;
       const settle = (ok: boolean) => {
         if (settled) return;
@@ -71,6 +87,9 @@ class Agent {
       giveUp.unref();
       session.on("error", () => settle(false));
       session.on("close", () => {
+        // A handshake the client finished but the server dropped before the Session was up (in
+        // TLS 1.3 the client is done before the server has checked its certificate): work lost.
+        if (connected && !this.up) droppedAfterHandshake++;
         settle(false);
         if (this.session === session) this.lost(url);
       });
@@ -121,6 +140,10 @@ class Agent {
 const agents = certs.map((c) => new Agent(c.cn, c.cert));
 let reconnecting = false;
 let attempts = 0;
+let resume = true;
+let handshakes = 0;
+let resumed = 0;
+let droppedAfterHandshake = 0;
 let onUp = () => {};
 let onPush: (a: Agent, hash: string) => void = () => {};
 
@@ -162,13 +185,31 @@ function arm(marker: string): void {
   out({ event: "armed" });
 }
 
-function storm(): void {
+function storm(resumeSessions: boolean): void {
   const t0 = Date.now();
   attempts = 0;
+  handshakes = 0;
+  resumed = 0;
+  droppedAfterHandshake = 0;
+  resume = resumeSessions;
+  // When each agent came back (ms from the kill): the spread shows whether the back-off keeps
+  // the fleet from arriving at once.
+  const back: number[] = [];
   const check = () => {
+    back.push(Date.now() - t0);
     if (agents.every((a) => a.up)) {
       onUp = () => {};
-      out({ event: "storm", ms: Date.now() - t0, attempts });
+      const at = (p: number) => back[Math.min(back.length - 1, Math.floor(back.length * p))];
+      const arrivals = { p10: at(0.1), p50: at(0.5), p90: at(0.9), p99: at(0.99) };
+      out({
+        event: "storm",
+        ms: Date.now() - t0,
+        attempts,
+        handshakes,
+        resumed,
+        droppedAfterHandshake,
+        arrivals,
+      });
     }
   };
   onUp = check;
@@ -231,7 +272,7 @@ for await (const line of createInterface({ input: process.stdin })) {
   if (cmd === "connect") await connectAll(a1!);
   else if (cmd === "arm") arm(a1!);
   else if (cmd === "report") await report(Number(a1), Number(a2));
-  else if (cmd === "storm") storm();
+  else if (cmd === "storm") storm(a1 !== "0");
   else if (cmd === "quit") break;
 }
 reconnecting = false;

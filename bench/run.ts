@@ -12,7 +12,7 @@ import { type AgentResult, agentBench, formatAgent } from "./agent.js";
 import { type BackendFigures, backendRows, backendsFromArgs, measureBackend } from "./backends.js";
 import { child, ROOT } from "./child.js";
 import { openFileLimit } from "./proc-stats.js";
-import { type Fanout, scale, scaleTable, type TargetResult } from "./scale.js";
+import { type Fanout, parseStormVariant, scale, scaleTable, type TargetResult } from "./scale.js";
 
 const argv = process.argv.slice(2);
 const flag = (name: string, fallback: number) => {
@@ -26,6 +26,12 @@ const SECONDS = flag("--seconds", QUICK ? 1 : 5);
 const CONCURRENCY = 16;
 /** Skip the unary and small-fleet sections (for comparing scale figures quickly). */
 const SCALE_ONLY = argv.includes("--scale-only");
+/**
+ * Only the reconnect storm, nixfleet only: `--storm-variants resume/511,full/511,resume/4096,…`
+ * (TLS resumption on or off, the control plane's --listen-backlog) run in turn `--storm-repeats`
+ * times, so variants are compared under the same load.
+ */
+const STORM_ONLY = argv.includes("--storm-only");
 const TARGETS = (
   argv.includes("--targets") ? argv[argv.indexOf("--targets") + 1]! : "nixfleet,naive,raw"
 ).split(",");
@@ -211,11 +217,16 @@ async function main(): Promise<void> {
       dir,
       pki: fleet.pki,
       streams: STREAMS,
-      rounds: QUICK ? 1 : 3,
-      idleSeconds: QUICK ? 2 : 30,
+      rounds: STORM_ONLY ? 0 : QUICK ? 1 : 3,
+      idleSeconds: STORM_ONLY ? 0 : QUICK ? 2 : 30,
       reportSeconds: QUICK ? 1 : 5,
       heartbeatSeconds: 10,
       storm: !argv.includes("--no-storm"),
+      stormOnly: STORM_ONLY,
+      stormVariants: argv.includes("--storm-variants")
+        ? argv[argv.indexOf("--storm-variants") + 1]!.split(",").map(parseStormVariant)
+        : undefined,
+      stormRepeats: flag("--storm-repeats", 1),
       targets: TARGETS,
       cpuProfileDir: CPU_PROF ? join(ROOT, "bench", "results") : null,
       log: (line) => process.stderr.write(`bench: ${line}\n`),

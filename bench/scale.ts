@@ -13,6 +13,7 @@
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import https from "node:https";
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -34,12 +35,54 @@ export interface ScaleOptions {
   reportSeconds: number;
   heartbeatSeconds: number;
   storm: boolean;
+  /** Only connect and storm (no idle, fan-out, status or Report figures). */
+  stormOnly?: boolean;
+  /** The storms to run, in this order, `stormRepeats` times over (interleaved: same load). */
+  stormVariants?: StormVariant[];
+  stormRepeats?: number;
   /** Which servers: "nixfleet", "naive", "raw". */
   targets: string[];
   /** Run the control plane with --cpu-prof into this directory (null: no profile). */
   cpuProfileDir: string | null;
   log: (line: string) => void;
 }
+
+export interface StormVariant {
+  /** Whether the agents offer their last TLS session on reconnect (as the real agent does). */
+  resume: boolean;
+  /** The control plane's --listen-backlog (undefined: its default). */
+  backlog?: number | undefined;
+}
+
+export interface StormRun {
+  variant: string;
+  seconds: number;
+  reconnectAttempts: number;
+  /** Handshakes during the storm and how many of them resumed a session. */
+  handshakes: number;
+  resumed: number;
+  /** Connections whose handshake the client finished but that closed before the Session was up. */
+  droppedAfterHandshake: number;
+  /** When agents were back, ms from the kill (p10, p50, p90, p99). */
+  arrivalsMs: Record<string, number>;
+  cpuMsPerReconnect: number;
+  loadAverage: number;
+}
+
+/** "resume/4096", "full/511": resumption on or off, and optionally the backlog. */
+export function parseStormVariant(text: string): StormVariant {
+  const [mode, backlog] = text.split("/");
+  if (mode !== "resume" && mode !== "full")
+    throw new Error(
+      `--storm-variants: ${JSON.stringify(text)}: expected resume or full, optionally /BACKLOG`,
+    );
+  const n = backlog === undefined ? undefined : Number(backlog);
+  if (n !== undefined && !(Number.isInteger(n) && n > 0))
+    throw new Error(`--storm-variants: ${JSON.stringify(text)}: the backlog must be a positive whole number`);
+  return { resume: mode === "resume", backlog: n };
+}
+
+const variantName = (v: StormVariant) => `${v.resume ? "resume" : "full"}${v.backlog ? `/${v.backlog}` : ""}`;
 
 export interface Fanout {
   firstMs: number;
@@ -63,6 +106,8 @@ export interface TargetResult {
   reportErrors?: number;
   storeLoopRps?: number;
   storm?: { seconds: number; reconnectAttempts: number; cpuMsPerReconnect: number };
+  /** Every storm run (the first is `storm`). */
+  storms?: StormRun[];
 }
 
 interface Server {
@@ -84,7 +129,12 @@ function withKey(key: string): Interceptor {
 }
 
 /** Starts `serve`; resolves once it logged "listening". */
-async function startControlPlane(o: ScaleOptions, db: string, listen: string): Promise<Child> {
+async function startControlPlane(
+  o: ScaleOptions,
+  db: string,
+  listen: string,
+  backlog?: number | undefined,
+): Promise<Child> {
   const args = [
     ...(o.cpuProfileDir ? ["--cpu-prof", "--cpu-prof-dir", o.cpuProfileDir] : []),
     ...programArgs("control-plane"),
@@ -101,6 +151,7 @@ async function startControlPlane(o: ScaleOptions, db: string, listen: string): P
     o.pki.ca,
     "--heartbeat-interval",
     String(o.heartbeatSeconds),
+    ...(backlog ? ["--listen-backlog", String(backlog)] : []),
   ];
   const cp = lineChild(process.execPath, args);
   await cp.waitLine((l) => l.includes('"msg":"listening"'));
@@ -115,8 +166,8 @@ interface NixfleetServer extends Server {
   cp(): Child;
   /** Creates the next round's release (before the clock starts: the figure is the rollout's). */
   prepare(marker: string): Promise<void>;
-  /** Starts a new process on the same port and database. */
-  restart(): Promise<void>;
+  /** Starts a new process on the same port and database (and TLS ticket-key file). */
+  restart(backlog?: number | undefined): Promise<void>;
 }
 
 async function nixfleet(o: ScaleOptions, names: string[]): Promise<NixfleetServer> {
@@ -165,8 +216,8 @@ async function nixfleet(o: ScaleOptions, names: string[]): Promise<NixfleetServe
     async after() {
       await client.cancelRollout({ rolloutId });
     },
-    async restart() {
-      cp = await startControlPlane(o, db, new URL(url).host);
+    async restart(backlog) {
+      cp = await startControlPlane(o, db, new URL(url).host, backlog);
     },
     async stop() {
       if (cp.proc.exitCode !== null || cp.proc.signalCode !== null) return;
@@ -314,45 +365,90 @@ async function measureNixfleet(o: ScaleOptions, names: string[], certsFile: stri
   const nf = await nixfleet(o, names);
   try {
     const { result, agents } = await measureTarget(o, "nixfleet", nf, certsFile);
-    const client = nf.client;
-    const times: number[] = [];
-    let bytes = 0;
-    for (let i = 0; i < 5; i++) {
-      const t0 = performance.now();
-      const status = await client.getFleetStatus({});
-      times.push(performance.now() - t0);
-      bytes = status.machines.length;
+    if (!o.stormOnly) {
+      const client = nf.client;
+      const times: number[] = [];
+      let bytes = 0;
+      for (let i = 0; i < 5; i++) {
+        const t0 = performance.now();
+        const status = await client.getFleetStatus({});
+        times.push(performance.now() - t0);
+        bytes = status.machines.length;
+      }
+      result.fleetStatusMs = times.sort((a, b) => a - b)[2]!;
+      result.fleetStatusBytes = bytes;
+      o.log("nixfleet: Report throughput…");
+      const report = await agents.command(`report ${o.reportSeconds} 16`);
+      result.reportRps = Number(report["rps"]);
+      result.reportErrors = Number(report["errors"]);
+      if (result.reportErrors > 0) o.log(`nixfleet: Report errors: ${String(report["lastError"])}`);
     }
-    result.fleetStatusMs = times.sort((a, b) => a - b)[2]!;
-    result.fleetStatusBytes = bytes;
-    o.log("nixfleet: Report throughput…");
-    const report = await agents.command(`report ${o.reportSeconds} 16`);
-    result.reportRps = Number(report["rps"]);
-    result.reportErrors = Number(report["errors"]);
-    if (result.reportErrors > 0) o.log(`nixfleet: Report errors: ${String(report["lastError"])}`);
-    if (o.storm) {
-      o.log("nixfleet: reconnect storm (SIGKILL + restart)…");
-      await agents.command("storm");
-      nf.cp().proc.kill("SIGKILL");
-      await nf.cp().exited;
-      const stormDone = agents.waitLine((l) => l.includes('"event":"storm"'), agents.lines.length);
-      await nf.restart();
-      const cpu0 = cpuMs(nf.pid);
-      const storm = JSON.parse(await stormDone) as { ms: number; attempts: number };
+    if (o.storm || o.stormOnly) {
+      result.storms = [];
+      const variants = o.stormVariants ?? [{ resume: true }];
+      for (let r = 0; r < (o.stormRepeats ?? 1); r++) {
+        for (const v of variants) {
+          const run = await stormOnce(o, nf, agents, v);
+          result.storms.push(run);
+          o.log(`nixfleet: storm ${JSON.stringify(run)}`);
+        }
+      }
+      const first = result.storms[0]!;
       result.storm = {
-        seconds: storm.ms / 1000,
-        reconnectAttempts: storm.attempts,
-        cpuMsPerReconnect: (cpuMs(nf.pid) - cpu0) / o.streams,
+        seconds: first.seconds,
+        reconnectAttempts: first.reconnectAttempts,
+        cpuMsPerReconnect: first.cpuMsPerReconnect,
       };
     }
     agents.proc.stdin!.end("quit\n");
     await agents.exited;
     await nf.stop();
-    result.storeLoopRps = await storeLoop(nf.db, names, o.reportSeconds);
+    if (!o.stormOnly) result.storeLoopRps = await storeLoop(nf.db, names, o.reportSeconds);
     return result;
   } finally {
     await nf.stop().catch(() => {});
   }
+}
+
+/**
+ * SIGKILL, then a new process on the same port, database and ticket-key file: the time until every
+ * agent's Session is back (from the kill), and the new process's CPU per reconnect.
+ */
+async function stormOnce(
+  o: ScaleOptions,
+  nf: NixfleetServer,
+  agents: Child,
+  v: StormVariant,
+): Promise<StormRun> {
+  o.log(`nixfleet: reconnect storm (SIGKILL + restart), ${variantName(v)}…`);
+  await agents.command(`storm ${v.resume ? 1 : 0}`);
+  nf.cp().proc.kill("SIGKILL");
+  await nf.cp().exited;
+  const stormDone = agents.waitLine((l) => l.includes('"event":"storm"'), agents.lines.length);
+  await nf.restart(v.backlog);
+  const cpu0 = cpuMs(nf.pid);
+  const storm = JSON.parse(await stormDone) as {
+    ms: number;
+    attempts: number;
+    handshakes: number;
+    resumed: number;
+    droppedAfterHandshake?: number;
+    arrivals?: Record<string, number>;
+  };
+  const cpu = cpuMs(nf.pid) - cpu0;
+  // Let the tickets of the last connections arrive and the server settle before the next kill.
+  await sleep(5000);
+  return {
+    variant: variantName(v),
+    seconds: storm.ms / 1000,
+    reconnectAttempts: storm.attempts,
+    handshakes: storm.handshakes,
+    resumed: storm.resumed,
+    droppedAfterHandshake: storm.droppedAfterHandshake ?? 0,
+    arrivalsMs: storm.arrivals ?? {},
+    cpuMsPerReconnect: cpu / o.streams,
+    loadAverage: loadavg()[0]!,
+  };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? Number.NaN;

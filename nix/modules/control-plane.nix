@@ -86,6 +86,10 @@ let
       "--log-level"
       cfg.logLevel
     ]
+    ++ lib.optionals (tlsEnabled && cfg.tls.ticketKeys != null) [
+      "--tls-ticket-keys"
+      cfg.tls.ticketKeys
+    ]
     ++ lib.optional cfg.allowInsecure "--allow-insecure"
     ++ lib.optionals (cfg.metrics.listen != null) [
       "--metrics-listen"
@@ -219,6 +223,13 @@ in
         default = null;
         example = "/var/lib/secrets/nixfleet/agents-ca.pem";
         description = "PEM CA that signs the agents' client certificates (CN = machine id). Required unless `allowInsecure`.";
+      };
+      ticketKeys = mkOption {
+        # A string, not a path: the key must not be copied into the world-readable store.
+        type = types.nullOr absolutePath;
+        default = null;
+        example = "/var/lib/secrets/nixfleet/tls-ticket-keys";
+        description = "TLS session-ticket key: 48 random bytes (`head -c 48 /dev/urandom`), readable by the service user only, the same file on every replica so agents resume their TLS session on any of them after a restart. Re-read every minute (replace it to rotate). Default (null): `tls-ticket-keys` in the state directory, created on first start.";
       };
     };
 

@@ -3,10 +3,15 @@
  * variable), validated into one typed config. Pure, so every rule is table-tested; a bad value is
  * a UsageError naming the flag, which main turns into exit code 2.
  */
+import { dirname, join } from "node:path";
 import { parseDuration } from "../common/duration.js";
 import { isLogLevel, LOG_LEVELS } from "../common/logger.js";
 import type { HostPort } from "./control-plane.js";
-import { type ConnectionTimeouts, DEFAULT_CONNECTION_TIMEOUTS } from "./http/connection-timeouts.js";
+import {
+  type ConnectionTimeouts,
+  DEFAULT_CONNECTION_TIMEOUTS,
+  DEFAULT_LISTEN_BACKLOG,
+} from "./http/connection-timeouts.js";
 import { DEFAULT_EXECUTOR_LEASE_MS } from "./leader/lease.js";
 
 export class UsageError extends Error {
@@ -27,6 +32,7 @@ export interface ServeFlags {
   tlsCert?: string | undefined;
   tlsKey?: string | undefined;
   clientCa?: string | undefined;
+  tlsTicketKeys?: string | undefined;
   allowInsecure?: boolean | undefined;
   metricsListen?: string | undefined;
   metricsRequireKey?: boolean | undefined;
@@ -41,6 +47,7 @@ export interface ServeFlags {
   idleTimeout?: string | undefined;
   headerTimeout?: string | undefined;
   handshakeTimeout?: string | undefined;
+  listenBacklog?: string | undefined;
 }
 
 export interface ServeConfig {
@@ -48,7 +55,8 @@ export interface ServeConfig {
   dbPath: string;
   /** PostgreSQL instead of the SQLite file at dbPath (several replicas can share it). */
   databaseUrl: string | null;
-  tls: { cert: string; key: string; clientCa: string } | null;
+  /** ticketKeys: the session-ticket key file (http/ticket-keys.ts); null: per-process keys. */
+  tls: { cert: string; key: string; clientCa: string; ticketKeys: string | null } | null;
   allowInsecure: boolean;
   metricsListen: HostPort | null;
   metricsRequireKey: boolean;
@@ -62,7 +70,12 @@ export interface ServeConfig {
   reportRetentionHours: number;
   logLevel: string;
   connectionTimeouts: ConnectionTimeouts;
+  /** listen(2) backlog of every listener (the kernel caps it at net.core.somaxconn). */
+  listenBacklog: number;
 }
+
+/** The session-ticket key file when --tls-ticket-keys is not given: next to the SQLite file. */
+export const TICKET_KEYS_FILE_NAME = "tls-ticket-keys";
 
 export const DEFAULTS = {
   listen: "0.0.0.0:8443",
@@ -77,6 +90,7 @@ export const DEFAULTS = {
   idleTimeout: DEFAULT_CONNECTION_TIMEOUTS.idleMs / 1000,
   headerTimeout: DEFAULT_CONNECTION_TIMEOUTS.headerMs / 1000,
   handshakeTimeout: DEFAULT_CONNECTION_TIMEOUTS.handshakeMs / 1000,
+  listenBacklog: DEFAULT_LISTEN_BACKLOG,
 } as const;
 
 /** The environment variable for each flag. */
@@ -87,6 +101,7 @@ export const ENV: Record<keyof ServeFlags, string> = {
   tlsCert: "NIXFLEET_CP_TLS_CERT",
   tlsKey: "NIXFLEET_CP_TLS_KEY",
   clientCa: "NIXFLEET_CP_CLIENT_CA",
+  tlsTicketKeys: "NIXFLEET_CP_TLS_TICKET_KEYS",
   allowInsecure: "NIXFLEET_CP_ALLOW_INSECURE",
   metricsListen: "NIXFLEET_CP_METRICS_LISTEN",
   metricsRequireKey: "NIXFLEET_CP_METRICS_REQUIRE_KEY",
@@ -101,6 +116,7 @@ export const ENV: Record<keyof ServeFlags, string> = {
   idleTimeout: "NIXFLEET_CP_IDLE_TIMEOUT",
   headerTimeout: "NIXFLEET_CP_HEADER_TIMEOUT",
   handshakeTimeout: "NIXFLEET_CP_HANDSHAKE_TIMEOUT",
+  listenBacklog: "NIXFLEET_CP_LISTEN_BACKLOG",
 };
 
 const FLAG: Record<keyof ServeFlags, string> = {
@@ -110,6 +126,7 @@ const FLAG: Record<keyof ServeFlags, string> = {
   tlsCert: "--tls-cert",
   tlsKey: "--tls-key",
   clientCa: "--client-ca",
+  tlsTicketKeys: "--tls-ticket-keys",
   allowInsecure: "--allow-insecure",
   metricsListen: "--metrics-listen",
   metricsRequireKey: "--metrics-require-key",
@@ -124,6 +141,7 @@ const FLAG: Record<keyof ServeFlags, string> = {
   idleTimeout: "--idle-timeout",
   headerTimeout: "--header-timeout",
   handshakeTimeout: "--handshake-timeout",
+  listenBacklog: "--listen-backlog",
 };
 
 /** Parses "host:port", "[v6]:port" or ":port" (all interfaces); port 0 asks for a free one. */
@@ -168,6 +186,17 @@ function duration(
 /** A connection timeout in milliseconds: a duration from 1 s to 1 day. */
 function timeoutMs(flag: string, value: string): number {
   return Math.round(duration(flag, value, { min: 1, max: 86400, integer: false }) * 1000);
+}
+
+function listenBacklog(value: string | undefined): number {
+  if (value === undefined) return DEFAULTS.listenBacklog;
+  const n = Number(value.trim());
+  if (!/^\s*\d+\s*$/.test(value) || n < 1 || n > 65535)
+    throw new UsageError(
+      "--listen-backlog",
+      `expected a whole number from 1 to 65535, got ${JSON.stringify(value)}`,
+    );
+  return n;
 }
 
 function bool(flag: string, envName: string, value: string): boolean {
@@ -229,9 +258,15 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
   const cert = str("tlsCert") || undefined;
   const key = str("tlsKey") || undefined;
   const clientCa = str("clientCa") || undefined;
+  const ticketKeys = str("tlsTicketKeys") || undefined;
   let tls: ServeConfig["tls"] = null;
   if (allowInsecure) {
-    const given = [cert && "--tls-cert", key && "--tls-key", clientCa && "--client-ca"].filter(Boolean);
+    const given = [
+      cert && "--tls-cert",
+      key && "--tls-key",
+      clientCa && "--client-ca",
+      ticketKeys && "--tls-ticket-keys",
+    ].filter(Boolean);
     if (given.length)
       throw new UsageError(
         "--allow-insecure",
@@ -249,7 +284,7 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
         "--client-ca",
         "required: the CA (PEM) that signs agent client certificates; agents authenticate with them",
       );
-    tls = { cert, key, clientCa };
+    tls = { cert, key, clientCa, ticketKeys: ticketKeys ?? null };
   }
 
   const logLevel = str("logLevel") ?? DEFAULTS.logLevel;
@@ -261,6 +296,10 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
   const dbPath = str("dbPath") ?? DEFAULTS.dbPath;
   if (dbPath.trim() === "") throw new UsageError("--db-path", "must not be empty");
   const databaseUrl = parseDatabaseUrl(str("databaseUrl"), str("dbPath") !== undefined);
+  // The state directory is where the SQLite file lives (by default also with PostgreSQL); an
+  // in-memory database has none, and its restarts lose everything anyway.
+  if (tls && !tls.ticketKeys && dbPath !== ":memory:")
+    tls.ticketKeys = join(dirname(dbPath), TICKET_KEYS_FILE_NAME);
   const metricsListen = str("metricsListen");
   const dashboardListen = str("dashboardListen");
   const timeout = (key: "idleTimeout" | "headerTimeout" | "handshakeTimeout", fallback: number) => {
@@ -312,5 +351,6 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
     }),
     logLevel,
     connectionTimeouts,
+    listenBacklog: listenBacklog(str("listenBacklog")),
   };
 }

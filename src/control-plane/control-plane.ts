@@ -99,6 +99,8 @@ export interface ControlPlaneOptions {
   watchFleetQueueLimit?: number;
   /** Handshake, header and idle timeouts of every listener (default DEFAULT_CONNECTION_TIMEOUTS). */
   connectionTimeouts?: ConnectionTimeouts;
+  /** The listeners' accept queue (listen(2) backlog); undefined: DEFAULT_LISTEN_BACKLOG. */
+  listenBacklog?: number;
   /** How often shared presence is written and read, with PostgreSQL (default 2 s). */
   presenceFlushMs?: number;
 }
@@ -352,7 +354,7 @@ export class ControlPlane {
   async listen(): Promise<void> {
     const o = this.options;
     const handlers = this.requestHandler();
-    const timeouts = o.connectionTimeouts ?? DEFAULT_CONNECTION_TIMEOUTS;
+    const timeouts = { ...(o.connectionTimeouts ?? DEFAULT_CONNECTION_TIMEOUTS), backlog: o.listenBacklog };
     if (o.allowInsecure) {
       this.listener = await listenInsecure(
         o.listen.host,

@@ -17,9 +17,11 @@ import {
   resolveServeConfig,
   type ServeConfig,
   type ServeFlags,
+  TICKET_KEYS_FILE_NAME,
   UsageError,
 } from "./config.js";
 import { ControlPlane } from "./control-plane.js";
+import { TicketKeysError } from "./http/ticket-keys.js";
 import { type KeysDatabase, keysCreate, keysList, keysRevoke } from "./keys-command.js";
 import { migrateCommand } from "./migrate-command.js";
 import { TargetNotEmptyError } from "./store/copy.js";
@@ -44,7 +46,8 @@ function startupMessage(err: unknown, config: ServeConfig): string {
     return `cannot listen on ${config.listen.host}:${config.listen.port}: permission denied (ports below 1024 need privileges)`;
   if (e.code === "EADDRNOTAVAIL")
     return `cannot listen on ${config.listen.host}: no such local address; check --listen`;
-  if (err instanceof DatabaseStartupError || err instanceof TlsConfigError) return err.message;
+  if (err instanceof DatabaseStartupError || err instanceof TlsConfigError || err instanceof TicketKeysError)
+    return err.message;
   return `start-up failed: ${(err as Error).message ?? String(err)}`;
 }
 
@@ -64,7 +67,20 @@ async function serve(flags: ServeFlags): Promise<void> {
         { ca: config.tls.clientCa, cert: config.tls.cert, key: config.tls.key },
         { ca: "--client-ca", cert: "--tls-cert", key: "--tls-key" },
       );
-      tls = { cert: material.cert!, key: material.key!, ca: material.ca! };
+      tls = {
+        cert: material.cert!,
+        key: material.key!,
+        ca: material.ca!,
+        ...(config.tls.ticketKeys
+          ? {
+              ticketKeys: {
+                file: config.tls.ticketKeys,
+                option: "--tls-ticket-keys",
+                onReloadError: (message: string) => logger.error(message),
+              },
+            }
+          : {}),
+      };
     } catch (err) {
       if (err instanceof TlsConfigError) fail(1, err.message);
       throw err;
@@ -91,6 +107,7 @@ async function serve(flags: ServeFlags): Promise<void> {
     heartbeatIntervalSeconds: config.heartbeatIntervalSeconds,
     reportRetentionHours: config.reportRetentionHours,
     connectionTimeouts: config.connectionTimeouts,
+    listenBacklog: config.listenBacklog,
     logger,
   });
 
@@ -156,6 +173,12 @@ function program(): Command {
   opt("--tls-key <file>", "tlsKey", "server private key (PEM)");
   opt("--client-ca <file>", "clientCa", "CA bundle (PEM) that signs agent client certificates");
   opt(
+    "--tls-ticket-keys <file>",
+    "tlsTicketKeys",
+    "TLS session-ticket key (48 random bytes, mode 0600; created if absent; the same file on every replica; re-read every minute)",
+    `${TICKET_KEYS_FILE_NAME} next to --db-path`,
+  );
+  opt(
     "--allow-insecure",
     "allowInsecure",
     "DEVELOPMENT ONLY: plain HTTP (h2c and HTTP/1.1), agents' claimed ids trusted",
@@ -220,6 +243,12 @@ function program(): Command {
     "handshakeTimeout",
     "a new connection must finish its TLS handshake within this",
     `${DEFAULTS.handshakeTimeout}s`,
+  );
+  opt(
+    "--listen-backlog <n>",
+    "listenBacklog",
+    "accept queue of each listener (capped by net.core.somaxconn); room for a reconnect storm",
+    DEFAULTS.listenBacklog,
   );
   opt(
     "--log-level <level>",

@@ -31,7 +31,43 @@ describe("serve configuration", () => {
     assert.equal(c.reportRetentionHours, 168);
     assert.equal(c.allowInsecure, false);
     assert.equal(c.metricsListen, null);
-    assert.deepEqual(c.tls, { cert: "/c.pem", key: "/k.pem", clientCa: "/ca.pem" });
+    assert.deepEqual(c.tls, {
+      cert: "/c.pem",
+      key: "/k.pem",
+      clientCa: "/ca.pem",
+      ticketKeys: "/var/lib/nixfleet-cp/tls-ticket-keys",
+    });
+  });
+
+  it("takes a listen backlog, 4096 unless told", () => {
+    assert.equal(resolveServeConfig(tls, {}).listenBacklog, 4096);
+    assert.equal(resolveServeConfig({ ...tls, listenBacklog: "1024" }, {}).listenBacklog, 1024);
+    assert.equal(resolveServeConfig(tls, { NIXFLEET_CP_LISTEN_BACKLOG: "511" }).listenBacklog, 511);
+    for (const bad of ["0", "many", "70000", "1.5"])
+      assert.match(
+        usage({ ...tls, listenBacklog: bad }),
+        /^--listen-backlog: expected a whole number from 1 to 65535/,
+      );
+  });
+
+  it("keeps the TLS ticket key next to the database unless told where", () => {
+    assert.equal(
+      resolveServeConfig({ ...tls, dbPath: "/srv/cp/x.db" }, {}).tls?.ticketKeys,
+      "/srv/cp/tls-ticket-keys",
+    );
+    assert.equal(
+      resolveServeConfig({ ...tls }, { NIXFLEET_CP_TLS_TICKET_KEYS: "/run/k" }).tls?.ticketKeys,
+      "/run/k",
+    );
+    assert.equal(
+      resolveServeConfig({ ...tls, tlsTicketKeys: "/flag" }, { NIXFLEET_CP_TLS_TICKET_KEYS: "/run/k" }).tls
+        ?.ticketKeys,
+      "/flag",
+    );
+    assert.match(
+      usage({ allowInsecure: true, tlsTicketKeys: "/k" }),
+      /^--allow-insecure: .*--tls-ticket-keys/,
+    );
   });
 
   it("reads NIXFLEET_CP_* variables, and a flag wins over its variable", () => {

@@ -161,6 +161,19 @@ describe("services.nixfleet-control-plane: the unit", () => {
     assert.deepEqual(unit.wantedBy, ["multi-user.target"]);
   });
 
+  it("passes tls.ticketKeys as --tls-ticket-keys, read in place (re-read to rotate)", async () => {
+    const { unit } = await controlPlane(
+      cpModule(TLS),
+      cpModule(`tls.ticketKeys = "/var/lib/secrets/nixfleet/tls-ticket-keys";`),
+    );
+    const argv = splitExecStart(String(unit.serviceConfig["ExecStart"]), "/creds");
+    const at = argv.indexOf("--tls-ticket-keys");
+    assert.ok(at > 0, "--tls-ticket-keys is passed");
+    assert.equal(argv[at + 1], "/var/lib/secrets/nixfleet/tls-ticket-keys");
+    const config = resolveServeConfig(flagsOf(argv.slice(2)), {});
+    assert.equal(config.tls?.ticketKeys, "/var/lib/secrets/nixfleet/tls-ticket-keys");
+  });
+
   it("its defaults are the control plane's own defaults", async () => {
     const { unit } = await controlPlane(cpModule(TLS));
     const argv = splitExecStart(String(unit.serviceConfig["ExecStart"]), "/creds");

@@ -4,7 +4,8 @@
  * - `connect`: the Connect protocol, binary, over HTTP/2 (Session works too);
  * - `connect-json`: Connect with JSON over HTTP/1.1 — the REST fallback through proxies that only
  *   speak HTTP/1.1. GetDesiredGeneration goes as a plain GET; pushes come over Watch.
- * mTLS material comes from src/common/tls.ts, read and checked once at start-up.
+ * mTLS material comes from src/common/tls.ts, read and checked once at start-up. Over HTTP/2 a
+ * reconnect offers the last TLS session ticket (tls-session.ts).
  *
  * With several control-plane URLs, each gets its own connection and the client goes through a
  * FailoverTransport (src/common/failover-transport.ts) that uses the last one that worked.
@@ -17,6 +18,7 @@ import type { Logger } from "../../common/logger.js";
 import type { TlsMaterial } from "../../common/tls.js";
 import { AgentService } from "../../gen/nixfleet/v1/agent_pb.js";
 import type { Protocol } from "../config.js";
+import { resumingSessionOptions } from "./tls-session.js";
 
 export type AgentClient = Client<typeof AgentService>;
 
@@ -78,7 +80,8 @@ function connectEndpoint(baseUrl: string, options: ClientOptions): Endpoint {
       // Keep the connection while idle between polls only as long as a poll period would.
       idleConnectionTimeoutMs: 15 * 60 * 1000,
     },
-    tls,
+    // Reconnects resume the TLS session (tls-session.ts): cheap for the control plane in a storm.
+    baseUrl.startsWith("https:") ? resumingSessionOptions(tls) : tls,
   );
   const transport =
     options.protocol === "grpc"

@@ -61,6 +61,17 @@ function identityOfSocket(socket: TLSSocket): PeerIdentity {
   if (!socket.authorized) {
     return { transport: "tls", verified: false, commonName: null, problem: rejectionReason(socket, cert) };
   }
+  // A resumed TLS session (tickets live up to 7 days) carries the verification of the handshake
+  // that created it: a certificate that has expired since must not keep its identity.
+  if (socket.isSessionReused() && Date.parse(cert.valid_to) < Date.now()) {
+    const cn = cert.subject?.CN ? ` (CN ${String(cert.subject.CN)})` : "";
+    return {
+      transport: "tls",
+      verified: false,
+      commonName: null,
+      problem: `the client certificate${cn} expired on ${cert.valid_to}; renew it (issue a new one from the client CA)`,
+    };
+  }
   const cn = cert.subject?.CN;
   const commonName = Array.isArray(cn) ? (cn[0] ?? null) : (cn ?? null);
   if (!commonName)

@@ -30,6 +30,9 @@ export const DEFAULT_CONNECTION_TIMEOUTS: ConnectionTimeouts = {
   idleMs: 300_000,
 };
 
+/** The listeners' accept queue (listen(2) backlog); why 4096 and not Node's 511: listener.ts. */
+export const DEFAULT_LISTEN_BACKLOG = 4096;
+
 interface Http1State {
   inflight: number;
   /** Open requests whose body has not fully arrived. */

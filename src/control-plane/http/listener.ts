@@ -22,7 +22,13 @@ import http2, {
 } from "node:http2";
 import net, { type AddressInfo, type Socket } from "node:net";
 import { Duplex } from "node:stream";
-import { type ConnectionTimeouts, DEFAULT_CONNECTION_TIMEOUTS, TimeoutGuard } from "./connection-timeouts.js";
+import {
+  type ConnectionTimeouts,
+  DEFAULT_CONNECTION_TIMEOUTS,
+  DEFAULT_LISTEN_BACKLOG,
+  TimeoutGuard,
+} from "./connection-timeouts.js";
+import { loadTicketKeys, resumptionOptions, type TicketKeysOptions, watchTicketKeys } from "./ticket-keys.js";
 
 export type RequestHandler = (
   req: IncomingMessage | Http2ServerRequest,
@@ -48,6 +54,8 @@ export interface TlsOptions {
    * does not: browsers would show a certificate picker, and operators sign in with API keys.
    */
   requestClientCert?: boolean;
+  /** Session-ticket keys shared across restarts and replicas (ticket-keys.ts); absent: per process. */
+  ticketKeys?: TicketKeysOptions;
 }
 
 export interface Listener {
@@ -69,18 +77,31 @@ function hostForUrl(host: string): string {
 }
 
 /*
- * The accept queue stays at Node's default (511). A larger one (4096, for reconnect storms: an
- * overflowing queue drops SYNs that then wait out TCP retransmissions) was tried twice, and both
- * times the insecure listener's connection-timeouts test failed in a full CI run with a partial
- * HTTP/1.1 head left open for 30 s, while passing alone; the cause is not understood, so the
- * storm benefit is not worth an unexplained failure. See docs/benchmarks.md.
+ * The accept queue (--listen-backlog, default 4096, capped by net.core.somaxconn). Node's default,
+ * 511, overflows when a fleet reconnects after a restart: Linux then drops the client's final ACK
+ * or SYN and the client waits out TCP retransmissions (1, 2, 4… s) while it believes it is
+ * connected — the storm's long tail. 4096 was reverted twice because the insecure listener's
+ * connection-timeouts test failed in full CI runs; the cause was that test attaching its second
+ * close listener only after the first close, so a partial head closing first went unseen (fixed in
+ * the test; the backlog played no part). Storm measurements: docs/control-plane.md.
  */
 
-function listenOn(server: net.Server, host: string, port: number): Promise<number> {
+/** Per-listener settings: the connection timeouts, and the accept queue's length. */
+export interface ListenSettings extends ConnectionTimeouts {
+  /** listen(2)'s backlog (the kernel caps it at net.core.somaxconn); default DEFAULT_LISTEN_BACKLOG. */
+  backlog?: number | undefined;
+}
+
+function listenOn(
+  server: net.Server,
+  host: string,
+  port: number,
+  backlog: number | undefined,
+): Promise<number> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once("error", onError);
-    server.listen({ host, port }, () => {
+    server.listen({ host, port, backlog: backlog ?? DEFAULT_LISTEN_BACKLOG }, () => {
       server.off("error", onError);
       resolve((server.address() as AddressInfo).port);
     });
@@ -254,12 +275,14 @@ export async function listenTls(
   port: number,
   tls: TlsOptions,
   handler: RequestHandler,
-  timeouts: ConnectionTimeouts = DEFAULT_CONNECTION_TIMEOUTS,
+  timeouts: ListenSettings = DEFAULT_CONNECTION_TIMEOUTS,
   route?: StreamRoute,
 ): Promise<Listener> {
   const tracker = new ConnectionTracker(new TimeoutGuard(timeouts));
+  const ticketKeys = tls.ticketKeys ? loadTicketKeys(tls.ticketKeys.file, tls.ticketKeys.option) : undefined;
   const server = http2.createSecureServer(
     {
+      ...resumptionOptions(tls.ca, tls.requestClientCert ?? true, ticketKeys),
       cert: tls.cert,
       key: tls.key,
       ca: tls.ca,
@@ -283,7 +306,18 @@ export async function listenTls(
   // own connection; none of it may take the server down.
   server.on("tlsClientError", () => {});
   server.on("sessionError", () => {});
-  const bound = await listenOn(server, host, port);
+  const bound = await listenOn(server, host, port, timeouts.backlog);
+  const stopWatching =
+    tls.ticketKeys && ticketKeys
+      ? watchTicketKeys(
+          tls.ticketKeys.file,
+          tls.ticketKeys.option,
+          ticketKeys,
+          (keys) => server.setTicketKeys(keys),
+          tls.ticketKeys.onReloadError,
+        )
+      : undefined;
+  server.once("close", () => stopWatching?.());
   return listener(`https://${hostForUrl(host)}:${bound}`, bound, server, tracker);
 }
 
@@ -349,7 +383,7 @@ export async function listenInsecure(
   host: string,
   port: number,
   handler: RequestHandler,
-  timeouts: ConnectionTimeouts = DEFAULT_CONNECTION_TIMEOUTS,
+  timeouts: ListenSettings = DEFAULT_CONNECTION_TIMEOUTS,
   route?: StreamRoute,
 ): Promise<Listener> {
   const tracker = new ConnectionTracker(new TimeoutGuard(timeouts));
@@ -387,7 +421,7 @@ export async function listenInsecure(
     socket.on("data", onData);
     socket.on("error", () => {});
   });
-  const bound = await listenOn(server, host, port);
+  const bound = await listenOn(server, host, port, timeouts.backlog);
   return listener(`http://${hostForUrl(host)}:${bound}`, bound, server, tracker, h1);
 }
 
@@ -396,7 +430,7 @@ export async function listenPlainHttp(
   host: string,
   port: number,
   handler: RequestHandler,
-  timeouts: ConnectionTimeouts = DEFAULT_CONNECTION_TIMEOUTS,
+  timeouts: ListenSettings = DEFAULT_CONNECTION_TIMEOUTS,
 ): Promise<Listener> {
   const tracker = new ConnectionTracker(new TimeoutGuard(timeouts));
   const server = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES }, tracker.wrap(handler));
@@ -404,6 +438,6 @@ export async function listenPlainHttp(
     tracker.socket(socket);
     tracker.guard.http1Socket(socket);
   });
-  const bound = await listenOn(server, host, port);
+  const bound = await listenOn(server, host, port, timeouts.backlog);
   return listener(`http://${hostForUrl(host)}:${bound}`, bound, server, tracker, server);
 }
