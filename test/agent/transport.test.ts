@@ -107,8 +107,10 @@ describe("transport (real mTLS, scripted control plane)", () => {
     events: string[],
     pushes: DesiredGenerationChanged[],
     log: Logger,
+    firstMessageTimeoutMs?: number,
   ) {
     return new PushChannel({
+      firstMessageTimeoutMs,
       client: conn.client,
       mode,
       identity: { machineId: "web-01", tags: ["web"], agentVersion: "test", currentGeneration: () => PATH_A },
@@ -192,6 +194,32 @@ describe("transport (real mTLS, scripted control plane)", () => {
         30_000,
       );
       assert.ok(events.includes("down"));
+    } finally {
+      cp.silentStreams = false;
+      await ch.stop();
+    }
+  });
+
+  it("Session: a control plane that accepts the stream but never sends its first message is dropped", async () => {
+    const { log, lines } = captureLogger();
+    const events: string[] = [];
+    cp.silentStreams = true;
+    const ch = channel(connect("grpc"), "session", events, [], log, 1000);
+    ch.start();
+    try {
+      await waitFor(
+        "the first-message watchdog",
+        () =>
+          lines.some(
+            (l) =>
+              l["event"] === "stream_error" && /no message from the control plane/.test(String(l["error"])),
+          ),
+        30_000,
+      );
+      assert.ok(!events.includes("up"), "never counted as connected");
+      // It keeps retrying; once the control plane answers, the stream comes up.
+      cp.silentStreams = false;
+      await waitFor("connected once the control plane answers", () => ch.connected, 30_000);
     } finally {
       cp.silentStreams = false;
       await ch.stop();

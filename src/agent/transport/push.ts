@@ -38,6 +38,8 @@ export interface Identity {
   currentGeneration: () => string;
 }
 
+const FIRST_MESSAGE_TIMEOUT_MS = 30_000;
+
 export interface PushChannelOptions {
   client: AgentClient;
   mode: "session" | "watch";
@@ -49,6 +51,12 @@ export interface PushChannelOptions {
   random?: Random;
   /** A stream that stayed up this long resets the back-off. */
   stableAfterMs?: number;
+  /**
+   * How long a new stream may wait for its first message (the control plane answers a Session or
+   * Watch at once with the current assignment) before it counts as dead: a server that accepts
+   * the stream and then says nothing must not hold the agent for ever. Default 30 s.
+   */
+  firstMessageTimeoutMs?: number;
   /** The control-plane URL the stream goes to (several URLs: src/common/failover-transport.ts), for the log. */
   currentUrl?: () => string;
 }
@@ -189,14 +197,22 @@ export class PushChannel {
         },
       });
     }, heartbeatIntervalMs);
-    // The peer's heartbeats (if it sends any) must keep coming: three missed intervals = dead.
-    // One timer set for the moment the silence would be too long, re-armed when a message
-    // arrives — not a tick every few seconds that an idle agent would wake up for.
+    // The first message must come within firstMessageTimeoutMs; after it, the peer's heartbeats
+    // (if it sends any) must keep coming: three missed intervals = dead. One timer set for the
+    // moment the silence would be too long, re-armed when a message arrives — not a tick every
+    // few seconds that an idle agent would wake up for.
     let watchdog: NodeJS.Timeout | undefined;
+    const silenceLimitMs = () =>
+      peerIntervalMs !== undefined
+        ? 3 * peerIntervalMs
+        : answered
+          ? undefined
+          : (this.options.firstMessageTimeoutMs ?? FIRST_MESSAGE_TIMEOUT_MS);
     const watch = () => {
       clearTimeout(watchdog);
-      if (peerIntervalMs === undefined) return;
-      const left = 3 * peerIntervalMs - (Date.now() - lastHeard);
+      const limit = silenceLimitMs();
+      if (limit === undefined) return;
+      const left = limit - (Date.now() - lastHeard);
       if (left >= 0) {
         watchdog = setTimeout(watch, left + 1);
         return;
@@ -233,6 +249,7 @@ export class PushChannel {
           { signal },
         );
       }
+      watch();
       for await (const msg of stream) {
         lastHeard = Date.now();
         if (!answered) {
