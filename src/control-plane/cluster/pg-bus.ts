@@ -178,7 +178,7 @@ export class PostgresBus implements ClusterBus {
           this.stats.sendFailures++;
           this.o.logger.error(
             { err, payloads: payloads.length },
-            "could not announce a change to the other replicas; their agents get it on their next poll or reconnect",
+            "could not announce a change to the other replicas; the leader's next executor tick and the machines' next changes make up for it",
           );
           return;
         }
