@@ -79,6 +79,8 @@ let
       cfg.pollHint
       "--executor-tick"
       cfg.executorTick
+      "--executor-lease"
+      cfg.executorLease
       "--heartbeat-interval"
       cfg.heartbeatInterval
       "--report-retention"
@@ -282,6 +284,19 @@ in
       };
       default = 2;
       description = "Seconds between rollout executor ticks (timeouts; reports are acted on at once).";
+    };
+
+    executorLease = mkOption {
+      type = types.addCheck types.number (x: x >= 0.3 && x <= 600) // {
+        description = "number of seconds from 0.3 to 600";
+      };
+      default = 6;
+      description = ''
+        With PostgreSQL (`database.*`): seconds an executor leader's lease lasts without renewal;
+        every replica claims it every third of this. A killed leader is replaced within about
+        1⅓ × this; a leader that cannot renew it for this long (database failover, a long pause)
+        stops executing. Use the same value on every replica. Unused with SQLite (one process).
+      '';
     };
 
     heartbeatInterval = mkOption {

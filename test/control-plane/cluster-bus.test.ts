@@ -1,7 +1,9 @@
 /**
  * The cluster bus: its wire form fits PostgreSQL's NOTIFY limit at fleet scale, and over a real
  * PostgreSQL one replica's events reach another (not itself twice), kicks coalesce, and a
- * LISTEN connection killed with pg_terminate_backend comes back and asks for a resync.
+ * LISTEN connection killed with pg_terminate_backend comes back and asks for a resync. Rollout
+ * and desired-generation changes leave inside the transaction that writes them: on commit, never
+ * on rollback.
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
@@ -16,6 +18,8 @@ import {
   MAX_PAYLOAD_BYTES,
 } from "../../src/control-plane/cluster/messages.js";
 import { PostgresBus } from "../../src/control-plane/cluster/pg-bus.js";
+import { RolloutNotifier } from "../../src/control-plane/rollouts/notifier.js";
+import { PostgresFleetStore } from "../../src/control-plane/store/postgres-store.js";
 import type { DesiredChange } from "../../src/control-plane/store/records.js";
 import { postgresUnavailable, sharedPostgres } from "../fixtures/postgres.js";
 import { storePath, waitFor } from "./helpers.js";
@@ -232,5 +236,138 @@ describe("PostgreSQL bus", { skip: postgresUnavailable() }, () => {
     assert.equal(b.sink.resyncs, 1, "told to re-send what it may have missed");
     a.bus.publish({ kind: "rollout", rolloutId: "after-kill" });
     await waitFor("B to hear A again", () => b.sink.rollouts.includes("after-kill"));
+  });
+});
+
+describe("announced in the writing transaction (PostgreSQL)", { skip: postgresUnavailable() }, () => {
+  /**
+   * Replica A's store announces through A's bus inside its transactions; replica B only listens.
+   * Nothing here publishes after a commit, so whatever B hears came from the commit itself —
+   * as it must when A dies between committing and announcing.
+   */
+  async function replicas(t: { after(fn: () => Promise<void>): void }) {
+    const url = await (await sharedPostgres()).database();
+    const { store } = await PostgresFleetStore.open({ url, poolSize: 4 });
+    t.after(() => store.close());
+    const buses: PostgresBus[] = [];
+    const make = async (id: string) => {
+      const sink = new RecordingSink();
+      const bus = new PostgresBus({ url, sink, logger: quiet, replicaId: id });
+      await bus.start();
+      buses.push(bus);
+      return { sink, bus };
+    };
+    const a = await make("a");
+    const b = await make("b");
+    t.after(async () => {
+      for (const bus of buses) await bus.stop();
+    });
+    store.announceWith(a.bus.storeAnnouncer(7));
+    for (const id of ["m-1", "m-2", "m-3"])
+      await store.registerMachine({ id, tags: ["web"], lifecycle: null }, "apikey:ci", 1);
+    return { url, store, a, b };
+  }
+
+  it("a committed change reaches the other replica from the commit itself, nothing sent after it", async (t) => {
+    const { store, a, b } = await replicas(t);
+    await store.setDesired(
+      { machineId: "m-1", storePath: storePath("m-1", 1), cacheUrl: "" },
+      "apikey:ci",
+      2,
+    );
+    await store.createRelease(
+      {
+        id: "rel-1",
+        entries: [{ hostname: "m-2", storePath: storePath("m-2", 2), platform: "x86_64-linux", tags: [] }],
+        cacheUrl: "",
+        flakeRef: "",
+        flakeRev: "",
+      },
+      "apikey:ci",
+      3,
+    );
+    const created = await store.createRollout(
+      {
+        id: "r-1",
+        releaseId: "rel-1",
+        targetTags: [],
+        targetHosts: ["m-2"],
+        strategy: "all_at_once",
+        batchSizes: ["100%"],
+        failureThreshold: "0",
+        onFailure: "pause",
+        healthTimeoutSeconds: 300,
+        soakSeconds: 0,
+        cacheUrl: "",
+        batches: [[{ machineId: "m-2", targetGeneration: storePath("m-2", 2) }]],
+        note: "",
+      },
+      "apikey:ci",
+      4,
+    );
+    const started = await store.startBatch("r-1", 0, 5);
+    assert.ok(started);
+    await waitFor("B to hear the desired generations", () => b.sink.desiredSeen.length === 2, 60_000);
+    assert.deepEqual(
+      b.sink.desiredSeen.map((d) => [d.change.machineId, d.change.desired?.storePath, d.hint]),
+      [
+        ["m-1", storePath("m-1", 1), undefined],
+        ["m-2", storePath("m-2", 2), 7],
+      ],
+      "the operator's assignment, then the batch's with the rollout's poll hint, in commit order",
+    );
+    await waitFor(
+      "B to hear the rollout",
+      () => b.sink.rollouts.length === 2 && b.sink.kicks.length === 1,
+      60_000,
+    );
+    assert.deepEqual(b.sink.rollouts, ["r-1", "r-1"], "created, then the batch started");
+    assert.deepEqual(b.sink.kicks, ["r-1"], "the leader's executor learns of the new rollout");
+    assert.equal(a.bus.stats.sent, 0, "nothing left A's bus after the commits");
+    assert.equal(a.sink.desiredSeen.length, 0, "A hears nothing of its own notifications");
+
+    // The notifier on A then only delivers to A's own agents and watchers: B hears each once.
+    const notifier = new RolloutNotifier({ bus: a.bus, logger: quiet, pollHintSeconds: 7 });
+    notifier.applied(created);
+    notifier.applied(started);
+    assert.deepEqual(
+      a.sink.desiredSeen.map((d) => d.change.machineId),
+      ["m-2"],
+      "A pushes to the streams it holds",
+    );
+    assert.deepEqual(a.sink.kicks, [], "the kick was for the other replicas");
+    await store.pauseRollout("r-1", "looks odd", "apikey:ci", 6);
+    await waitFor("B to hear the pause", () => b.sink.rollouts.length === 3, 60_000);
+    assert.equal(b.sink.desiredSeen.length, 2, "B heard each desired generation once");
+    assert.equal(a.bus.stats.sent, 0);
+  });
+
+  it("a write whose transaction rolls back announces nothing", async (t) => {
+    const { url, store, b } = await replicas(t);
+    // A deferred constraint trigger fails the commit itself, after the NOTIFY was queued.
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    t.after(() => admin.end());
+    await admin.query(`CREATE FUNCTION refuse_commit() RETURNS trigger LANGUAGE plpgsql
+      AS $$ BEGIN RAISE EXCEPTION 'commit refused by the test'; END $$`);
+    await admin.query(`CREATE CONSTRAINT TRIGGER refuse_commit AFTER INSERT ON audit_events
+      DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_commit()`);
+    await assert.rejects(
+      store.setDesired({ machineId: "m-1", storePath: storePath("m-1", 1), cacheUrl: "" }, "apikey:ci", 2),
+      /commit refused by the test/,
+    );
+    assert.equal((await store.getMachine("m-1"))?.desired ?? null, null, "nothing was stored");
+    await admin.query("DROP TRIGGER refuse_commit ON audit_events");
+    await store.setDesired(
+      { machineId: "m-3", storePath: storePath("m-3", 1), cacheUrl: "" },
+      "apikey:ci",
+      3,
+    );
+    // Notifications arrive in commit order: had the refused write announced, B would hear it first.
+    await waitFor("B to hear the committed write", () => b.sink.desiredSeen.length > 0, 60_000);
+    assert.deepEqual(
+      b.sink.desiredSeen.map((d) => d.change.machineId),
+      ["m-3"],
+    );
   });
 });

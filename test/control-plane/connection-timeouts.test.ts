@@ -65,7 +65,9 @@ describe("connection timeouts", () => {
     });
 
   it("closes idle connections and stalled requests, but not a heartbeating agent Session", async () => {
-    // An agent Session, heartbeating both ways (its own interval: 1 s).
+    // An agent Session, heartbeating both ways. It beats every 0.5 s but announces 10 s, so a
+    // loaded machine stalling this process for a few seconds does not make the control plane
+    // close it as silent (three of its announced intervals) — that is not what is tested here.
     const feed = new Feed<Partial<AgentMessage>>();
     feed.push({
       message: {
@@ -75,7 +77,7 @@ describe("connection timeouts", () => {
     });
     const inbox = new Inbox(h.agent("live-01").session(feed as AsyncIterable<never>));
     const beat = setInterval(
-      () => feed.push({ message: { case: "heartbeat", value: { intervalSeconds: 1 } as never } }),
+      () => feed.push({ message: { case: "heartbeat", value: { intervalSeconds: 10 } as never } }),
       500,
     );
     try {

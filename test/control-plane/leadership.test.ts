@@ -95,8 +95,10 @@ describe("executor leadership on PostgreSQL (in-process replicas)", { skip }, ()
     const t0 = performance.now();
     const mark = (what: string) => t.diagnostic(`${what} at ${Math.round(performance.now() - t0)} ms`);
     const url = await (await sharedPostgres()).database();
-    // A 3 s lease (renewed every second): a 1 s one changed hands under CI load before the handover.
-    const hs = await replicas(3, url, 3000);
+    // A 10 s lease (renewed every 3.3 s): a 1 s one changed hands under CI load before the
+    // handover, and a 3 s one already right after start-up at load average 25. Nothing here waits
+    // for it to run out: the stopped leader gives it back.
+    const hs = await replicas(3, url, 10_000);
     mark("three replicas up");
     const [leader, ...followers] = hs;
     // The first replica found the lease free; the others found it held.
@@ -118,21 +120,29 @@ describe("executor leadership on PostgreSQL (in-process replicas)", { skip }, ()
     const f = followers[0]!;
     const { agents, rolloutId, first } = await canary(f, f, "one", 3);
     const byId = new Map(agents.map((a) => [a.id, a]));
-    await waitFor("the leader to start batch 0", async () => {
-      const r = (await f.fleet("readonly").getRollout({ rolloutId })).rollout!;
-      return r.batches[0]!.status === BatchStatus.DEPLOYING;
-    });
+    await waitFor(
+      "the leader to start batch 0",
+      async () => {
+        const r = (await f.fleet("readonly").getRollout({ rolloutId })).rollout!;
+        return r.batches[0]!.status === BatchStatus.DEPLOYING;
+      },
+      60_000,
+    );
     await byId.get(first)!.deploy();
-    await waitFor("batch 1 deploying", async () => {
-      const r = (await f.fleet("readonly").getRollout({ rolloutId })).rollout!;
-      return r.batches[1]!.status === BatchStatus.DEPLOYING;
-    });
+    await waitFor(
+      "batch 1 deploying",
+      async () => {
+        const r = (await f.fleet("readonly").getRollout({ rolloutId })).rollout!;
+        return r.batches[1]!.status === BatchStatus.DEPLOYING;
+      },
+      60_000,
+    );
 
     // The leader stops (an upgrade): it gives the lease back, one follower takes over at once.
     mark("batch 1 deploying");
     await leader!.close();
     mark("the leader stopped");
-    const next = await waitFor("a new leader", () => leaders(followers)[0]);
+    const next = await waitFor("a new leader", () => leaders(followers)[0], 60_000);
     mark(`a new leader (epoch ${next.cp.leadership.epoch})`);
     assert.equal(leaders(followers).length, 1);
     // 2, or more when a renewal missed its deadline on a loaded machine and leadership moved once
@@ -141,10 +151,14 @@ describe("executor leadership on PostgreSQL (in-process replicas)", { skip }, ()
     // "shutting down", or an earlier step-down when a renewal came back too late under load.
     assert.ok(leader!.logLines.some((l) => l.includes("lost executor leadership: ")));
     for (const a of agents.filter((a) => a.id !== first)) await a.deploy();
-    const done = await waitFor("the rollout completed", async () => {
-      const r = await next.fleet("readonly").getRollout({ rolloutId });
-      return r.rollout!.status === RolloutStatus.COMPLETED ? r : null;
-    });
+    const done = await waitFor(
+      "the rollout completed",
+      async () => {
+        const r = await next.fleet("readonly").getRollout({ rolloutId });
+        return r.rollout!.status === RolloutStatus.COMPLETED ? r : null;
+      },
+      60_000,
+    );
     const started = done.events
       .filter((e) => e.type === RolloutEventType.BATCH_STARTED)
       .map((e) => e.batchIndex);
@@ -153,8 +167,9 @@ describe("executor leadership on PostgreSQL (in-process replicas)", { skip }, ()
 
   it("a paused leader whose lease was taken meanwhile has its write refused: nothing written, it stops leading", async () => {
     const url = await (await sharedPostgres()).database();
-    // A long lease: its own renewals would notice the theft only after 20 s; the fence must act first.
-    const [a] = await replicas(1, url, 60_000);
+    // A long lease: its own renewals would notice the theft only after 200 s (a loaded machine
+    // may take tens of seconds over the canary below); the fence must act first.
+    const [a] = await replicas(1, url, 600_000);
     assert.equal(a!.cp.leadership.epoch, 1);
     // What another replica does when it acquires the lease after this one stalled (GC pause,
     // SIGSTOP) past its expiry: holder and epoch change under it.
@@ -175,7 +190,7 @@ describe("executor leadership on PostgreSQL (in-process replicas)", { skip }, ()
       ["CREATED"],
     );
     for (const agent of agents) assert.equal(await agent.desiredPath(), undefined, `${agent.id} got nothing`);
-    await waitFor("it to stop leading", () => !a!.cp.leadership.leading);
+    await waitFor("it to stop leading", () => !a!.cp.leadership.leading, 60_000);
     assert.equal(await gauge(a!, "nixfleet_control_plane_executor_leader"), 0);
     assert.ok(
       a!.logLines.some((l) =>

@@ -55,7 +55,7 @@ export async function runCli(
     const { stdout, stderr } = await run(process.execPath, [...programArgs("control-plane"), ...argv], {
       cwd: REPO,
       env: { ...process.env, ...env },
-      timeout: 60_000,
+      timeout: 180_000,
     });
     return { code: 0, stdout, stderr };
   } catch (err) {
@@ -112,7 +112,8 @@ export async function startCp(
     waitFor(
       `the control plane to log "${msg}"`,
       () => parsed().find((l) => l["msg"] === msg),
-      options.timeoutMs ?? 30_000,
+      // Generous: a start on a loaded CI machine (PostgreSQL, four test files at once) takes long.
+      options.timeoutMs ?? 120_000,
     ),
     exited.then(({ code, signal }) => {
       throw new Error(

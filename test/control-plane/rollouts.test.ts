@@ -27,9 +27,11 @@ describe("rollouts driven by simulated agents", () => {
   let pki: Pki;
   let h: Harness;
   let fleetNo = 0;
+  /** How far the control plane's clock runs ahead of the wall clock (a test moves it on). */
+  let ahead = 0;
   before(async () => {
     pki = createPki(join(dir, "pki"));
-    h = await Harness.start(pki, { executorTickMs: 50 });
+    h = await Harness.start(pki, { executorTickMs: 50, clock: { now: () => Date.now() + ahead } });
   });
   after(async () => {
     await h.close();
@@ -194,15 +196,29 @@ describe("rollouts driven by simulated agents", () => {
       releaseId: f.release.id,
       target: { tags: [f.tag] },
       strategy: RolloutStrategy.ALL_AT_ONCE,
-      healthTimeoutSeconds: 3,
+      healthTimeoutSeconds: 300,
     });
     await f.agents[0]!.deploy();
+    // The timeout passes by the control plane's clock once the healthy machine is counted, so a
+    // slow machine cannot time out the one that did report.
+    await waitFor(
+      "the reporting machine healthy",
+      async () => {
+        const r = (await h.fleet("readonly").getRollout({ rolloutId: rollout!.id })).rollout!;
+        return (
+          r.batches[0]!.machines.find((m) => m.machineId === f.agents[0]!.id)?.state ===
+          MachineGateState.HEALTHY
+        );
+      },
+      60_000,
+    );
+    ahead += 301_000;
     const paused = await status(rollout!.id, RolloutStatus.PAUSED);
     const silent = paused.batches[0]!.machines.find((m) => m.machineId === f.agents[1]!.id)!;
     assert.equal(silent.state, MachineGateState.UNHEALTHY);
     assert.match(
       silent.reason,
-      /no passing health report on the target generation within the 3s health timeout/,
+      /no passing health report on the target generation within the 300s health timeout/,
     );
     const good = paused.batches[0]!.machines.find((m) => m.machineId === f.agents[0]!.id)!;
     assert.equal(good.state, MachineGateState.HEALTHY);

@@ -16,13 +16,22 @@ import { mintClientCerts } from "../../bench/certs.js";
 import { AgentService, type ControlMessage } from "../../src/gen/nixfleet/v1/agent_pb.js";
 import { RolloutStrategy } from "../../src/gen/nixfleet/v1/fleet_pb.js";
 import { createPki, type Pki } from "../fixtures/pki.js";
+import { TEST_STORE } from "../fixtures/postgres.js";
 import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
 import { Harness } from "./harness.js";
 import { Feed, Inbox, storePath, waitFor } from "./helpers.js";
 
 const STREAMS = 750;
 
-describe("the shutdown signal with hundreds of open agent streams", () => {
+/**
+ * What this counts lives in the HTTP layer, whatever the store; on PostgreSQL its 750 mTLS Hellos
+ * only add database load (at load average 25 a chunk of 250 took over 120 s there).
+ */
+const skip =
+  TEST_STORE === "postgres" &&
+  "the HTTP layer's abort listeners do not depend on the store (NIXFLEET_TEST_STORE=postgres; it ran in the SQLite pass)";
+
+describe("the shutdown signal with hundreds of open agent streams", { skip }, () => {
   let dir: string;
   let pki: Pki;
   before(() => {

@@ -138,6 +138,8 @@ describe("services.nixfleet-control-plane: the unit", () => {
       "5",
       "--executor-tick",
       "2",
+      "--executor-lease",
+      "6",
       "--heartbeat-interval",
       "15",
       "--report-retention",
@@ -297,6 +299,7 @@ describe("services.nixfleet-control-plane: bad configurations", () => {
       ],
       [`pollHint = 0;`, /services\.nixfleet-control-plane\.pollHint/],
       [`executorTick = 0.01;`, /services\.nixfleet-control-plane\.executorTick/],
+      [`executorLease = 0.1;`, /services\.nixfleet-control-plane\.executorLease/],
       [`logLevel = "loud";`, /services\.nixfleet-control-plane\.logLevel/],
     ];
     for (const [body, what] of cases) {
@@ -341,6 +344,17 @@ describe("services.nixfleet-control-plane: PostgreSQL (database.*)", () => {
       }),
       [],
     );
+  });
+
+  it("executorLease reaches the control plane as its executor lease, fractions included", async () => {
+    const url = "postgresql://nixfleet@db.internal/nixfleet";
+    const { unit } = await controlPlane(cpModule(`${TLS} database.url = "${url}"; executorLease = 2.5;`));
+    const argv = argvOf(unit);
+    const config = resolveServeConfig(flagsOf(argv.slice(2)), {
+      NIXFLEET_CP_DATABASE_URL: unit.environment["NIXFLEET_CP_DATABASE_URL"],
+    });
+    assert.equal(config.executorLeaseMs, 2500);
+    assert.equal(config.databaseUrl, url);
   });
 
   it("database.environmentFile: the secret URL stays out of the store, read by systemd", async () => {

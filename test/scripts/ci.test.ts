@@ -38,3 +38,17 @@ it("npm test installs the system packages first, and the README names every one 
   const readme = read("README.md");
   for (const p of SYSTEM_PACKAGES) assert.ok(readme.includes(`\`${p.pkg}\``), `README names ${p.pkg}`);
 });
+
+it("npm test runs the control-plane, e2e and CLI suites a second time on PostgreSQL, and the README says so", () => {
+  const scripts = JSON.parse(read("package.json")).scripts as Record<string, string>;
+  assert.match(scripts["test"]!, /&& npm run test:only && npm run test:postgres$/);
+  const pg = scripts["test:postgres"]!;
+  assert.match(pg, /^NIXFLEET_TEST_STORE=postgres node --import tsx --test /);
+  for (const dir of ["control-plane", "e2e", "cli"])
+    assert.ok(pg.includes(` test/${dir}/*.test.ts`), `covers test/${dir}`);
+  // The same concurrency and timeout as the main run: CI's machine is as loaded for both.
+  for (const flag of ["--test-concurrency=4", "--test-timeout=600000"]) {
+    assert.ok(scripts["test:only"]!.includes(flag) && pg.includes(flag), `both runs use ${flag}`);
+  }
+  assert.ok(read("README.md").includes("`npm run test:postgres`"), "README describes the PostgreSQL run");
+});

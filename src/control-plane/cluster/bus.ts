@@ -28,12 +28,21 @@ export interface ClusterSink {
   resync(): void;
 }
 
-/** "all": here and on every other replica; "others": only the other replicas. */
-export type Scope = "all" | "others";
+/**
+ * "all": here and on every other replica; "others": only the other replicas; "here": only this
+ * replica (the others were told by the store, in the writing transaction).
+ */
+export type Scope = "all" | "others" | "here";
 
 export interface ClusterBus {
   /** Names this replica in messages and in shared presence. */
   readonly replicaId: string;
+  /**
+   * True once the store announces desired-generation and rollout changes to the other replicas
+   * inside the writing transaction (PostgreSQL, ../store/announce.ts): the notifier then delivers
+   * those events here only.
+   */
+  readonly announcesInTransaction: boolean;
   publish(event: ClusterEvent, scope?: Scope): void;
   start(): Promise<void>;
   /** Sends what is still queued, then disconnects. */
@@ -71,8 +80,10 @@ export class InProcessBus implements ClusterBus {
     readonly replicaId = "local",
   ) {}
 
+  readonly announcesInTransaction = false;
+
   publish(event: ClusterEvent, scope: Scope = "all"): void {
-    if (scope === "all") deliver(this.sink, event);
+    if (scope !== "others") deliver(this.sink, event);
   }
 
   async start(): Promise<void> {}

@@ -83,6 +83,11 @@ export class Cluster {
         `cannot listen for other replicas' changes on the database: ${(err as Error).message}`,
       );
     }
+    if (store instanceof PostgresFleetStore && this.bus instanceof PostgresBus) {
+      // Before any write: desired generations and rollout changes reach the other replicas from
+      // inside the transaction that writes them.
+      store.announceWith(this.bus.storeAnnouncer(this.o.pollHintSeconds));
+    }
     if (store instanceof PostgresFleetStore) {
       this.shared = new SharedPresence({
         pool: store.pool,

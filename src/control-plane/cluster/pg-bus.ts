@@ -6,10 +6,16 @@
  *   reconnected with jittered, capped back-off, and the sink is told to resync: notifications
  *   sent while nobody listened are gone, so the agents held here get their desired generations
  *   again from the store. WatchRollout streams and the executor also re-read on their own timers.
- * - Events are announced right after the writing transaction committed (the notifier runs when
- *   the store call returned), over a second, one-connection pool, so they leave in the order they
- *   were published. PostgreSQL delivers notifications in commit order. A NOTIFY that fails is
- *   retried a few times, then logged.
+ * - Desired generations and rollout changes (the "desired", "rollout", "poll-hint" messages and
+ *   the kick of a created or resumed rollout) are NOTIFYed by the store inside the transaction
+ *   that writes them (storeAnnouncer, ../store/announce.ts): PostgreSQL delivers them on commit,
+ *   in commit order, and drops them on rollback, so a replica dying between its commit and its
+ *   announcement cannot lose a cross-replica push.
+ * - What is published here (report kicks, WatchFleet's fleet changes, anything published before
+ *   the store announces) leaves after the change committed, over a second, one-connection pool,
+ *   in the order published. These are hints with their own safety net: the leader's executor
+ *   evaluates every running rollout on its tick, and a WatchFleet view is re-read on the next
+ *   change of the machine. A NOTIFY that fails is retried a few times, then logged.
  * - Kicks (one per agent report) are coalesced per rollout over a short window: a batch of 10,000
  *   machines reporting costs a few notifications, not 10,000. WatchFleet's machine changes (one
  *   per report, per desired generation a batch writes, per stream attach) are coalesced the same
@@ -18,6 +24,8 @@
  */
 import pg from "pg";
 import type { Logger } from "../../common/logger.js";
+import type { TransactionAnnouncer } from "../store/announce.js";
+import { announcementEvents } from "./announcements.js";
 import { type ClusterBus, type ClusterSink, deliver, type Scope } from "./bus.js";
 import { type ClusterEvent, decodePayload, encodeEvent, type FleetChange } from "./messages.js";
 
@@ -66,6 +74,28 @@ export class PostgresBus implements ClusterBus {
     return this.o.replicaId;
   }
 
+  private inTransaction = false;
+
+  get announcesInTransaction(): boolean {
+    return this.inTransaction;
+  }
+
+  /**
+   * What the store hands each write's changes to, inside the write's transaction: the payloads of
+   * every event the change causes, for the other replicas (this one delivers its own directly,
+   * after the commit). Taking it switches the notifier to delivering those events here only.
+   */
+  storeAnnouncer(pollHintSeconds: number): TransactionAnnouncer {
+    this.inTransaction = true;
+    return {
+      channel: this.channel,
+      payloads: (what) =>
+        announcementEvents(what, pollHintSeconds).flatMap(({ event }) =>
+          encodeEvent(this.o.replicaId, event),
+        ),
+    };
+  }
+
   /** True while the LISTEN connection is up. */
   get listening(): boolean {
     return this.listener !== null;
@@ -101,8 +131,8 @@ export class PostgresBus implements ClusterBus {
   }
 
   publish(event: ClusterEvent, scope: Scope = "all"): void {
-    if (scope === "all") deliver(this.o.sink, event);
-    if (this.stopped) return;
+    if (scope !== "others") deliver(this.o.sink, event);
+    if (this.stopped || scope === "here") return;
     if (event.kind === "kick" || event.kind === "fleet") {
       if (event.kind === "kick") for (const id of event.rolloutIds) this.pendingKicks.add(id);
       else for (const c of event.changes) this.pendingFleet.set(`${c.kind}\0${c.machineId}`, c);
@@ -148,7 +178,7 @@ export class PostgresBus implements ClusterBus {
           this.stats.sendFailures++;
           this.o.logger.error(
             { err, payloads: payloads.length },
-            "could not announce a change to the other replicas; their agents get it on their next poll or reconnect",
+            "could not announce a change to the other replicas; the leader's next executor tick and the machines' next changes make up for it",
           );
           return;
         }

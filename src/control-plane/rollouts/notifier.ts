@@ -6,6 +6,7 @@
  * watchers' streams act on them; logs and counts stay with the replica that made the change.
  */
 import type { Logger } from "../../common/logger.js";
+import { announcementEvents, rolloutChangeEvents, type ScopedEvent } from "../cluster/announcements.js";
 import type { ClusterBus } from "../cluster/bus.js";
 import type { DesiredChange, RolloutEventRecord, RolloutStatus } from "../store/records.js";
 import type { RolloutChange } from "../store/repository.js";
@@ -26,15 +27,12 @@ const STATUS_EVENTS: Partial<Record<string, RolloutStatus>> = {
   cancelled: "cancelled",
 };
 
-/** Events after which a rollout is running and waits for the executor (wherever it runs). */
-const NEEDS_EXECUTOR = new Set(["created", "resumed"]);
-
 export class RolloutNotifier {
   constructor(private readonly o: RolloutNotifierOptions) {}
 
   /** One machine's desired generation was set or cleared by an operator. */
   desiredChanged(change: DesiredChange): void {
-    this.o.bus.publish({ kind: "desired", changes: [change], pollHintSeconds: undefined });
+    this.publish(announcementEvents({ kind: "desired", change }, this.o.pollHintSeconds));
   }
 
   /**
@@ -43,7 +41,14 @@ export class RolloutNotifier {
    */
   gateRecorded(rolloutId: string, events: readonly RolloutEventRecord[]): void {
     this.log(events);
-    if (events.length) this.o.bus.publish({ kind: "rollout", rolloutId });
+    this.publish(announcementEvents({ kind: "events", rolloutId, events }, this.o.pollHintSeconds));
+  }
+
+  applied(change: RolloutChange | null): void {
+    if (!change) return;
+    this.log(change.events);
+    this.publish(rolloutChangeEvents(change, this.o.pollHintSeconds));
+    this.o.onApplied?.(change);
   }
 
   private log(events: readonly RolloutEventRecord[]): void {
@@ -63,27 +68,16 @@ export class RolloutNotifier {
     }
   }
 
-  applied(change: RolloutChange | null): void {
-    if (!change) return;
-    const { rollout } = change;
-    const active = rollout.status === "running" || rollout.status === "paused";
-    if (change.changes.length) {
-      this.o.bus.publish({
-        kind: "desired",
-        changes: change.changes,
-        pollHintSeconds: active ? this.o.pollHintSeconds : undefined,
-      });
+  /**
+   * When the store announced the change to the other replicas in its transaction, only this
+   * replica is left to tell; otherwise (one replica; a store without announcements) the bus
+   * tells everyone now.
+   */
+  private publish(events: readonly ScopedEvent[]): void {
+    const told = this.o.bus.announcesInTransaction;
+    for (const { event, scope } of events) {
+      if (!told) this.o.bus.publish(event, scope);
+      else if (scope === "all") this.o.bus.publish(event, "here");
     }
-    this.log(change.events);
-    if (change.events.length) this.o.bus.publish({ kind: "rollout", rolloutId: rollout.id });
-    // The operator's replica kicks its own executor; the others' (the leader's, if elsewhere)
-    // learn of the new or resumed rollout here rather than at their next tick.
-    if (rollout.status === "running" && change.events.some((e) => NEEDS_EXECUTOR.has(e.type)))
-      this.o.bus.publish({ kind: "kick", rolloutIds: [rollout.id] }, "others");
-    if (!active && change.events.some((e) => STATUS_EVENTS[e.type] && e.type !== "paused")) {
-      const machines = rollout.batches.flatMap((b) => b.machines.map((m) => m.machineId));
-      this.o.bus.publish({ kind: "poll-hint", machineIds: machines, seconds: 0 });
-    }
-    this.o.onApplied?.(change);
   }
 }

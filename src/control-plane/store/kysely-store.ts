@@ -4,6 +4,7 @@
  * (sqlite-store.ts, postgres-store.ts) only open the connection and say how a transaction starts.
  */
 import type { Kysely } from "kysely";
+import { type Announcement, announce, type TransactionAnnouncer } from "./announce.js";
 import type { BackendKind, Ctx } from "./context.js";
 import { GroupCommit } from "./group-commit.js";
 import * as history from "./history.js";
@@ -23,11 +24,15 @@ import type {
   NewRelease,
   NewRollout,
   ReleaseFilter,
+  RolloutChange,
   RolloutFilter,
 } from "./repository.js";
 import * as rolloutReads from "./rollout-reads.js";
 import * as rollouts from "./rollouts.js";
 import type { Tables } from "./tables.js";
+
+const rolloutChanged = (change: RolloutChange | null): Announcement | null =>
+  change ? { kind: "rollout", change } : null;
 
 /** Rows deleted per prune transaction, so pruning never holds a write lock for long. */
 const PRUNE_CHUNK = 5000;
@@ -46,6 +51,25 @@ export abstract class KyselyFleetStore implements FleetStore {
 
   /** Runs `fn` in one transaction; a throw rolls everything back. */
   protected abstract transaction<T>(fn: (ctx: Ctx) => Promise<T>): Promise<T>;
+
+  private announcer: TransactionAnnouncer | null = null;
+
+  /**
+   * From now on, writes that change desired generations or rollouts announce themselves to the
+   * other replicas inside their transaction (announce.ts; PostgreSQL only).
+   */
+  announceWith(announcer: TransactionAnnouncer): void {
+    this.announcer = announcer;
+  }
+
+  /** A write whose result other replicas must hear of: announced in the same transaction. */
+  private announced<T>(fn: (ctx: Ctx) => Promise<T>, what: (result: T) => Announcement | null): Promise<T> {
+    return this.transaction(async (c) => {
+      const result = await fn(c);
+      await announce(c, this.announcer, what(result));
+      return result;
+    });
+  }
 
   abstract close(): Promise<void>;
 
@@ -102,10 +126,16 @@ export abstract class KyselyFleetStore implements FleetStore {
     return this.transaction((c) => machines.setLifecycle(c, id, lifecycle, actor, now));
   }
   setDesired(input: { machineId: string; storePath: string; cacheUrl: string }, actor: string, now: number) {
-    return this.transaction((c) => machines.setDesired(c, input, actor, now));
+    return this.announced(
+      (c) => machines.setDesired(c, input, actor, now),
+      (r) => ({ kind: "desired", change: r.change }),
+    );
   }
   clearDesired(machineId: string, actor: string, now: number) {
-    return this.transaction((c) => machines.clearDesired(c, machineId, actor, now));
+    return this.announced(
+      (c) => machines.clearDesired(c, machineId, actor, now),
+      (r) => (r.change ? { kind: "desired", change: r.change } : null),
+    );
   }
 
   createRelease(input: NewRelease, actor: string, now: number) {
@@ -122,7 +152,7 @@ export abstract class KyselyFleetStore implements FleetStore {
   }
 
   createRollout(input: NewRollout, actor: string, now: number) {
-    return this.transaction((c) => rollouts.createRollout(c, input, actor, now));
+    return this.announced((c) => rollouts.createRollout(c, input, actor, now), rolloutChanged);
   }
   getRollout(id: string) {
     return rolloutReads.getRollout(this.read, id);
@@ -143,7 +173,7 @@ export abstract class KyselyFleetStore implements FleetStore {
     return rolloutReads.gateEvidence(this.read, rolloutId, batchIndex);
   }
   startBatch(rolloutId: string, index: number, now: number, epoch: number | null = null) {
-    return this.transaction((c) => rollouts.startBatch(c, rolloutId, index, now, epoch));
+    return this.announced((c) => rollouts.startBatch(c, rolloutId, index, now, epoch), rolloutChanged);
   }
   recordGate(
     rolloutId: string,
@@ -153,7 +183,10 @@ export abstract class KyselyFleetStore implements FleetStore {
     now: number,
     epoch: number | null = null,
   ) {
-    return this.transaction((c) => rollouts.recordGate(c, rolloutId, index, startedSeq, gates, now, epoch));
+    return this.announced(
+      (c) => rollouts.recordGate(c, rolloutId, index, startedSeq, gates, now, epoch),
+      (events) => ({ kind: "events", rolloutId, events }),
+    );
   }
   finishBatch(
     rolloutId: string,
@@ -163,7 +196,10 @@ export abstract class KyselyFleetStore implements FleetStore {
     now: number,
     epoch: number | null = null,
   ) {
-    return this.transaction((c) => rollouts.finishBatch(c, rolloutId, index, startedSeq, result, now, epoch));
+    return this.announced(
+      (c) => rollouts.finishBatch(c, rolloutId, index, startedSeq, result, now, epoch),
+      rolloutChanged,
+    );
   }
 
   claimExecutorLease(holder: string, ttlMs: number, now: number) {
@@ -176,13 +212,13 @@ export abstract class KyselyFleetStore implements FleetStore {
     return lease.readLease(this.read);
   }
   pauseRollout(id: string, reason: string, actor: string, now: number) {
-    return this.transaction((c) => rollouts.pauseRollout(c, id, reason, actor, now));
+    return this.announced((c) => rollouts.pauseRollout(c, id, reason, actor, now), rolloutChanged);
   }
   resumeRollout(id: string, actor: string, now: number) {
-    return this.transaction((c) => rollouts.resumeRollout(c, id, actor, now));
+    return this.announced((c) => rollouts.resumeRollout(c, id, actor, now), rolloutChanged);
   }
   endRollout(id: string, options: EndRolloutOptions, now: number) {
-    return this.transaction((c) => rollouts.endRollout(c, id, options, now));
+    return this.announced((c) => rollouts.endRollout(c, id, options, now), rolloutChanged);
   }
 
   createApiKey(input: { id: string; name: string; role: Role; hash: string }, actor: string, now: number) {
