@@ -15,6 +15,7 @@ import { AgentService } from "../gen/nixfleet/v1/agent_pb.js";
 import { FleetService } from "../gen/nixfleet/v1/fleet_pb.js";
 import { authInterceptor, availabilityInterceptor, type Phase } from "./auth/interceptors.js";
 import { peerIdentityOf, peerKey } from "./auth/peer-identity.js";
+import { StreamRevocation } from "./auth/stream-revocation.js";
 import { type Clock, wallClock } from "./clock.js";
 import { Cluster } from "./cluster/cluster.js";
 import { agentGrpcRoute } from "./http/agent-grpc-route.js";
@@ -103,6 +104,8 @@ export interface ControlPlaneOptions {
   listenBacklog?: number;
   /** How often shared presence is written and read, with PostgreSQL (default 2 s). */
   presenceFlushMs?: number;
+  /** How often the API keys of open FleetService streams are re-read (default 5 s). */
+  keyRecheckMs?: number;
 }
 
 export const DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
@@ -123,6 +126,8 @@ export class ControlPlane {
   /** Machine changes for WatchFleet (on PostgreSQL the cluster bus relays them to and from the other replicas). */
   readonly fleetChanges = new FleetChanges();
   readonly feed: FleetFeed;
+  /** Ends FleetService streams whose API key is revoked (here, on another replica, or offline). */
+  readonly revocations: StreamRevocation;
   readonly notifier: RolloutNotifier;
   /** The bus to the other replicas and shared presence (one replica with SQLite). */
   readonly cluster: Cluster;
@@ -180,6 +185,11 @@ export class ControlPlane {
       clock: this.clock,
       logger: this.log,
       staleAfterMs: options.staleAfterSeconds * 1000,
+    });
+    this.revocations = new StreamRevocation({
+      store: () => this.store,
+      logger: this.log,
+      ...(options.keyRecheckMs !== undefined ? { recheckMs: options.keyRecheckMs } : {}),
     });
   }
 
@@ -276,6 +286,7 @@ export class ControlPlane {
             staleAfterMs: o.staleAfterSeconds * 1000,
             fleetChanges: this.fleetChanges,
             feed: this.feed,
+            revocations: this.revocations,
             ...(o.watchFleetQueueLimit !== undefined ? { watchFleetQueueLimit: o.watchFleetQueueLimit } : {}),
           }),
           // Only FleetService links its calls to the shutdown signal (WatchRollout ends on it).
@@ -294,6 +305,7 @@ export class ControlPlane {
         this.metrics.interceptor(),
         availabilityInterceptor(() => this.phaseValue),
         authInterceptor({ store: () => this.store, clock: this.clock, allowInsecure: o.allowInsecure }),
+        this.revocations.interceptor(),
       ],
       contextValues: (req) => createContextValues().set(peerKey, peerIdentityOf(req)),
       readMaxBytes: o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
@@ -507,6 +519,7 @@ export class ControlPlane {
       this.dashboardListener?.close(deadline),
     ]);
     this.intake.stop();
+    this.revocations.stop();
     await this.executorValue?.stop();
     await this.leadershipValue?.stop();
     await this.cluster.stop();

@@ -83,12 +83,8 @@ export class FeedWatcher {
   private wake: (() => void) | null = null;
   /** The queue overflowed and was dropped: the stream must send a fresh snapshot. */
   overflowed = false;
-  /** The caller's API key was revoked: the stream must end. */
-  revoked = false;
 
   constructor(
-    /** The API key the stream was opened with (its id). */
-    readonly keyId: string,
     readonly filter: TagFilter,
     private readonly limit: number,
     private readonly onOverflow: () => void,
@@ -133,7 +129,7 @@ export class FeedWatcher {
 
   /** Resolves when something was queued (or notify() was called, e.g. on abort). */
   next(): Promise<void> {
-    if (this.queue.length || this.overflowed || this.revoked) return Promise.resolve();
+    if (this.queue.length || this.overflowed) return Promise.resolve();
     return new Promise((resolve) => {
       this.wake = resolve;
     });
@@ -168,24 +164,12 @@ export class FleetFeed {
   }
 
   /** Registers a watcher; changes are queued for it from now on. */
-  async watch(keyId: string, filter: TagFilter, queueLimit: number): Promise<FeedWatcher> {
-    const watcher = new FeedWatcher(keyId, filter, queueLimit, () => this.slowWatcherResyncs++);
+  async watch(filter: TagFilter, queueLimit: number): Promise<FeedWatcher> {
+    const watcher = new FeedWatcher(filter, queueLimit, () => this.slowWatcherResyncs++);
     this.watchers.add(watcher);
     if (!this.unsubscribe) this.activate();
     await this.loading;
     return watcher;
-  }
-
-  /**
-   * Ends the streams opened with a key just revoked (in this process; the key is checked only when
-   * a stream opens, so this is what stops a revoked key from watching on).
-   */
-  keyRevoked(keyId: string): void {
-    for (const w of this.watchers) {
-      if (w.keyId !== keyId) continue;
-      w.revoked = true;
-      w.notify();
-    }
   }
 
   unwatch(watcher: FeedWatcher): void {

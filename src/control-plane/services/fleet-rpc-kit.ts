@@ -37,6 +37,8 @@ export interface FleetServiceOptions {
   fleetChanges: FleetChanges;
   /** What WatchFleet streams are fed from. */
   feed: FleetFeed;
+  /** Re-checked at once after RevokeApiKey, so this process's streams of that key end now. */
+  revocations: { check(): Promise<void> };
   /** Changes queued per WatchFleet stream before it is resynced instead (default 20,000). */
   watchFleetQueueLimit?: number;
 }

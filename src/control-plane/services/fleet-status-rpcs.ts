@@ -13,7 +13,7 @@ import {
 import { lineProblem } from "../input-rules.js";
 import { machineStatusToProto } from "./convert.js";
 import { type FeedEntry, type FeedWatcher, matchesFilter, type TagFilter } from "./fleet-feed.js";
-import { ALL_MACHINES, checkTags, type FleetRpcKit, principal, tagMatch } from "./fleet-rpc-kit.js";
+import { ALL_MACHINES, checkTags, type FleetRpcKit, tagMatch } from "./fleet-rpc-kit.js";
 import { FleetStatusEncoder, isBinaryRequest } from "./fleet-status-encoder.js";
 
 type WatchMessage = MessageInitShape<typeof WatchFleetResponseSchema>;
@@ -139,11 +139,7 @@ export function fleetStatusRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof Flee
           );
         return { filter, pageSize: req.snapshotPageSize || DEFAULT_SNAPSHOT_PAGE };
       });
-      const watcher = await o.feed.watch(
-        principal(ctx).keyId,
-        filter,
-        o.watchFleetQueueLimit ?? DEFAULT_WATCH_QUEUE_LIMIT,
-      );
+      const watcher = await o.feed.watch(filter, o.watchFleetQueueLimit ?? DEFAULT_WATCH_QUEUE_LIMIT);
       const onAbort = () => watcher.notify();
       ctx.signal.addEventListener("abort", onAbort);
       try {
@@ -163,8 +159,6 @@ export function fleetStatusRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof Flee
         while (!ctx.signal.aborted) {
           await watcher.next();
           if (ctx.signal.aborted) break;
-          if (watcher.revoked)
-            throw new ConnectError("the API key of this watch was revoked", Code.Unauthenticated);
           if (watcher.overflowed) {
             yield* snapshot(filter, pageSize, SnapshotReason.SLOW_CONSUMER, watcher, view);
             continue;

@@ -72,7 +72,7 @@ export function keyAuditRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof FleetSe
         check("key", lineProblem(req.key, MAX_ID_LENGTH));
         const p = principal(ctx);
         const key = await store().revokeApiKey(req.key, p.keyId, p.actor, now());
-        o.feed.keyRevoked(key.id);
+        await o.revocations.check();
         return { apiKey: apiKeyToProto(key) };
       }),
   };
