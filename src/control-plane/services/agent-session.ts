@@ -90,24 +90,12 @@ export class AgentSessions {
       case "ack":
         this.o.hub.acknowledge(conn, Number(body.value.revision));
         return undefined;
-      case "report": {
-        if (body.value.machineId === "") body.value.machineId = conn.machineId;
-        if (body.value.machineId !== conn.machineId)
-          throw new ConnectError(
-            `report.machine_id ${body.value.machineId} is not this session's machine ${conn.machineId}`,
-            Code.PermissionDenied,
-          );
+      case "report":
+        sessionMachine("report", body.value, conn.machineId);
         return this.o.intake.report(reportFromProto(body.value)).then(() => undefined);
-      }
-      case "health": {
-        if (body.value.machineId === "") body.value.machineId = conn.machineId;
-        if (body.value.machineId !== conn.machineId)
-          throw new ConnectError(
-            `health.machine_id ${body.value.machineId} is not this session's machine ${conn.machineId}`,
-            Code.PermissionDenied,
-          );
+      case "health":
+        sessionMachine("health", body.value, conn.machineId);
         return this.o.intake.health(healthFromProto(body.value)).then(() => undefined);
-      }
       case "hello":
         throw new ConnectError(
           "Hello may only be sent once, as the first Session message",
@@ -128,4 +116,14 @@ export class AgentSessions {
       this.o.logger.error({ err, machineId: conn.machineId }, "Session message failed");
     return mapped.code === Code.Canceled ? null : mapped;
   }
+}
+
+/** A report or health report on a Session is for the session's machine (an empty id means it). */
+function sessionMachine(field: string, message: { machineId: string }, machineId: string): void {
+  if (message.machineId === "") message.machineId = machineId;
+  if (message.machineId !== machineId)
+    throw new ConnectError(
+      `${field}.machine_id ${message.machineId} is not this session's machine ${machineId}`,
+      Code.PermissionDenied,
+    );
 }
