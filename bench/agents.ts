@@ -19,8 +19,9 @@
  */
 import { readFileSync } from "node:fs";
 import http2 from "node:http2";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import { createInterface } from "node:readline";
-import type { TLSSocket } from "node:tls";
+import { createSecureContext, type SecureContext, type TLSSocket } from "node:tls";
 import { reconnectDelayMs } from "../src/agent/schedule.js";
 import { resumingTlsConnector } from "../src/agent/transport/tls-session.js";
 import {
@@ -55,24 +56,34 @@ class Agent {
   attempt = 0;
   received = 0;
   private connector: ReturnType<typeof resumingTlsConnector>;
+  /**
+   * Built once: tls.connect would otherwise parse the CA, certificate and key again for every
+   * connection (≈ 5 ms, synchronously). A real agent pays that on its own machine; 10,000 of
+   * them in this one process blocked its event loop for many seconds per wave of reconnects, so
+   * the server's handshake timeout dropped connections whose client had not yet answered — a
+   * storm of this load generator's making.
+   */
+  private readonly tls: { secureContext: SecureContext };
   constructor(
     readonly cn: string,
     readonly cert: string,
   ) {
-    this.connector = resumingTlsConnector({ ca, cert, key: agentKey });
+    this.tls = { secureContext: createSecureContext({ ca, cert, key: agentKey }) };
+    this.connector = resumingTlsConnector(this.tls);
   }
 
   /** Opens the connection and the Session; resolves when the initial message arrived (or it failed). */
   open(url: string): Promise<boolean> {
     return new Promise((resolve) => {
       // Without resumption each connection starts with no ticket: a full handshake.
-      if (!resume) this.connector = resumingTlsConnector({ ca, cert: this.cert, key: agentKey });
+      if (!resume) this.connector = resumingTlsConnector(this.tls);
       const session = http2.connect(url, { createConnection: this.connector.createConnection });
       this.session = session;
       let connected = false;
       session.once("connect", () => {
         connected = true;
         handshakes++;
+        timeline?.mark("handshakes");
         if ((session.socket as unknown as TLSSocket).isSessionReused()) resumed++;
       });
       let settled = false;
@@ -89,7 +100,10 @@ class Agent {
       session.on("close", () => {
         // A handshake the client finished but the server dropped before the Session was up (in
         // TLS 1.3 the client is done before the server has checked its certificate): work lost.
-        if (connected && !this.up) droppedAfterHandshake++;
+        if (connected && !this.up) {
+          droppedAfterHandshake++;
+          timeline?.mark("dropped");
+        }
         settle(false);
         if (this.session === session) this.lost(url);
       });
@@ -133,6 +147,7 @@ class Agent {
     if (!reconnecting) return;
     const delay = reconnectDelayMs(this.attempt++, { baseMs: 1000, maxMs: args.backoffMaxMs });
     attempts++;
+    timeline?.mark("attempts");
     setTimeout(() => void this.open(url), delay).unref();
   }
 }
@@ -145,6 +160,39 @@ let handshakes = 0;
 let resumed = 0;
 let droppedAfterHandshake = 0;
 let onUp = () => {};
+
+/**
+ * What happened in each second of a storm (attempts started, handshakes the client finished,
+ * those dropped before the Session was up, Sessions up), and this process's own CPU and event
+ * loop delay: whether the time went to the server, to the back-off, or to this load generator.
+ */
+class Timeline {
+  private readonly t0 = Date.now();
+  private readonly cpu0 = process.cpuUsage();
+  private readonly delay = monitorEventLoopDelay({ resolution: 20 });
+  readonly seconds: Array<Record<string, number>> = [];
+  constructor() {
+    this.delay.enable();
+  }
+  mark(what: string): void {
+    const s = Math.floor((Date.now() - this.t0) / 1000);
+    const row = (this.seconds[s] ??= {});
+    row[what] = (row[what] ?? 0) + 1;
+  }
+  summary(): Record<string, unknown> {
+    this.delay.disable();
+    const cpu = process.cpuUsage(this.cpu0);
+    return {
+      clientCpuMs: Math.round((cpu.user + cpu.system) / 1000),
+      clientLoopDelayMs: {
+        p99: Math.round(this.delay.percentile(99) / 1e6),
+        max: Math.round(this.delay.max / 1e6),
+      },
+      perSecond: Array.from(this.seconds, (r) => r ?? {}),
+    };
+  }
+}
+let timeline: Timeline | undefined;
 let onPush: (a: Agent, hash: string) => void = () => {};
 
 async function connectAll(url: string): Promise<void> {
@@ -195,8 +243,10 @@ function storm(resumeSessions: boolean): void {
   // When each agent came back (ms from the kill): the spread shows whether the back-off keeps
   // the fleet from arriving at once.
   const back: number[] = [];
+  timeline = new Timeline();
   const check = () => {
     back.push(Date.now() - t0);
+    timeline?.mark("up");
     if (agents.every((a) => a.up)) {
       onUp = () => {};
       const at = (p: number) => back[Math.min(back.length - 1, Math.floor(back.length * p))];
@@ -209,7 +259,9 @@ function storm(resumeSessions: boolean): void {
         resumed,
         droppedAfterHandshake,
         arrivals,
+        ...timeline?.summary(),
       });
+      timeline = undefined;
     }
   };
   onUp = check;

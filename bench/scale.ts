@@ -52,6 +52,8 @@ export interface StormVariant {
   resume: boolean;
   /** The control plane's --listen-backlog (undefined: its default). */
   backlog?: number | undefined;
+  /** The control plane's --max-handshakes (undefined: its default; 0: no limit). */
+  maxHandshakes?: number | undefined;
 }
 
 export interface StormRun {
@@ -67,22 +69,38 @@ export interface StormRun {
   arrivalsMs: Record<string, number>;
   cpuMsPerReconnect: number;
   loadAverage: number;
+  /** The load generator's own CPU and event-loop delay during the storm. */
+  clientCpuMs?: number | undefined;
+  clientLoopDelayMs?: Record<string, number> | undefined;
+  /** Per second from the kill: attempts, handshakes, dropped, up. */
+  perSecond?: Array<Record<string, number>> | undefined;
 }
 
-/** "resume/4096", "full/511": resumption on or off, and optionally the backlog. */
+/**
+ * "resume/4096", "full/511", "resume/4096/0": resumption on or off, optionally the backlog, and
+ * optionally the cap on handshakes in progress (0: none).
+ */
 export function parseStormVariant(text: string): StormVariant {
-  const [mode, backlog] = text.split("/");
+  const [mode, backlog, maxHandshakes] = text.split("/");
   if (mode !== "resume" && mode !== "full")
     throw new Error(
-      `--storm-variants: ${JSON.stringify(text)}: expected resume or full, optionally /BACKLOG`,
+      `--storm-variants: ${JSON.stringify(text)}: expected resume or full, optionally /BACKLOG and /MAX_HANDSHAKES`,
     );
-  const n = backlog === undefined ? undefined : Number(backlog);
-  if (n !== undefined && !(Number.isInteger(n) && n > 0))
-    throw new Error(`--storm-variants: ${JSON.stringify(text)}: the backlog must be a positive whole number`);
-  return { resume: mode === "resume", backlog: n };
+  const whole = (value: string | undefined, what: string, min: number) => {
+    const n = value === undefined ? undefined : Number(value);
+    if (n !== undefined && !(Number.isInteger(n) && n >= min))
+      throw new Error(`--storm-variants: ${JSON.stringify(text)}: ${what} must be a whole number ≥ ${min}`);
+    return n;
+  };
+  return {
+    resume: mode === "resume",
+    backlog: whole(backlog, "the backlog", 1),
+    maxHandshakes: whole(maxHandshakes, "the handshake cap", 0),
+  };
 }
 
-const variantName = (v: StormVariant) => `${v.resume ? "resume" : "full"}${v.backlog ? `/${v.backlog}` : ""}`;
+const variantName = (v: StormVariant) =>
+  [v.resume ? "resume" : "full", v.backlog, v.maxHandshakes].filter((x) => x !== undefined).join("/");
 
 export interface Fanout {
   firstMs: number;
@@ -133,7 +151,7 @@ async function startControlPlane(
   o: ScaleOptions,
   db: string,
   listen: string,
-  backlog?: number | undefined,
+  v: Partial<StormVariant> = {},
 ): Promise<Child> {
   const args = [
     ...(o.cpuProfileDir ? ["--cpu-prof", "--cpu-prof-dir", o.cpuProfileDir] : []),
@@ -151,7 +169,8 @@ async function startControlPlane(
     o.pki.ca,
     "--heartbeat-interval",
     String(o.heartbeatSeconds),
-    ...(backlog ? ["--listen-backlog", String(backlog)] : []),
+    ...(v.backlog ? ["--listen-backlog", String(v.backlog)] : []),
+    ...(v.maxHandshakes !== undefined ? ["--max-handshakes", String(v.maxHandshakes)] : []),
   ];
   const cp = lineChild(process.execPath, args);
   await cp.waitLine((l) => l.includes('"msg":"listening"'));
@@ -167,7 +186,7 @@ interface NixfleetServer extends Server {
   /** Creates the next round's release (before the clock starts: the figure is the rollout's). */
   prepare(marker: string): Promise<void>;
   /** Starts a new process on the same port and database (and TLS ticket-key file). */
-  restart(backlog?: number | undefined): Promise<void>;
+  restart(v: StormVariant): Promise<void>;
 }
 
 async function nixfleet(o: ScaleOptions, names: string[]): Promise<NixfleetServer> {
@@ -216,8 +235,8 @@ async function nixfleet(o: ScaleOptions, names: string[]): Promise<NixfleetServe
     async after() {
       await client.cancelRollout({ rolloutId });
     },
-    async restart(backlog) {
-      cp = await startControlPlane(o, db, new URL(url).host, backlog);
+    async restart(v) {
+      cp = await startControlPlane(o, db, new URL(url).host, v);
     },
     async stop() {
       if (cp.proc.exitCode !== null || cp.proc.signalCode !== null) return;
@@ -425,7 +444,7 @@ async function stormOnce(
   nf.cp().proc.kill("SIGKILL");
   await nf.cp().exited;
   const stormDone = agents.waitLine((l) => l.includes('"event":"storm"'), agents.lines.length);
-  await nf.restart(v.backlog);
+  await nf.restart(v);
   const cpu0 = cpuMs(nf.pid);
   const storm = JSON.parse(await stormDone) as {
     ms: number;
@@ -434,6 +453,9 @@ async function stormOnce(
     resumed: number;
     droppedAfterHandshake?: number;
     arrivals?: Record<string, number>;
+    clientCpuMs?: number;
+    clientLoopDelayMs?: Record<string, number>;
+    perSecond?: Array<Record<string, number>>;
   };
   const cpu = cpuMs(nf.pid) - cpu0;
   // Let the tickets of the last connections arrive and the server settle before the next kill.
@@ -447,6 +469,9 @@ async function stormOnce(
     droppedAfterHandshake: storm.droppedAfterHandshake ?? 0,
     arrivalsMs: storm.arrivals ?? {},
     cpuMsPerReconnect: cpu / o.streams,
+    clientCpuMs: storm.clientCpuMs,
+    clientLoopDelayMs: storm.clientLoopDelayMs,
+    perSecond: storm.perSecond,
     loadAverage: loadavg()[0]!,
   };
 }

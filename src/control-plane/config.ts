@@ -11,6 +11,7 @@ import {
   type ConnectionTimeouts,
   DEFAULT_CONNECTION_TIMEOUTS,
   DEFAULT_LISTEN_BACKLOG,
+  DEFAULT_MAX_HANDSHAKES,
 } from "./http/connection-timeouts.js";
 import { DEFAULT_EXECUTOR_LEASE_MS } from "./leader/lease.js";
 
@@ -48,6 +49,7 @@ export interface ServeFlags {
   headerTimeout?: string | undefined;
   handshakeTimeout?: string | undefined;
   listenBacklog?: string | undefined;
+  maxHandshakes?: string | undefined;
 }
 
 export interface ServeConfig {
@@ -72,6 +74,8 @@ export interface ServeConfig {
   connectionTimeouts: ConnectionTimeouts;
   /** listen(2) backlog of every listener (the kernel caps it at net.core.somaxconn). */
   listenBacklog: number;
+  /** TLS handshakes in progress at once per listener (http/handshake-gate.ts); 0: no limit. */
+  maxHandshakes: number;
 }
 
 /** The session-ticket key file when --tls-ticket-keys is not given: next to the SQLite file. */
@@ -91,6 +95,7 @@ export const DEFAULTS = {
   headerTimeout: DEFAULT_CONNECTION_TIMEOUTS.headerMs / 1000,
   handshakeTimeout: DEFAULT_CONNECTION_TIMEOUTS.handshakeMs / 1000,
   listenBacklog: DEFAULT_LISTEN_BACKLOG,
+  maxHandshakes: DEFAULT_MAX_HANDSHAKES,
 } as const;
 
 /** The environment variable for each flag. */
@@ -117,6 +122,7 @@ export const ENV: Record<keyof ServeFlags, string> = {
   headerTimeout: "NIXFLEET_CP_HEADER_TIMEOUT",
   handshakeTimeout: "NIXFLEET_CP_HANDSHAKE_TIMEOUT",
   listenBacklog: "NIXFLEET_CP_LISTEN_BACKLOG",
+  maxHandshakes: "NIXFLEET_CP_MAX_HANDSHAKES",
 };
 
 const FLAG: Record<keyof ServeFlags, string> = {
@@ -142,6 +148,7 @@ const FLAG: Record<keyof ServeFlags, string> = {
   headerTimeout: "--header-timeout",
   handshakeTimeout: "--handshake-timeout",
   listenBacklog: "--listen-backlog",
+  maxHandshakes: "--max-handshakes",
 };
 
 /** Parses "host:port", "[v6]:port" or ":port" (all interfaces); port 0 asks for a free one. */
@@ -188,13 +195,19 @@ function timeoutMs(flag: string, value: string): number {
   return Math.round(duration(flag, value, { min: 1, max: 86400, integer: false }) * 1000);
 }
 
-function listenBacklog(value: string | undefined): number {
-  if (value === undefined) return DEFAULTS.listenBacklog;
+/** A whole-number flag from `min` to `max`. */
+function wholeNumber(
+  key: "listenBacklog" | "maxHandshakes",
+  value: string | undefined,
+  min: number,
+  max: number,
+): number {
+  if (value === undefined) return DEFAULTS[key];
   const n = Number(value.trim());
-  if (!/^\s*\d+\s*$/.test(value) || n < 1 || n > 65535)
+  if (!/^\s*\d+\s*$/.test(value) || n < min || n > max)
     throw new UsageError(
-      "--listen-backlog",
-      `expected a whole number from 1 to 65535, got ${JSON.stringify(value)}`,
+      FLAG[key],
+      `expected a whole number from ${min} to ${max}, got ${JSON.stringify(value)}`,
     );
   return n;
 }
@@ -351,6 +364,7 @@ export function resolveServeConfig(flags: ServeFlags, env: Record<string, string
     }),
     logLevel,
     connectionTimeouts,
-    listenBacklog: listenBacklog(str("listenBacklog")),
+    listenBacklog: wholeNumber("listenBacklog", str("listenBacklog"), 1, 65535),
+    maxHandshakes: wholeNumber("maxHandshakes", str("maxHandshakes"), 0, 100_000),
   };
 }

@@ -102,6 +102,8 @@ export interface ControlPlaneOptions {
   connectionTimeouts?: ConnectionTimeouts;
   /** The listeners' accept queue (listen(2) backlog); undefined: DEFAULT_LISTEN_BACKLOG. */
   listenBacklog?: number;
+  /** TLS handshakes in progress at once (http/handshake-gate.ts); undefined: DEFAULT_MAX_HANDSHAKES. */
+  maxHandshakes?: number;
   /** How often shared presence is written and read, with PostgreSQL (default 2 s). */
   presenceFlushMs?: number;
   /** How often the API keys of open FleetService streams are re-read (default 5 s). */
@@ -366,7 +368,11 @@ export class ControlPlane {
   async listen(): Promise<void> {
     const o = this.options;
     const handlers = this.requestHandler();
-    const timeouts = { ...(o.connectionTimeouts ?? DEFAULT_CONNECTION_TIMEOUTS), backlog: o.listenBacklog };
+    const timeouts = {
+      ...(o.connectionTimeouts ?? DEFAULT_CONNECTION_TIMEOUTS),
+      backlog: o.listenBacklog,
+      maxHandshakes: o.maxHandshakes,
+    };
     if (o.allowInsecure) {
       this.listener = await listenInsecure(
         o.listen.host,

@@ -108,6 +108,7 @@ async function serve(flags: ServeFlags): Promise<void> {
     reportRetentionHours: config.reportRetentionHours,
     connectionTimeouts: config.connectionTimeouts,
     listenBacklog: config.listenBacklog,
+    maxHandshakes: config.maxHandshakes,
     logger,
   });
 
@@ -249,6 +250,12 @@ function program(): Command {
     "listenBacklog",
     "accept queue of each listener (capped by net.core.somaxconn); room for a reconnect storm",
     DEFAULTS.listenBacklog,
+  );
+  opt(
+    "--max-handshakes <n>",
+    "maxHandshakes",
+    "TLS handshakes in progress at once; more connections wait, unread, for a place (0: no limit)",
+    DEFAULTS.maxHandshakes,
   );
   opt(
     "--log-level <level>",

@@ -50,6 +50,17 @@ describe("serve configuration", () => {
       );
   });
 
+  it("takes a cap on handshakes in progress, 256 unless told, 0 for none", () => {
+    assert.equal(resolveServeConfig(tls, {}).maxHandshakes, 256);
+    assert.equal(resolveServeConfig({ ...tls, maxHandshakes: "0" }, {}).maxHandshakes, 0);
+    assert.equal(resolveServeConfig(tls, { NIXFLEET_CP_MAX_HANDSHAKES: "64" }).maxHandshakes, 64);
+    for (const bad of ["-1", "lots", "100001", "2.5"])
+      assert.match(
+        usage({ ...tls, maxHandshakes: bad }),
+        /^--max-handshakes: expected a whole number from 0 to 100000/,
+      );
+  });
+
   it("keeps the TLS ticket key next to the database unless told where", () => {
     assert.equal(
       resolveServeConfig({ ...tls, dbPath: "/srv/cp/x.db" }, {}).tls?.ticketKeys,

@@ -33,6 +33,13 @@ export const DEFAULT_CONNECTION_TIMEOUTS: ConnectionTimeouts = {
 /** The listeners' accept queue (listen(2) backlog); why 4096 and not Node's 511: listener.ts. */
 export const DEFAULT_LISTEN_BACKLOG = 4096;
 
+/**
+ * TLS handshakes in progress at once (handshake-gate.ts). A handshake costs the server about a
+ * millisecond of CPU, so 256 in progress wait well under a second for their turn — far inside
+ * the handshake timeout — and are enough to keep the CPU busy while clients answer.
+ */
+export const DEFAULT_MAX_HANDSHAKES = 256;
+
 interface Http1State {
   inflight: number;
   /** Open requests whose body has not fully arrived. */

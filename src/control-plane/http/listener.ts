@@ -26,8 +26,10 @@ import {
   type ConnectionTimeouts,
   DEFAULT_CONNECTION_TIMEOUTS,
   DEFAULT_LISTEN_BACKLOG,
+  DEFAULT_MAX_HANDSHAKES,
   TimeoutGuard,
 } from "./connection-timeouts.js";
+import { HandshakeGate, type HandshakeGateStats } from "./handshake-gate.js";
 import { loadTicketKeys, resumptionOptions, type TicketKeysOptions, watchTicketKeys } from "./ticket-keys.js";
 
 export type RequestHandler = (
@@ -64,10 +66,19 @@ export interface Listener {
   readonly port: number;
   /** Stops accepting connections, asks HTTP/2 peers to go away, waits for open requests up to the deadline. */
   close(deadlineMs: number): Promise<void>;
+  /** The handshake gate's figures (TLS listeners only). */
+  handshakes(): HandshakeGateStats | undefined;
 }
 
 /** How long a client may keep sending after its response was complete. */
 const HALF_OPEN_GRACE_MS = 1000;
+
+/**
+ * Connections waiting for a handshake place beyond which new ones are closed at once: a whole
+ * large fleet reconnecting (each waiting socket costs about a kilobyte here; its ClientHello
+ * sits in the kernel's buffers).
+ */
+const MAX_WAITING_HANDSHAKES = 50_000;
 
 /** Caps: HTTP/2 header lists and HTTP/1.1 headers (bodies are capped per route / per RPC message). */
 const MAX_HEADER_BYTES = 64 * 1024;
@@ -86,10 +97,12 @@ function hostForUrl(host: string): string {
  * the test; the backlog played no part). Storm measurements: docs/control-plane.md.
  */
 
-/** Per-listener settings: the connection timeouts, and the accept queue's length. */
+/** Per-listener settings: the connection timeouts, the accept queue's length, the handshake gate. */
 export interface ListenSettings extends ConnectionTimeouts {
   /** listen(2)'s backlog (the kernel caps it at net.core.somaxconn); default DEFAULT_LISTEN_BACKLOG. */
   backlog?: number | undefined;
+  /** TLS handshakes in progress at once (handshake-gate.ts); 0: no limit; default DEFAULT_MAX_HANDSHAKES. */
+  maxHandshakes?: number | undefined;
 }
 
 function listenOn(
@@ -296,7 +309,15 @@ export async function listenTls(
     } as http2.SecureServerOptions,
     tracker.wrap(handler),
   );
+  // The TLS server never listens itself: a plain TCP server accepts (paused, nothing read) and
+  // the handshake gate hands connections over as handshakes finish (handshake-gate.ts).
+  const gate = new HandshakeGate(
+    { maxInFlight: timeouts.maxHandshakes ?? DEFAULT_MAX_HANDSHAKES, maxWaiting: MAX_WAITING_HANDSHAKES },
+    (socket) => server.emit("connection", socket),
+  );
+  const tcp = net.createServer({ pauseOnConnect: true }, (socket) => gate.offer(socket));
   server.on("secureConnection", (socket) => {
+    gate.secured(socket);
     tracker.socket(socket);
     if (socket.alpnProtocol !== "h2") tracker.guard.http1Socket(socket);
   });
@@ -306,7 +327,7 @@ export async function listenTls(
   // own connection; none of it may take the server down.
   server.on("tlsClientError", () => {});
   server.on("sessionError", () => {});
-  const bound = await listenOn(server, host, port, timeouts.backlog);
+  const bound = await listenOn(tcp, host, port, timeouts.backlog);
   const stopWatching =
     tls.ticketKeys && ticketKeys
       ? watchTicketKeys(
@@ -317,8 +338,11 @@ export async function listenTls(
           tls.ticketKeys.onReloadError,
         )
       : undefined;
-  server.once("close", () => stopWatching?.());
-  return listener(`https://${hostForUrl(host)}:${bound}`, bound, server, tracker);
+  tcp.once("close", () => {
+    stopWatching?.();
+    gate.closeWaiting();
+  });
+  return listener(`https://${hostForUrl(host)}:${bound}`, bound, tcp, tracker, undefined, gate);
 }
 
 /**
@@ -331,12 +355,15 @@ function listener(
   server: net.Server,
   tracker: ConnectionTracker,
   http1?: http.Server,
+  gate?: HandshakeGate,
 ): Listener {
   return {
     url,
     port,
+    handshakes: () => gate?.stats(),
     async close(deadlineMs) {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      gate?.closeWaiting();
       http1?.closeIdleConnections();
       await tracker.drain(Date.now() + deadlineMs);
       await closed;
