@@ -1,5 +1,5 @@
 /**
- * The SQLite store checkpoints its WAL on a timer shortly after a write, not inside the COMMIT:
+ * The SQLite store checkpoints its WAL on a timer a second after a write, not inside the COMMIT:
  * SQLite's automatic checkpoint copies the pages of a large transaction (a 10,000-machine batch
  * start) into the database file as part of its commit, and a push waits for that commit.
  */

@@ -19,9 +19,11 @@ import type { Tables } from "./tables.js";
  * runs inside the COMMIT that grows the WAL past 1000 pages: at 10,000 machines a rollout's
  * creation and its batch start each paid 20–45 ms of copying pages in their commits, before any
  * push could leave. A timer runs it a moment later instead, after what the commit set off (the
- * pushes, an RPC's answer) — the same work, off the path that waits.
+ * pushes, an RPC's answer) — the same work, off the path that waits. At most one per this delay
+ * while writes go on: a checkpoint syncs the WAL and the database file (with `synchronous =
+ * NORMAL` commits themselves do not), so a small write must not cost one each.
  */
-const CHECKPOINT_DELAY_MS = 200;
+const CHECKPOINT_DELAY_MS = 1000;
 
 /** Distinct statement texts kept prepared; `IN (…)` lists of varying length make a few hundred. */
 const STATEMENT_CACHE = 2000;
