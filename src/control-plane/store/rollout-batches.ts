@@ -23,10 +23,10 @@ import {
 } from "./rollout-reads.js";
 
 /**
- * Starts (or re-starts) a batch. Set-based, a few statements whatever the batch size, and
- * nothing re-read after the writes: the rollout's machines are read once, before them, and the
- * record returned is that read with the writes applied — so the pushes can go out the moment
- * this transaction commits.
+ * Starts (or re-starts) a batch. Set-based, a few statements whatever the batch size, and the
+ * rollout's machines read once (after the batch's own rows are written, so no join is needed to
+ * know what "previous" recorded): the record returned is that read, not a re-read after every
+ * write — so the pushes can go out the moment this transaction commits.
  */
 export async function startBatch(
   ctx: Ctx,
@@ -41,22 +41,25 @@ export async function startBatch(
   const batches = await batchRows(ctx, rolloutId);
   const batch = batches.find((b) => b.batch_index === index);
   if (!batch || batch.status === "deploying" || batch.status === "succeeded") return null;
-  // Every machine of the rollout with its current assignment (what "previous" records below).
-  const rows = await rolloutMachineRows(ctx, rolloutId, true);
-  const inBatch = rows.filter((r) => r[1] === index);
   // Each machine's previous desired generation, recorded once (a resumed batch keeps it, so a
-  // revert restores what was there before this rollout), and its gate state reset: one statement.
-  // Every SET expression sees the row as it was, so the CASE reads the old previous_recorded.
-  const previous = (column: "store_path" | "cache_url" | "rollout_id") =>
-    sql`CASE WHEN previous_recorded = 0 THEN (SELECT d.${sql.ref(column)} FROM desired_generations d WHERE d.machine_id = rollout_machines.machine_id) ELSE ${sql.ref(`previous_${column === "store_path" ? "generation" : column}`)} END`;
-  await sql`UPDATE rollout_machines SET
-      previous_generation = ${previous("store_path")},
-      previous_cache_url = ${previous("cache_url")},
-      previous_rollout_id = ${previous("rollout_id")},
+  // revert restores what was there before this rollout), and its gate state reset: one statement,
+  // one lookup of the current assignment per machine (a row value: three correlated scalar
+  // subqueries cost three lookups, most of this statement at 10,000 machines). The subquery's
+  // first branch is the assignment (none: NULLs) when nothing is recorded yet; the second keeps
+  // what is recorded. Every SET expression sees the row as it was.
+  const kept = (column: string) => sql.ref(`rollout_machines.${column}`);
+  const { numAffectedRows } = await sql`UPDATE rollout_machines SET
+      (previous_generation, previous_cache_url, previous_rollout_id) = (
+        SELECT d.store_path, d.cache_url, d.rollout_id FROM desired_generations d
+          WHERE d.machine_id = rollout_machines.machine_id AND rollout_machines.previous_recorded = 0
+        UNION ALL
+        SELECT ${kept("previous_generation")}, ${kept("previous_cache_url")}, ${kept("previous_rollout_id")}
+          WHERE rollout_machines.previous_recorded = 1),
       previous_recorded = 1, gate_state = 'pending', gate_reason = ''
     WHERE rollout_id = ${rolloutId} AND batch_index = ${index}`.execute(ctx.q);
-  // Then the targets, each with a fresh revision: one block of revisions, one per position.
-  const count = inBatch.length === 0 ? 0 : inBatch[inBatch.length - 1]![8] + 1;
+  // Then the targets, each with a fresh revision: one block of revisions, one per position
+  // (positions in a batch are 0 … count-1).
+  const count = Number(numAffectedRows ?? 0);
   const first = count === 0 ? 0 : await nextRevisions(ctx, now, count);
   if (count > 0) {
     await ctx.q
@@ -89,12 +92,15 @@ export async function startBatch(
       )
       .execute();
   }
+  // Every machine of the rollout as it now stands (the batch's rows written above).
+  const rows = await rolloutMachineRows(ctx, rolloutId);
+  const inBatch = rows.filter((r) => r[1] === index);
   const changes: DesiredChange[] = inBatch.map((m) => ({
     machineId: m[0],
     desired: {
       storePath: m[2],
       cacheUrl: rollout.cache_url,
-      revision: first + m[8],
+      revision: first + m[7],
       rolloutId,
       setBy: "executor",
       setAt: now,
@@ -129,17 +135,6 @@ export async function startBatch(
     .where("batch_index", "=", index)
     .execute();
   // The record as getRollout would now read it, from the rows in hand and the writes above.
-  const machines = rows.map((r) => {
-    const m = toMachineRecord(r);
-    if (r[1] !== index) return m;
-    return {
-      ...m,
-      gateState: "pending" as const,
-      gateReason: "",
-      previousRecorded: true,
-      previousGeneration: m.previousRecorded ? m.previousGeneration : r[7],
-    };
-  });
   const started = batches.map((b) =>
     b.batch_index === index
       ? { ...b, status: "deploying" as const, started_at: now, started_seq: startedSeq, completed_at: null }
@@ -147,7 +142,7 @@ export async function startBatch(
   );
   const record = {
     ...rolloutFields({ ...rollout, current_batch: index, status_reason: "", updated_at: now }),
-    batches: assembleBatches(started, machines),
+    batches: assembleBatches(started, rows.map(toMachineRecord)),
   };
   return { rollout: record, events, changes };
 }

@@ -34,21 +34,15 @@ type MachineRow = [
   previousGeneration: string | null,
   gateState: RolloutMachineRecord["gateState"],
   gateReason: string,
-  /** What the machine is assigned now (only read by startBatch: what "previous" will record). */
-  desiredStorePath: string | null,
   position: number,
 ];
 
 /**
  * A rollout's machines in batch and position order, one JSON array column per row: at 10,000
  * machines better-sqlite3 spent more building row objects property by property than running
- * the query (see machine-reads.ts). `desired` joins each machine's current assignment in.
+ * the query (see machine-reads.ts).
  */
-export async function rolloutMachineRows(
-  ctx: Ctx,
-  rolloutId: string,
-  desired = false,
-): Promise<MachineRow[]> {
+export async function rolloutMachineRows(ctx: Ctx, rolloutId: string): Promise<MachineRow[]> {
   const columns = sql.join([
     sql.ref("rm.machine_id"),
     sql.ref("rm.batch_index"),
@@ -57,17 +51,14 @@ export async function rolloutMachineRows(
     sql.ref("rm.previous_generation"),
     sql.ref("rm.gate_state"),
     sql.ref("rm.gate_reason"),
-    desired ? sql.ref("d.store_path") : sql.lit(null),
     sql.ref("rm.position"),
   ]);
   const row =
     ctx.kind === "postgres"
       ? sql<MachineRow | string>`json_build_array(${columns})`
       : sql<MachineRow | string>`json_array(${columns})`;
-  let query = ctx.q.selectFrom("rollout_machines as rm");
-  if (desired)
-    query = query.leftJoin("desired_generations as d", "d.machine_id", "rm.machine_id") as typeof query;
-  const rows = await query
+  const rows = await ctx.q
+    .selectFrom("rollout_machines as rm")
     .select(row.as("r"))
     .where("rm.rollout_id", "=", rolloutId)
     .orderBy("rm.batch_index")

@@ -14,6 +14,17 @@ import {
 import { KyselyFleetStore } from "./kysely-store.js";
 import type { Tables } from "./tables.js";
 
+/**
+ * How long after a write transaction the WAL is checkpointed. SQLite's own automatic checkpoint
+ * runs inside the COMMIT that grows the WAL past 1000 pages: at 10,000 machines a rollout's
+ * creation and its batch start each paid 20–45 ms of copying pages in their commits, before any
+ * push could leave. A timer runs it a moment later instead, after what the commit set off (the
+ * pushes, an RPC's answer) — the same work, off the path that waits. At most one per this delay
+ * while writes go on: a checkpoint syncs the WAL and the database file (with `synchronous =
+ * NORMAL` commits themselves do not), so a small write must not cost one each.
+ */
+const CHECKPOINT_DELAY_MS = 1000;
+
 /** Distinct statement texts kept prepared; `IN (…)` lists of varying length make a few hundred. */
 const STATEMENT_CACHE = 2000;
 
@@ -38,8 +49,11 @@ function cachingDatabase(db: SqliteDatabase): SqliteDialectConfig["database"] {
 }
 
 export class SqliteFleetStore extends KyselyFleetStore {
+  private checkpointTimer: NodeJS.Timeout | null = null;
+
   constructor(readonly db: SqliteDatabase) {
     super(new Kysely<Tables>({ dialect: new SqliteDialect({ database: cachingDatabase(db) }) }), "sqlite");
+    db.pragma("wal_autocheckpoint = 0");
   }
 
   static async open(
@@ -55,6 +69,7 @@ export class SqliteFleetStore extends KyselyFleetStore {
       try {
         const result = await fn({ q: conn, kind: "sqlite" });
         await sql`COMMIT`.execute(conn);
+        this.scheduleCheckpoint();
         return result;
       } catch (err) {
         if (this.db.inTransaction) await sql`ROLLBACK`.execute(conn);
@@ -63,8 +78,30 @@ export class SqliteFleetStore extends KyselyFleetStore {
     });
   }
 
+  /** A checkpoint (PASSIVE: never waits for readers) shortly after the writes; one at a time. */
+  private scheduleCheckpoint(): void {
+    if (this.checkpointTimer) return;
+    this.checkpointTimer = setTimeout(() => {
+      this.checkpointTimer = null;
+      if (!this.db.open) return;
+      // A transaction spanning the timer (never on SQLite's synchronous calls, but be safe): later.
+      if (this.db.inTransaction) {
+        this.scheduleCheckpoint();
+        return;
+      }
+      try {
+        this.db.pragma("wal_checkpoint(PASSIVE)");
+      } catch {
+        // Another process holds the database (a busy checkpoint): the next write schedules one.
+      }
+    }, CHECKPOINT_DELAY_MS);
+    this.checkpointTimer.unref();
+  }
+
   async close(): Promise<void> {
     await this.evidence.idle();
+    if (this.checkpointTimer) clearTimeout(this.checkpointTimer);
+    this.checkpointTimer = null;
     if (this.db.open) await this.kysely.destroy();
   }
 }
