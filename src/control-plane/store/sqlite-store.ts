@@ -24,6 +24,7 @@ import type { Tables } from "./tables.js";
  * NORMAL` commits themselves do not), so a small write must not cost one each.
  */
 const CHECKPOINT_DELAY_MS = 1000;
+const AUTOCHECKPOINT_BACKSTOP_PAGES = 10_000;
 
 /** Distinct statement texts kept prepared; `IN (…)` lists of varying length make a few hundred. */
 const STATEMENT_CACHE = 2000;
@@ -53,7 +54,9 @@ export class SqliteFleetStore extends KyselyFleetStore {
 
   constructor(readonly db: SqliteDatabase) {
     super(new Kysely<Tables>({ dialect: new SqliteDialect({ database: cachingDatabase(db) }) }), "sqlite");
-    db.pragma("wal_autocheckpoint = 0");
+    // SQLite's own checkpoint stays as a backstop for writes outside transaction(), at ten times
+    // its default size, so the timer does the work in the normal case.
+    db.pragma(`wal_autocheckpoint = ${AUTOCHECKPOINT_BACKSTOP_PAGES}`);
   }
 
   static async open(
