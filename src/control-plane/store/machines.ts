@@ -16,6 +16,8 @@ import {
   type Placeholders,
 } from "./context.js";
 import { ConflictError, NotFoundError } from "./errors.js";
+import type { EvidenceRow } from "./evidence.js";
+import type { Written } from "./group-commit.js";
 import { getMachine } from "./machine-reads.js";
 import type {
   AgentContactResult,
@@ -209,7 +211,12 @@ export async function recordHello(ctx: Ctx, input: HelloInput, now: number): Pro
   return contact(ctx, input.machineId, input.tags, now, update);
 }
 
-export async function recordReport(ctx: Ctx, input: ReportInput, now: number): Promise<AgentContactResult> {
+/** Writes the machine row of a report; its evidence row is left for the group's end (evidence.ts). */
+export async function recordReport(
+  ctx: Ctx,
+  input: ReportInput,
+  now: number,
+): Promise<Written<AgentContactResult, EvidenceRow>> {
   // One statement shape whatever the input: empty fields and outcome 0 keep the column.
   const update = contactUpdate(
     ctx,
@@ -238,44 +245,16 @@ export async function recordReport(ctx: Ctx, input: ReportInput, now: number): P
       input.machineId,
     ],
   );
-  const result = await contact(ctx, input.machineId, input.tags, now, update);
-  // The sequence last: its lock is held until commit, so as briefly as possible.
-  const seq = await nextSeq(ctx);
-  await cachedQuery(
-    ctx,
-    "report-insert",
-    (p) =>
-      ctx.q.insertInto("reports").values({
-        machine_id: p[0],
-        received_at: p[1],
-        seq: p[2],
-        current_generation: p[3],
-        desired_generation: p[4],
-        desired_revision: p[5],
-        outcome: p[6],
-        success: p[7],
-        message: p[8],
-        deployment_id: p[9],
-        agent_time: p[10],
-      }),
-    [
-      input.machineId,
-      now,
-      seq,
-      input.currentGeneration,
-      input.desiredGeneration,
-      input.desiredRevision,
-      input.outcome,
-      input.success ? 1 : 0,
-      input.message,
-      input.deploymentId,
-      input.agentTime,
-    ],
-  );
-  return result;
+  const value = await contact(ctx, input.machineId, input.tags, now, update);
+  return { value, row: { kind: "report", input, receivedAt: now } };
 }
 
-export async function recordHealth(ctx: Ctx, input: HealthInput, now: number): Promise<AgentContactResult> {
+/** Writes the machine row of a health report; its evidence row is left for the group's end. */
+export async function recordHealth(
+  ctx: Ctx,
+  input: HealthInput,
+  now: number,
+): Promise<Written<AgentContactResult, EvidenceRow>> {
   const failing = input.results.filter((r) => !r.passed).map((r) => r.name);
   // A report claiming all_passed with a failing result in it is not trusted as passing.
   const allPassed = input.allPassed && failing.length === 0 ? 1 : 0;
@@ -296,37 +275,8 @@ export async function recordHealth(ctx: Ctx, input: HealthInput, now: number): P
         .returning(contactReturning(ctx)),
     [now, input.generation, allPassed, JSON.stringify(failing), input.machineId],
   );
-  const result = await contact(ctx, input.machineId, null, now, update);
-  // The sequence last: its lock is held until commit, so as briefly as possible.
-  const seq = await nextSeq(ctx);
-  await cachedQuery(
-    ctx,
-    "health-insert",
-    (p) =>
-      ctx.q.insertInto("health_reports").values({
-        machine_id: p[0],
-        received_at: p[1],
-        seq: p[2],
-        generation: p[3],
-        all_passed: p[4],
-        results: p[5],
-        post_apply: p[6],
-        deployment_id: p[7],
-        agent_time: p[8],
-      }),
-    [
-      input.machineId,
-      now,
-      seq,
-      input.generation,
-      allPassed,
-      JSON.stringify(input.results),
-      input.postApply ? 1 : 0,
-      input.deploymentId,
-      input.agentTime,
-    ],
-  );
-  return result;
+  const value = await contact(ctx, input.machineId, null, now, update);
+  return { value, row: { kind: "health", input, receivedAt: now, allPassed } };
 }
 
 async function lifecycleOf(ctx: Ctx, id: string): Promise<Lifecycle | undefined> {
