@@ -5,16 +5,7 @@
 
 import { type Compilable, sql } from "kysely";
 import { lifecycleAfterContact, lifecycleTransitionProblem } from "../registry/lifecycle.js";
-import {
-  audit,
-  type Ctx,
-  cachedQuery,
-  cachedRows,
-  chunks,
-  nextRevision,
-  nextSeq,
-  type Placeholders,
-} from "./context.js";
+import { audit, type Ctx, cachedRows, chunks, nextRevision, type Placeholders } from "./context.js";
 import { ConflictError, NotFoundError } from "./errors.js";
 import type { EvidenceRow } from "./evidence.js";
 import type { Written } from "./group-commit.js";
