@@ -15,7 +15,7 @@ import { GroupCommit } from "../../src/control-plane/store/group-commit.js";
 import type { KyselyFleetStore } from "../../src/control-plane/store/kysely-store.js";
 import { recordReport } from "../../src/control-plane/store/machines.js";
 import type { PostgresFleetStore } from "../../src/control-plane/store/postgres-store.js";
-import type { ReportInput } from "../../src/control-plane/store/records.js";
+import type { HealthInput, ReportInput } from "../../src/control-plane/store/records.js";
 import { SqliteFleetStore } from "../../src/control-plane/store/sqlite-store.js";
 import type { Tables } from "../../src/control-plane/store/tables.js";
 import { Outcome } from "../../src/gen/nixfleet/v1/types_pb.js";
@@ -64,6 +64,18 @@ function loggedGroupCommit(store: KyselyFleetStore, kind: "sqlite" | "postgres")
   return { group, statements };
 }
 
+function health(machineId: string): HealthInput {
+  return {
+    machineId,
+    generation: storePath(machineId, 0),
+    allPassed: true,
+    results: [],
+    postApply: false,
+    deploymentId: "",
+    agentTime: null,
+  };
+}
+
 for (const backend of BACKENDS) {
   describe(`group commit (${backend.name})`, { skip: backend.skip }, () => {
     it("a group of reports of known machines costs one statement each and two for the group, and no savepoint when none fails", async (t) => {
@@ -80,6 +92,41 @@ for (const backend of BACKENDS) {
       // Each machine row's UPDATE (returning what the contact needs); the sequence and the rows.
       assert.equal(statements.length, ids.length + 2, statements.join("\n"));
       for (const id of ids) assert.equal((await store.machineReports(id, 10)).length, 2);
+    });
+
+    it("a group's reports and health reports take consecutive sequence positions in the order they were sent", async (t) => {
+      const store = await backend.open(t, await backend.location(t));
+      await store.recordReport(report("web-00"), 1000);
+      const before = store.evidence.stats.groups;
+      await Promise.all([
+        store.recordReport(report("web-01", { message: "first" }), 2000),
+        store.recordHealth(health("web-02"), 2000),
+        store.recordReport(report("web-01", { message: "third" }), 2000),
+        store.recordHealth(health("web-01"), 2000),
+      ]);
+      assert.equal(store.evidence.stats.groups - before, 1);
+      const reports = await store.kysely
+        .selectFrom("reports")
+        .select(["seq", "message"])
+        .orderBy("seq")
+        .execute();
+      const healths = await store.kysely
+        .selectFrom("health_reports")
+        .select(["seq", "machine_id"])
+        .orderBy("seq")
+        .execute();
+      const order = [
+        ...reports.map((r) => [Number(r.seq), `report ${r.message}`] as const),
+        ...healths.map((h) => [Number(h.seq), `health ${h.machine_id}`] as const),
+      ].sort((a, b) => a[0] - b[0]);
+      const first = order[0]![0];
+      assert.deepEqual(order, [
+        [first, "report from web-00"],
+        [first + 1, "report first"],
+        [first + 2, "health web-02"],
+        [first + 3, "report third"],
+        [first + 4, "health web-01"],
+      ]);
     });
 
     it("commits reports sent together in one transaction, and each is stored", async (t) => {
@@ -113,18 +160,7 @@ for (const backend of BACKENDS) {
         store.recordReport(report("web-01"), 1000),
         // NULL where the schema says NOT NULL: the database refuses this one report's rows.
         store.recordReport(report("web-02", { message: null as unknown as string }), 1000),
-        store.recordHealth(
-          {
-            machineId: "web-03",
-            generation: storePath("web-03", 0),
-            allPassed: true,
-            results: [],
-            postApply: false,
-            deploymentId: "",
-            agentTime: null,
-          },
-          1000,
-        ),
+        store.recordHealth(health("web-03"), 1000),
         store.recordReport(report("web-04"), 1000),
       ]);
       assert.deepEqual(
