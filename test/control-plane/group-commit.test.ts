@@ -162,17 +162,25 @@ for (const backend of BACKENDS) {
         store.recordReport(report("web-02", { message: null as unknown as string }), 1000),
         store.recordHealth(health("web-03"), 1000),
         store.recordReport(report("web-04"), 1000),
+        // Without an outcome the machine row keeps its message, so only this report's evidence
+        // row is refused, where the group writes all of them at once.
+        store.recordReport(
+          report("web-05", { outcome: Outcome.UNSPECIFIED, message: null as unknown as string }),
+          1000,
+        ),
       ]);
       assert.deepEqual(
         settled.map((s) => s.status),
-        ["fulfilled", "rejected", "fulfilled", "fulfilled"],
+        ["fulfilled", "rejected", "fulfilled", "fulfilled", "rejected"],
       );
-      assert.equal(store.evidence.stats.groups - before, 1, "the four shared one transaction");
+      assert.equal(store.evidence.stats.groups - before, 1, "the five shared one transaction");
       // The group ran as it was, a write failed, and it ran once more with savepoints.
       assert.equal(store.evidence.stats.isolatedReruns - reruns, 1);
-      // Nothing of the failed one is left (its machine row was rolled back with it) …
-      assert.equal(await store.getMachine("web-02"), undefined);
-      assert.equal((await store.machineReports("web-02", 10)).length, 0);
+      // Nothing of the failed ones is left (their machine rows were rolled back with them) …
+      for (const id of ["web-02", "web-05"]) {
+        assert.equal(await store.getMachine(id), undefined);
+        assert.equal((await store.machineReports(id, 10)).length, 0);
+      }
       // … and everything of the others is there.
       assert.equal((await store.machineReports("web-01", 10)).length, 1);
       assert.equal((await store.machineReports("web-04", 10)).length, 1);
