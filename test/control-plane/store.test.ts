@@ -261,14 +261,15 @@ for (const backend of BACKENDS) {
       const store = await fresh(t);
       const first = await store.recordReport(report("web-01", { tags: ["web", "eu", "web"] }), 1000);
       assert.equal(first.registered, true);
-      assert.deepEqual(first.machine.tags, ["eu", "web"]);
-      assert.equal(first.machine.lifecycle, "active");
+      assert.deepEqual((await store.getMachine("web-01"))?.tags, ["eu", "web"]);
+      assert.equal((await store.getMachine("web-01"))?.lifecycle, "active");
       const again = await store.recordReport(report("web-01", { tags: ["db"] }), 2000);
       assert.equal(again.registered, false);
-      assert.deepEqual(again.machine.tags, ["db"]);
+      assert.deepEqual((await store.getMachine("web-01"))?.tags, ["db"]);
       await store.registerMachine({ id: "web-02", tags: ["web"], lifecycle: null }, "apikey:ops", 3000);
       assert.equal((await store.getMachine("web-02"))?.lifecycle, "pending");
-      assert.equal((await store.recordReport(report("web-02"), 4000)).machine.lifecycle, "active");
+      assert.equal((await store.recordReport(report("web-02"), 4000)).registered, false);
+      assert.equal((await store.getMachine("web-02"))?.lifecycle, "active");
       const actions = (
         await store.listAudit({
           actor: null,
@@ -599,6 +600,34 @@ for (const backend of BACKENDS) {
         ],
       );
       assert.equal(again.rollout.batches[1]!.machines[0]!.previousRecorded, false);
+    });
+
+    it("a report or health report says which running rollout its machine is in, without reading the machine back", async (t) => {
+      const store = await fresh(t);
+      await fleet(store, "a", "b");
+      await store.createRollout(rollout("r-1", "rel-1", [[["a", storePath("a", 2)]]]), "x", 3);
+      const health = (id: string) => ({
+        machineId: id,
+        generation: storePath(id, 0),
+        allPassed: true,
+        results: [],
+        postApply: false,
+        deploymentId: "",
+        agentTime: null,
+      });
+      assert.equal((await store.recordReport(report("a"), 4)).runningRolloutId, "r-1");
+      assert.equal((await store.recordHealth(health("a"), 4)).runningRolloutId, "r-1");
+      assert.equal((await store.recordReport(report("b"), 4)).runningRolloutId, null);
+      await store.pauseRollout("r-1", "ops", "apikey:ops", 5);
+      assert.equal((await store.recordReport(report("a"), 6)).runningRolloutId, null);
+      await store.resumeRollout("r-1", "apikey:ops", 7);
+      assert.equal((await store.recordHealth(health("a"), 8)).runningRolloutId, "r-1");
+      // First contact: registered, in no rollout.
+      assert.deepEqual(await store.recordHealth(health("c"), 9), {
+        machineId: "c",
+        registered: true,
+        runningRolloutId: null,
+      });
     });
 
     it("records previous desired generations once; revert restores them (clearing where there were none)", async (t) => {

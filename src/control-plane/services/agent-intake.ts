@@ -68,7 +68,7 @@ export class AgentIntake {
   async hello(input: HelloInput): Promise<AgentContactResult> {
     this.o.presence.touch(input.machineId, this.o.clock.now());
     const result = await this.o.store().recordHello(input, this.o.clock.now());
-    this.after(result, "stream opened", "report");
+    this.after(result, input.tags, "stream opened", "report");
     return result;
   }
 
@@ -76,7 +76,7 @@ export class AgentIntake {
     if (!isKnownEnumValue(OutcomeSchema, input.outcome))
       this.warnUnknown(input.machineId, `outcome ${outcomeName(input.outcome)}`);
     const result = await this.o.store().recordReport(input, this.o.clock.now());
-    this.after(result, "report", "report");
+    this.after(result, input.tags ?? [], "report", "report");
     return result;
   }
 
@@ -85,7 +85,7 @@ export class AgentIntake {
       if (!isKnownEnumValue(HealthCheckKindSchema, r.kind))
         this.warnUnknown(input.machineId, `health check kind ${healthCheckKindName(r.kind)}`);
     const result = await this.o.store().recordHealth(input, this.o.clock.now());
-    this.after(result, "health report", "health");
+    this.after(result, [], "health report", "health");
     return result;
   }
 
@@ -102,18 +102,26 @@ export class AgentIntake {
     );
   }
 
-  /** The one place every stored agent contact passes (WatchFleet is told here). */
-  private after(result: AgentContactResult, what: string, kind: FleetChangeKind): void {
-    const { machine } = result;
-    this.o.fleetChanges?.publish(machine.id, result.registered ? "registered" : kind);
+  /**
+   * The one place every stored agent contact passes (WatchFleet is told here). `tags`: what the
+   * contact said (a machine registered by it has exactly those).
+   */
+  private after(
+    result: AgentContactResult,
+    tags: readonly string[],
+    what: string,
+    kind: FleetChangeKind,
+  ): void {
+    const { machineId } = result;
+    this.o.fleetChanges?.publish(machineId, result.registered ? "registered" : kind);
     if (result.registered) {
       this.o.logger.info(
-        { machineId: machine.id, tags: machine.tags },
+        { machineId, tags: [...new Set(tags)].sort() },
         `machine registered on first contact (${what})`,
       );
     }
     // The gate may decide now: its rollout is evaluated soon (paced, not once per report).
-    if (machine.activeRollout?.status === "running") this.pacer.request(machine.activeRollout.rolloutId);
+    if (result.runningRolloutId !== null) this.pacer.request(result.runningRolloutId);
   }
 
   /** Drops evaluations not yet started (shutdown; the executor's tick catches up after a restart). */

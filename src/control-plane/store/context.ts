@@ -72,18 +72,23 @@ export async function nextRevisions(ctx: Ctx, now: number, count: number): Promi
  * "received after the batch started" means — whatever the wall clock does, and across replicas.
  */
 export async function nextSeq(ctx: Ctx): Promise<number> {
+  return nextSeqs(ctx, 1);
+}
+
+/** Takes `count` consecutive positions at once (a group of reports): returns the first. */
+export async function nextSeqs(ctx: Ctx, count: number): Promise<number> {
   const [row] = await cachedRows(
     ctx,
-    "next-seq",
-    () =>
+    "next-seqs",
+    (p) =>
       ctx.q
         .updateTable("evidence_sequence")
-        .set({ value: sql<number>`value + 1` })
+        .set({ value: sql<number>`value + ${p[0]}` })
         .where("id", "=", 1)
         .returning("value"),
-    [],
+    [count],
   );
-  return Number(row!.value);
+  return Number(row!.value) - count + 1;
 }
 
 /** Stand for a cached query's parameters; never real values (they hold a NUL). */
@@ -170,7 +175,16 @@ export function jsonRows(
   columns: readonly { name: string; type: "text" | "integer" }[],
   alias: string,
 ): RawBuilder<unknown> {
-  const json = JSON.stringify(rows);
+  return jsonRowsOf(ctx, JSON.stringify(rows), columns, alias);
+}
+
+/** jsonRows of rows already encoded (`json`: the JSON text, or a cachedQuery placeholder for it). */
+export function jsonRowsOf(
+  ctx: Ctx,
+  json: string,
+  columns: readonly { name: string; type: "text" | "integer" }[],
+  alias: string,
+): RawBuilder<unknown> {
   const pick = columns.map((c, i) =>
     ctx.kind === "sqlite"
       ? sql`json_extract(value, ${sql.lit(`$[${i}]`)}) AS ${sql.id(c.name)}`

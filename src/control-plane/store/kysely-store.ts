@@ -6,6 +6,7 @@
 import type { Kysely } from "kysely";
 import { type Announcement, announce, type TransactionAnnouncer } from "./announce.js";
 import type { BackendKind, Ctx } from "./context.js";
+import { type EvidenceRow, insertEvidence } from "./evidence.js";
 import { GroupCommit } from "./group-commit.js";
 import * as history from "./history.js";
 import * as keys from "./keys-audit.js";
@@ -38,15 +39,19 @@ const rolloutChanged = (change: RolloutChange | null): Announcement | null =>
 const PRUNE_CHUNK = 5000;
 
 export abstract class KyselyFleetStore implements FleetStore {
-  /** Reports and health reports: group-committed (group-commit.ts). */
-  readonly evidence: GroupCommit;
+  /** Reports and health reports: group-committed (group-commit.ts), their rows by evidence.ts. */
+  readonly evidence: GroupCommit<EvidenceRow>;
 
   protected constructor(
     readonly kysely: Kysely<Tables>,
     readonly kind: BackendKind,
     abortsGroup?: (err: unknown) => boolean,
   ) {
-    this.evidence = new GroupCommit({ transaction: (fn) => this.transaction(fn), abortsGroup });
+    this.evidence = new GroupCommit({
+      transaction: (fn) => this.transaction(fn),
+      flush: insertEvidence,
+      abortsGroup,
+    });
   }
 
   /** Runs `fn` in one transaction; a throw rolls everything back. */

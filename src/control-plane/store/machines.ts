@@ -2,10 +2,13 @@
  * Writing machines, tags, desired generations, reports and health reports (machine-reads.ts
  * reads them).
  */
-import { sql } from "kysely";
+
+import { type Compilable, sql } from "kysely";
 import { lifecycleAfterContact, lifecycleTransitionProblem } from "../registry/lifecycle.js";
-import { audit, type Ctx, cachedQuery, cachedRows, chunks, nextRevision, nextSeq } from "./context.js";
+import { audit, type Ctx, cachedRows, chunks, nextRevision, type Placeholders } from "./context.js";
 import { ConflictError, NotFoundError } from "./errors.js";
+import type { EvidenceRow } from "./evidence.js";
+import type { Written } from "./group-commit.js";
 import { getMachine } from "./machine-reads.js";
 import type {
   AgentContactResult,
@@ -28,11 +31,17 @@ async function currentTags(ctx: Ctx, id: string): Promise<string[]> {
   return rows.map((r) => r.tag);
 }
 
-/** Replaces a machine's tags; returns the old list when they changed. */
-async function replaceTags(ctx: Ctx, id: string, tags: readonly string[]): Promise<string[] | null> {
+/** Replaces a machine's tags (`old`: the stored ones); false when they are the same. */
+async function replaceTags(
+  ctx: Ctx,
+  id: string,
+  old: readonly string[],
+  tags: readonly string[],
+): Promise<boolean> {
   const next = sortedTags(tags);
-  const old = await currentTags(ctx, id);
-  if (old.length === next.length && old.every((t, i) => t === next[i])) return null;
+  // Sorted here too: PostgreSQL's collation may order them differently from code units.
+  const before = sortedTags(old);
+  if (before.length === next.length && before.every((t, i) => t === next[i])) return false;
   await ctx.q.deleteFrom("machine_tags").where("machine_id", "=", id).execute();
   for (const part of chunks(next)) {
     await ctx.q
@@ -40,7 +49,7 @@ async function replaceTags(ctx: Ctx, id: string, tags: readonly string[]): Promi
       .values(part.map((tag) => ({ machine_id: id, tag })))
       .execute();
   }
-  return old;
+  return true;
 }
 
 function sortedTags(tags: readonly string[]): string[] {
@@ -52,89 +61,155 @@ function tagList(tags: readonly string[]): string {
 }
 
 /**
- * Makes sure an agent that authenticated as `id` has a machine row: registers it (ACTIVE) on
- * first contact and moves a pre-registered (PENDING) machine to ACTIVE. Audited, because both
- * change what rollouts may target. ON CONFLICT: two replicas may see a first contact at once.
+ * What an agent contact's UPDATE of its machine row returns: the lifecycle (a pre-registered
+ * machine becomes active), the stored tags (to compare with what the agent says) and the running
+ * rollout the machine is in (its gate may now decide). One statement where a read before the
+ * write and a read of the whole machine record after it cost three (a sixth of a Report).
  */
-async function ensureAgentMachine(ctx: Ctx, id: string, now: number): Promise<boolean> {
-  const actor = `machine:${id}`;
-  const [row] = await cachedRows(
-    ctx,
-    "machine-lifecycle",
-    (p) => ctx.q.selectFrom("machines").select("lifecycle").where("id", "=", p[0]),
-    [id],
-  );
-  if (!row) {
-    const inserted = await ctx.q
-      .insertInto("machines")
-      .values({ id, lifecycle: "active", registered_at: now })
-      .onConflict((oc) => oc.column("id").doNothing())
-      .returning("id")
-      .executeTakeFirst();
-    if (inserted) {
-      await audit(ctx, now, actor, "machine.register", id, "registered on first contact (lifecycle active)");
-      return true;
-    }
-    // Another replica registered it since the read: take it from there.
-    return ensureAgentMachine(ctx, id, now);
-  }
-  const next = lifecycleAfterContact(row.lifecycle);
-  if (next !== row.lifecycle) {
-    const moved = await ctx.q
-      .updateTable("machines")
-      .set({ lifecycle: next })
-      .where("id", "=", id)
-      .where("lifecycle", "=", row.lifecycle)
-      .executeTakeFirst();
-    if (moved.numUpdatedRows > 0n)
-      await audit(ctx, now, actor, "machine.lifecycle", id, `${row.lifecycle} -> ${next} (first contact)`);
-  }
-  return false;
+interface ContactRow {
+  lifecycle: Lifecycle;
+  /** Sorted, joined by TAG_SEPARATOR; null: none. */
+  tags: string | null;
+  running_rollout: string | null;
 }
 
-/** Replaces the machine's tags with what the agent says; returns the stored list (null: not given). */
-async function syncAgentTags(
+/** Joins stored tags into one column; the unit separator cannot occur in a tag. */
+const TAG_SEPARATOR = "\u001f";
+
+function contactReturning(ctx: Ctx) {
+  const tags =
+    ctx.kind === "postgres"
+      ? sql<
+          string | null
+        >`(SELECT string_agg(t.tag, chr(31) ORDER BY t.tag) FROM machine_tags t WHERE t.machine_id = machines.id)`
+      : sql<
+          string | null
+        >`(SELECT group_concat(t.tag, char(31) ORDER BY t.tag) FROM machine_tags t WHERE t.machine_id = machines.id)`;
+  const rollout = sql<
+    string | null
+  >`(SELECT rm.rollout_id FROM rollout_machines rm INNER JOIN rollouts r ON r.id = rm.rollout_id WHERE rm.machine_id = machines.id AND rm.active = 1 AND r.status = 'running')`;
+  return [
+    sql.ref<Lifecycle>("lifecycle").as("lifecycle"),
+    tags.as("tags"),
+    rollout.as("running_rollout"),
+  ] as const;
+}
+
+/**
+ * Stores an agent contact: `update` writes the machine row (returning ContactRow; nothing when the
+ * machine is not registered yet). Registers the machine (ACTIVE) on first contact, moves a
+ * pre-registered (PENDING) one to ACTIVE, and replaces its tags with what the agent says (null:
+ * it did not say). All audited, because they change what rollouts may target.
+ */
+async function contact(
   ctx: Ctx,
   id: string,
   tags: readonly string[] | null,
   now: number,
-): Promise<string[] | null> {
-  if (tags === null) return null;
-  const old = await replaceTags(ctx, id, tags);
-  if (old) await audit(ctx, now, `machine:${id}`, "machine.tags", id, `${tagList(old)} -> ${tagList(tags)}`);
-  return sortedTags(tags);
+  update: () => Promise<ContactRow | undefined>,
+): Promise<AgentContactResult> {
+  let row = await update();
+  let registered = false;
+  if (!row) {
+    registered = await registerOnContact(ctx, id, now);
+    row = await update();
+    if (!row) throw new Error(`machine ${id} is missing right after its registration`);
+  }
+  await activateOnContact(ctx, id, row.lifecycle, now);
+  if (tags !== null) {
+    const old = row.tags === null ? [] : row.tags.split(TAG_SEPARATOR);
+    if (await replaceTags(ctx, id, old, tags))
+      await audit(ctx, now, `machine:${id}`, "machine.tags", id, `${tagList(old)} -> ${tagList(tags)}`);
+  }
+  return { machineId: id, registered, runningRolloutId: row.running_rollout };
+}
+
+/**
+ * Registers a machine on its agent's first contact; false when another replica registered it
+ * first (ON CONFLICT: two replicas may see a first contact at once; READ COMMITTED then sees
+ * that row in the next statement).
+ */
+async function registerOnContact(ctx: Ctx, id: string, now: number): Promise<boolean> {
+  const inserted = await ctx.q
+    .insertInto("machines")
+    .values({ id, lifecycle: "active", registered_at: now })
+    .onConflict((oc) => oc.column("id").doNothing())
+    .returning("id")
+    .executeTakeFirst();
+  if (!inserted) return false;
+  await audit(
+    ctx,
+    now,
+    `machine:${id}`,
+    "machine.register",
+    id,
+    "registered on first contact (lifecycle active)",
+  );
+  return true;
+}
+
+async function activateOnContact(ctx: Ctx, id: string, lifecycle: Lifecycle, now: number): Promise<void> {
+  const next = lifecycleAfterContact(lifecycle);
+  if (next === lifecycle) return;
+  const moved = await ctx.q
+    .updateTable("machines")
+    .set({ lifecycle: next })
+    .where("id", "=", id)
+    .where("lifecycle", "=", lifecycle)
+    .executeTakeFirst();
+  if (moved.numUpdatedRows > 0n)
+    await audit(
+      ctx,
+      now,
+      `machine:${id}`,
+      "machine.lifecycle",
+      id,
+      `${lifecycle} -> ${next} (first contact)`,
+    );
 }
 
 /** `column` unless the parameter is empty (agents that do not say keep what is stored). */
-function keepIfEmptyParam(column: "current_generation" | "agent_version", param: never) {
+function keepIfEmpty(column: "current_generation" | "agent_version", param: never) {
   return sql<string>`CASE WHEN ${param} = '' THEN ${sql.ref(column)} ELSE ${param} END`;
 }
 
-/** `column` unless `value` is empty (agents that do not say keep what is stored). */
-function keepIfEmpty(column: "current_generation" | "agent_version", value: string) {
-  return value === "" ? sql.ref<string>(column) : sql.val(value);
+/** The machine row's UPDATE of each kind of contact, compiled once (cachedQuery). */
+function contactUpdate(
+  ctx: Ctx,
+  name: string,
+  build: (p: Placeholders) => Compilable<ContactRow>,
+  values: unknown[],
+) {
+  return async () => (await cachedRows(ctx, name, build, values))[0];
 }
 
 export async function recordHello(ctx: Ctx, input: HelloInput, now: number): Promise<AgentContactResult> {
-  const registered = await ensureAgentMachine(ctx, input.machineId, now);
-  await syncAgentTags(ctx, input.machineId, input.tags, now);
-  await ctx.q
-    .updateTable("machines")
-    .set({
-      last_seen: now,
-      current_generation: keepIfEmpty("current_generation", input.currentGeneration),
-      agent_version: keepIfEmpty("agent_version", input.agentVersion),
-    })
-    .where("id", "=", input.machineId)
-    .execute();
-  return { machine: (await getMachine(ctx, input.machineId))!, registered };
+  const update = contactUpdate(
+    ctx,
+    "hello-machine",
+    (p) =>
+      ctx.q
+        .updateTable("machines")
+        .set({
+          last_seen: p[0],
+          current_generation: keepIfEmpty("current_generation", p[1]),
+          agent_version: keepIfEmpty("agent_version", p[2]),
+        })
+        .where("id", "=", p[3])
+        .returning(contactReturning(ctx)),
+    [now, input.currentGeneration, input.agentVersion, input.machineId],
+  );
+  return contact(ctx, input.machineId, input.tags, now, update);
 }
 
-export async function recordReport(ctx: Ctx, input: ReportInput, now: number): Promise<AgentContactResult> {
-  const registered = await ensureAgentMachine(ctx, input.machineId, now);
-  await syncAgentTags(ctx, input.machineId, input.tags, now);
-  // One statement shape whatever the input (cached): empty fields and outcome 0 keep the column.
-  await cachedQuery(
+/** Writes the machine row of a report; its evidence row is left for the group's end (evidence.ts). */
+export async function recordReport(
+  ctx: Ctx,
+  input: ReportInput,
+  now: number,
+): Promise<Written<AgentContactResult, EvidenceRow>> {
+  // One statement shape whatever the input: empty fields and outcome 0 keep the column.
+  const update = contactUpdate(
     ctx,
     "report-machine",
     (p) =>
@@ -144,12 +219,13 @@ export async function recordReport(ctx: Ctx, input: ReportInput, now: number): P
           last_seen: p[0],
           last_report_at: p[0],
           uptime_seconds: p[1],
-          current_generation: keepIfEmptyParam("current_generation", p[2]),
-          agent_version: keepIfEmptyParam("agent_version", p[3]),
+          current_generation: keepIfEmpty("current_generation", p[2]),
+          agent_version: keepIfEmpty("agent_version", p[3]),
           last_outcome: sql<number>`CASE WHEN ${p[4]} = 0 THEN last_outcome ELSE ${p[4]} END`,
           last_message: sql<string>`CASE WHEN ${p[4]} = 0 THEN last_message ELSE ${p[5]} END`,
         })
-        .where("id", "=", p[6]),
+        .where("id", "=", p[6])
+        .returning(contactReturning(ctx)),
     [
       now,
       input.uptimeSeconds,
@@ -160,49 +236,20 @@ export async function recordReport(ctx: Ctx, input: ReportInput, now: number): P
       input.machineId,
     ],
   );
-  const machine = (await getMachine(ctx, input.machineId))!;
-  // The sequence last: its lock is held until commit, so as briefly as possible.
-  const seq = await nextSeq(ctx);
-  await cachedQuery(
-    ctx,
-    "report-insert",
-    (p) =>
-      ctx.q.insertInto("reports").values({
-        machine_id: p[0],
-        received_at: p[1],
-        seq: p[2],
-        current_generation: p[3],
-        desired_generation: p[4],
-        desired_revision: p[5],
-        outcome: p[6],
-        success: p[7],
-        message: p[8],
-        deployment_id: p[9],
-        agent_time: p[10],
-      }),
-    [
-      input.machineId,
-      now,
-      seq,
-      input.currentGeneration,
-      input.desiredGeneration,
-      input.desiredRevision,
-      input.outcome,
-      input.success ? 1 : 0,
-      input.message,
-      input.deploymentId,
-      input.agentTime,
-    ],
-  );
-  return { machine, registered };
+  const value = await contact(ctx, input.machineId, input.tags, now, update);
+  return { value, row: { kind: "report", input, receivedAt: now } };
 }
 
-export async function recordHealth(ctx: Ctx, input: HealthInput, now: number): Promise<AgentContactResult> {
-  const registered = await ensureAgentMachine(ctx, input.machineId, now);
+/** Writes the machine row of a health report; its evidence row is left for the group's end. */
+export async function recordHealth(
+  ctx: Ctx,
+  input: HealthInput,
+  now: number,
+): Promise<Written<AgentContactResult, EvidenceRow>> {
   const failing = input.results.filter((r) => !r.passed).map((r) => r.name);
   // A report claiming all_passed with a failing result in it is not trusted as passing.
   const allPassed = input.allPassed && failing.length === 0 ? 1 : 0;
-  await cachedQuery(
+  const update = contactUpdate(
     ctx,
     "health-machine",
     (p) =>
@@ -215,40 +262,12 @@ export async function recordHealth(ctx: Ctx, input: HealthInput, now: number): P
           health_at: p[0],
           health_failing: p[3],
         })
-        .where("id", "=", p[4]),
+        .where("id", "=", p[4])
+        .returning(contactReturning(ctx)),
     [now, input.generation, allPassed, JSON.stringify(failing), input.machineId],
   );
-  const machine = (await getMachine(ctx, input.machineId))!;
-  // The sequence last: its lock is held until commit, so as briefly as possible.
-  const seq = await nextSeq(ctx);
-  await cachedQuery(
-    ctx,
-    "health-insert",
-    (p) =>
-      ctx.q.insertInto("health_reports").values({
-        machine_id: p[0],
-        received_at: p[1],
-        seq: p[2],
-        generation: p[3],
-        all_passed: p[4],
-        results: p[5],
-        post_apply: p[6],
-        deployment_id: p[7],
-        agent_time: p[8],
-      }),
-    [
-      input.machineId,
-      now,
-      seq,
-      input.generation,
-      allPassed,
-      JSON.stringify(input.results),
-      input.postApply ? 1 : 0,
-      input.deploymentId,
-      input.agentTime,
-    ],
-  );
-  return { machine, registered };
+  const value = await contact(ctx, input.machineId, null, now, update);
+  return { value, row: { kind: "health", input, receivedAt: now, allPassed } };
 }
 
 async function lifecycleOf(ctx: Ctx, id: string): Promise<Lifecycle | undefined> {
@@ -267,7 +286,7 @@ export async function registerMachine(
   if (!existing) {
     const lifecycle = input.lifecycle ?? "pending";
     await ctx.q.insertInto("machines").values({ id: input.id, lifecycle, registered_at: now }).execute();
-    await replaceTags(ctx, input.id, input.tags);
+    await replaceTags(ctx, input.id, [], input.tags);
     await audit(
       ctx,
       now,
@@ -288,8 +307,8 @@ export async function registerMachine(
       .execute();
     await audit(ctx, now, actor, "machine.lifecycle", input.id, `${existing} -> ${input.lifecycle}`);
   }
-  const old = await replaceTags(ctx, input.id, input.tags);
-  if (old)
+  const old = await currentTags(ctx, input.id);
+  if (await replaceTags(ctx, input.id, old, input.tags))
     await audit(ctx, now, actor, "machine.tags", input.id, `${tagList(old)} -> ${tagList(input.tags)}`);
   return { machine: (await getMachine(ctx, input.id))!, created: false };
 }

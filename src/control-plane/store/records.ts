@@ -104,10 +104,17 @@ export interface HelloInput {
   agentVersion: string;
 }
 
+/**
+ * What storing an agent contact tells its caller (AgentIntake): whom to announce and which
+ * rollout to evaluate. Not the machine record: reading it back cost a sixth of a Report, and
+ * nothing on the agent's path shows it.
+ */
 export interface AgentContactResult {
-  machine: MachineRecord;
+  machineId: string;
   /** The machine did not exist and was registered by this contact. */
   registered: boolean;
+  /** The running rollout the machine is in, whose gate this contact may decide (null: none). */
+  runningRolloutId: string | null;
 }
 
 export interface ReleaseEntryRecord {
