@@ -176,7 +176,8 @@ class Timeline {
   }
   mark(what: string): void {
     const s = Math.floor((Date.now() - this.t0) / 1000);
-    const row = (this.seconds[s] ??= {});
+    this.seconds[s] ??= {};
+    const row = this.seconds[s];
     row[what] = (row[what] ?? 0) + 1;
   }
   summary(): Record<string, unknown> {
