@@ -13,7 +13,7 @@ import {
 import { lineProblem } from "../input-rules.js";
 import { machineStatusToProto } from "./convert.js";
 import { type FeedEntry, type FeedWatcher, matchesFilter, type TagFilter } from "./fleet-feed.js";
-import { ALL_MACHINES, checkTags, type FleetRpcKit, tagMatch } from "./fleet-rpc-kit.js";
+import { checkTags, type FleetRpcKit, tagMatch } from "./fleet-rpc-kit.js";
 import { FleetStatusEncoder, isBinaryRequest } from "./fleet-status-encoder.js";
 
 type WatchMessage = MessageInitShape<typeof WatchFleetResponseSchema>;
@@ -92,33 +92,13 @@ export function fleetStatusRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof Flee
     getFleetStatus: (req, ctx) =>
       handle("GetFleetStatus", async () => {
         checkTags("tags", req.tags);
-        if (isBinaryRequest(ctx.requestHeader.get("content-type"))) {
-          const rows = await store().machineStatusRows({
-            tags: req.tags,
-            match: tagMatch(req.match),
-            lifecycle: null,
-          });
-          return encoder.response(rows, now(), staleAfterSeconds);
-        }
-        const machines = await store().listMachines({
-          tags: req.tags,
-          match: tagMatch(req.match),
-          lifecycle: null,
-          afterId: null,
-          limit: ALL_MACHINES,
-        });
-        const t = now();
-        let inSync = 0;
-        let stale = 0;
-        let healthy = 0;
-        const statuses = machines.map((m) => {
-          const s = status(m, t);
-          if (s.inSync) inSync++;
-          if (s.stale) stale++;
-          if (m.health?.allPassed) healthy++;
-          return s;
-        });
-        return { machines: statuses, total: machines.length, inSync, stale, healthy, staleAfterSeconds };
+        return encoder.response(
+          store(),
+          { tags: req.tags, match: tagMatch(req.match), lifecycle: null },
+          isBinaryRequest(ctx.requestHeader.get("content-type")) ? "binary" : "json",
+          now,
+          staleAfterSeconds,
+        );
       }),
 
     async *watchFleet(req, ctx) {

@@ -220,33 +220,64 @@ export async function listMachines(ctx: Ctx, filter: MachineFilter): Promise<Mac
 }
 
 /**
- * A machine for the fleet status: what can change only by a write (everything but when it was
- * last seen) as one JSON text — equal text, equal status, so the caller can keep what it built
- * from it — and the inputs of "last seen" and "stale" on their own.
+ * A machine for the fleet status, cheaply: its id, the inputs of "last seen" and "stale", and a
+ * version of everything else — equal version, equal status, so the caller keeps what it built
+ * from the machine (`machineStatuses`) and re-reads only the machines whose version moved.
  */
 export interface MachineStatusRow {
   id: string;
   lastSeen: number | null;
   registeredAt: number;
-  /** The JSON text of the machine record's other columns (parse with `statusRowMachine`). */
-  key: string;
+  version: string;
 }
 
-/** The columns of `COLUMNS` in the status row's JSON: all but last_seen, which changes on every report. */
-const STATUS_COLUMNS = COLUMNS.filter((c) => c !== "m.last_seen");
+/**
+ * The status version: the machine's own `status_version` (schema version 4: triggers bump it on
+ * any write to a status column or to its tags), its desired generation's revision (every
+ * assignment takes a fresh one; clearing deletes the row) and its active rollout and batch.
+ */
+function statusVersion(
+  own: number | string,
+  revision: number | null,
+  rolloutId: string | null,
+  batch: number | null,
+): string {
+  return `${own}:${revision ?? ""}:${rolloutId ?? ""}:${batch ?? ""}`;
+}
 
+type StatusRow = [
+  id: string,
+  lastSeen: number | null,
+  registeredAt: number,
+  own: number | string,
+  revision: number | null,
+  rolloutId: string | null,
+  batch: number | null,
+];
+
+/** The status versions' query: a few small columns per machine, no tags, no long texts. */
 function statusQuery(ctx: Ctx) {
-  const columns = sql.join([...STATUS_COLUMNS.map((c) => sql.ref(c)), tagList(ctx)]);
+  const columns = sql.join(
+    [
+      "m.id",
+      "m.last_seen",
+      "m.registered_at",
+      "m.status_version",
+      "d.revision",
+      "rm.rollout_id",
+      "rm.batch_index",
+    ].map((c) => sql.ref(c)),
+  );
+  // One array per row, as in machineQuery (row objects are V8's slow path on better-sqlite3).
   const row =
     ctx.kind === "postgres"
-      ? sql<string>`CAST(json_build_array(${columns}) AS TEXT)`
-      : sql<string>`json_array(${columns})`;
+      ? sql<StatusRow | string>`json_build_array(${columns})`
+      : sql<StatusRow | string>`json_array(${columns})`;
   return ctx.q
     .selectFrom("machines as m")
     .leftJoin("desired_generations as d", "d.machine_id", "m.id")
     .leftJoin("rollout_machines as rm", (j) => j.onRef("rm.machine_id", "=", "m.id").on("rm.active", "=", 1))
-    .leftJoin("rollouts as r", "r.id", "rm.rollout_id")
-    .select(["m.id", "m.last_seen", "m.registered_at", row.as("r")]);
+    .select(row.as("r"));
 }
 
 /** Every machine the filter picks, sorted by id, as status rows (GetFleetStatus). */
@@ -255,15 +286,39 @@ export async function machineStatusRows(
   filter: Omit<MachineFilter, "afterId" | "limit">,
 ): Promise<MachineStatusRow[]> {
   const rows = await filtered(statusQuery(ctx), { ...filter, afterId: null }).execute();
-  return rows.map((r) => ({ id: r.id, lastSeen: r.last_seen, registeredAt: r.registered_at, key: r.r }));
+  return rows.map(({ r }) => {
+    const [id, lastSeen, registeredAt, own, revision, rolloutId, batch] =
+      typeof r === "string" ? (JSON.parse(r) as StatusRow) : r;
+    return { id, lastSeen, registeredAt, version: statusVersion(own, revision, rolloutId, batch) };
+  });
 }
 
-/** The machine record of a status row (lastSeen from the row's own column). */
-export function statusRowMachine(row: MachineStatusRow): MachineRecord {
-  const values = JSON.parse(row.key) as unknown[];
-  // Put last_seen back where toMachine expects it (after id, lifecycle, registered_at).
-  values.splice(3, 0, row.lastSeen);
-  return toMachine({ r: values as Row });
+/**
+ * These machines' records with their status versions (sorted by id), read together: what is built
+ * from a record is kept under the version read with it, so a write between this read and the
+ * status rows' can only make the next call re-read the machine, never keep an old status.
+ */
+export async function machineStatuses(
+  ctx: Ctx,
+  ids: readonly string[],
+): Promise<{ machine: MachineRecord; version: string }[]> {
+  if (ids.length === 0) return [];
+  const rows = await machineQuery(ctx)
+    .select("m.status_version")
+    .where("m.id", "in", jsonList(ctx, [...new Set(ids)]))
+    .execute();
+  const out = rows.map((row) => {
+    const machine = toMachine(row);
+    const version = statusVersion(
+      row.status_version,
+      machine.desired?.revision ?? null,
+      machine.activeRollout?.rolloutId ?? null,
+      machine.activeRollout?.batchIndex ?? null,
+    );
+    return { machine, version };
+  });
+  // Sorted here, not by the database: the same order (code units) whatever PostgreSQL's collation.
+  return out.sort((a, b) => (a.machine.id < b.machine.id ? -1 : a.machine.id > b.machine.id ? 1 : 0));
 }
 
 /** What choosing a rollout's machines needs of each: its lifecycle and any active rollout. */
