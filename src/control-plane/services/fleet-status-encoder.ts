@@ -156,10 +156,7 @@ export class FleetStatusEncoder {
         timestamp = (seconds !== 0 ? 1 + varintSize(seconds) : 0) + (nanos !== 0 ? 1 + varintSize(nanos) : 0);
       }
       const length =
-        bytes.length +
-        (e.lastSeen !== null ? 2 + timestamp : 0) +
-        (e.stale ? 2 : 0) +
-        (e.connected ? 2 : 0);
+        bytes.length + (e.lastSeen !== null ? 2 + timestamp : 0) + (e.stale ? 2 : 0) + (e.connected ? 2 : 0);
       tag(MACHINES, WireType.LengthDelimited);
       varint(length);
       out.set(bytes, at);
