@@ -9,6 +9,7 @@
  * Prints one JSON line per figure (milliseconds and bytes).
  */
 import { existsSync, rmSync } from "node:fs";
+import http2 from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -209,6 +210,19 @@ async function main(): Promise<void> {
   for (let i = 0; i < rounds; i++) grpcMs.push((await time(() => grpc.getFleetStatus({}, { headers })))[0]);
   report("GetFleetStatus gRPC", grpcMs);
 
+  // What the server and the transport cost without a decoding client: a raw HTTP/2 gRPC call
+  // that only collects the body, with gzip (what Connect and grpc clients ask for) and without.
+  for (const encoding of ["gzip", "identity"]) {
+    const rawMs: number[] = [];
+    let bytes = 0;
+    for (let i = 0; i < rounds; i++) {
+      const [ms, n] = await time(() => rawGrpcCall(cp.url, secret, encoding));
+      rawMs.push(ms);
+      bytes = n;
+    }
+    report(`GetFleetStatus gRPC, raw client (no decoding), ${encoding}`, rawMs, { bytes });
+  }
+
   const binMs: number[] = [];
   let size = 0;
   for (let i = 0; i < rounds; i++) {
@@ -258,6 +272,33 @@ async function main(): Promise<void> {
   const jsonMs: number[] = [];
   for (let i = 0; i < rounds; i++) jsonMs.push((await time(() => json.getFleetStatus({}, { headers })))[0]);
   report("GetFleetStatus connect+json", jsonMs);
+}
+
+/** One GetFleetStatus over gRPC on a fresh HTTP/2 connection; resolves with the body's length. */
+function rawGrpcCall(url: string, secret: string, acceptEncoding: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const session = http2.connect(url);
+    session.on("error", reject);
+    const stream = session.request({
+      ":method": "POST",
+      ":path": "/nixfleet.v1.FleetService/GetFleetStatus",
+      "content-type": "application/grpc",
+      te: "trailers",
+      "grpc-accept-encoding": acceptEncoding,
+      authorization: `Bearer ${secret}`,
+    });
+    let bytes = 0;
+    stream.on("data", (chunk: Buffer) => {
+      bytes += chunk.length;
+    });
+    stream.on("error", reject);
+    stream.on("end", () => {
+      session.close();
+      resolve(bytes);
+    });
+    // An empty GetFleetStatusRequest: one uncompressed frame of length 0.
+    stream.end(Buffer.alloc(5));
+  });
 }
 
 try {

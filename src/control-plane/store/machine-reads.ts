@@ -245,39 +245,41 @@ function statusVersion(
   return `${own}:${revision ?? ""}:${rolloutId ?? ""}:${batch ?? ""}`;
 }
 
-type StatusRow = [
-  id: string,
-  lastSeen: number | null,
-  registeredAt: number,
-  own: number | string,
-  revision: number | null,
-  rolloutId: string | null,
-  batch: number | null,
-];
+/** Separators of the status rows' text; neither can occur in a machine or rollout id. */
+const ROW_SEPARATOR = "\u001e";
+const FIELD_SEPARATOR = "\u001f";
 
-/** The status versions' query: a few small columns per machine, no tags, no long texts. */
+/**
+ * The status rows' query: per machine one text (id, last seen, registered at, and the version
+ * built as statusVersion builds it), all machines joined into one text by the database. Building
+ * 10,000 row objects or parsing 10,000 JSON arrays cost more than the query itself; one string
+ * and a split cost a fraction.
+ */
 function statusQuery(ctx: Ctx) {
-  const columns = sql.join(
+  const text = (c: string) => sql`coalesce(CAST(${sql.ref(c)} AS TEXT), '')`;
+  const row = sql<string>`${sql.join(
     [
-      "m.id",
-      "m.last_seen",
-      "m.registered_at",
-      "m.status_version",
-      "d.revision",
-      "rm.rollout_id",
-      "rm.batch_index",
-    ].map((c) => sql.ref(c)),
-  );
-  // One array per row, as in machineQuery (row objects are V8's slow path on better-sqlite3).
-  const row =
-    ctx.kind === "postgres"
-      ? sql<StatusRow | string>`json_build_array(${columns})`
-      : sql<StatusRow | string>`json_array(${columns})`;
+      sql.ref("m.id"),
+      sql.lit(FIELD_SEPARATOR),
+      text("m.last_seen"),
+      sql.lit(FIELD_SEPARATOR),
+      text("m.registered_at"),
+      sql.lit(FIELD_SEPARATOR),
+      text("m.status_version"),
+      sql.lit(":"),
+      text("d.revision"),
+      sql.lit(":"),
+      text("rm.rollout_id"),
+      sql.lit(":"),
+      text("rm.batch_index"),
+    ],
+    sql` || `,
+  )}`;
   return ctx.q
     .selectFrom("machines as m")
     .leftJoin("desired_generations as d", "d.machine_id", "m.id")
     .leftJoin("rollout_machines as rm", (j) => j.onRef("rm.machine_id", "=", "m.id").on("rm.active", "=", 1))
-    .select(row.as("r"));
+    .select(["m.id", row.as("r")]);
 }
 
 /** Every machine the filter picks, sorted by id, as status rows (GetFleetStatus). */
@@ -285,11 +287,17 @@ export async function machineStatusRows(
   ctx: Ctx,
   filter: Omit<MachineFilter, "afterId" | "limit">,
 ): Promise<MachineStatusRow[]> {
-  const rows = await filtered(statusQuery(ctx), { ...filter, afterId: null }).execute();
-  return rows.map(({ r }) => {
-    const [id, lastSeen, registeredAt, own, revision, rolloutId, batch] =
-      typeof r === "string" ? (JSON.parse(r) as StatusRow) : r;
-    return { id, lastSeen, registeredAt, version: statusVersion(own, revision, rolloutId, batch) };
+  const rows = filtered(statusQuery(ctx), { ...filter, afterId: null }).as("s");
+  // Ordered inside the aggregate (SQLite ≥ 3.44, as tagList); ids compare bytewise on both.
+  const all =
+    ctx.kind === "postgres"
+      ? sql<string | null>`string_agg(s.r, ${ROW_SEPARATOR} ORDER BY s.id)`
+      : sql<string | null>`group_concat(s.r, ${ROW_SEPARATOR} ORDER BY s.id)`;
+  const [result] = await ctx.q.selectFrom(rows).select(all.as("all")).execute();
+  if (!result?.all) return [];
+  return result.all.split(ROW_SEPARATOR).map((line) => {
+    const [id, lastSeen, registeredAt, version] = line.split(FIELD_SEPARATOR) as [string, string, string, string];
+    return { id, lastSeen: lastSeen === "" ? null : Number(lastSeen), registeredAt: Number(registeredAt), version };
   });
 }
 
