@@ -13,7 +13,7 @@ import http2 from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, toJsonString } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { createLogger } from "../src/common/logger.js";
@@ -205,6 +205,17 @@ async function main(): Promise<void> {
     else binaryPathMs.push(ms);
   }
   report("server work, binary path (kept per-machine bytes): versions + response + toBinary", binaryPathMs);
+  const jsonPathMs: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const [ms] = await time(async () =>
+      toJsonString(
+        GetFleetStatusResponseSchema,
+        await encoder.response(cp.store, filter, "json", Date.now, 300),
+      ),
+    );
+    jsonPathMs.push(ms);
+  }
+  report("server work, JSON path (kept messages): versions + response + toJsonString", jsonPathMs);
 
   const grpcMs: number[] = [];
   for (let i = 0; i < rounds; i++) grpcMs.push((await time(() => grpc.getFleetStatus({}, { headers })))[0]);

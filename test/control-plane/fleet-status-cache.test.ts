@@ -2,7 +2,8 @@
  * GetFleetStatus keeps each machine's encoded status between calls (fleet-status-encoder.ts):
  * after every kind of change to a machine — a report, a health report, tags, lifecycle, a desired
  * generation set and cleared, a rollout assignment, its agent's stream opening and closing — the
- * next answer, to binary and JSON clients, equals a fresh read of the store. On PostgreSQL also
+ * next answer, to binary and JSON clients, equals a fresh read of the store, and so does the
+ * snapshot WatchFleet starts with (built from the same kept statuses). On PostgreSQL also
  * with the change made through another replica (NIXFLEET_TEST_STORE=postgres for the first suite;
  * the second needs only a PostgreSQL server).
  */
@@ -13,6 +14,7 @@ import { create } from "@bufbuild/protobuf";
 import { machineStatusToProto } from "../../src/control-plane/services/convert.js";
 import type { AgentMessage } from "../../src/gen/nixfleet/v1/agent_pb.js";
 import {
+  type FleetSnapshotPage,
   type GetFleetStatusResponse,
   MachineStatusSchema,
   RolloutStrategy,
@@ -62,6 +64,24 @@ function comparable(answer: GetFleetStatusResponse, seen: boolean[]) {
   };
 }
 
+/** A WatchFleet's first snapshot, in pages of 2. */
+async function snapshotPages(reader: Harness, protocol: Protocol): Promise<FleetSnapshotPage[]> {
+  const abort = new AbortController();
+  const pages: FleetSnapshotPage[] = [];
+  try {
+    for await (const m of reader
+      .fleet("readonly", protocol)
+      .watchFleet({ snapshotPageSize: 2 }, { signal: abort.signal })) {
+      if (m.message.case !== "snapshot") continue;
+      pages.push(m.message.value);
+      if (m.message.value.last) break;
+    }
+  } finally {
+    abort.abort();
+  }
+  return pages;
+}
+
 async function isConnected(reader: Harness, id: string): Promise<boolean> {
   const answer = await reader.fleet("readonly").getFleetStatus({});
   return answer.machines.find((m) => m.machineId === id)?.connected === true;
@@ -81,6 +101,23 @@ async function changesAreSeen(writer: Harness, reader: Harness): Promise<void> {
         comparable(answer, want.seen),
         { machines: want.machines, total: want.total, inSync: want.inSync, healthy: want.healthy },
         `after ${what}, over ${protocol}`,
+      );
+      // WatchFleet's snapshot (pages of 2) is built from the same kept statuses.
+      const pages = await snapshotPages(reader, protocol);
+      assert.deepEqual(
+        pages.map((p) => [p.first, p.last]),
+        [
+          [true, false],
+          [false, true],
+        ],
+      );
+      assert.deepEqual(
+        comparable(
+          { ...answer, machines: pages.flatMap((p) => p.machines) } as GetFleetStatusResponse,
+          want.seen,
+        ).machines,
+        want.machines,
+        `WatchFleet's snapshot after ${what}, over ${protocol}`,
       );
     }
   };

@@ -18,7 +18,7 @@
  * the message a fresh build gives. JSON clients get messages (unknown fields have no JSON form),
  * each a shallow copy of the kept one with the per-call fields set.
  */
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, toBinary, type UnknownField } from "@bufbuild/protobuf";
 import { WireType } from "@bufbuild/protobuf/wire";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import {
@@ -50,7 +50,8 @@ interface Kept {
 }
 
 /** One machine of a call: its kept part and the per-call one. */
-interface Entry {
+export interface FleetStatusMachine {
+  id: string;
   kept: Kept;
   lastSeen: number | null;
   stale: boolean;
@@ -58,6 +59,8 @@ interface Entry {
 }
 
 export type FleetStatusFormat = "binary" | "json";
+
+type StatusStore = Pick<FleetStore, "machineStatusRows" | "machineStatuses">;
 
 export class FleetStatusEncoder {
   /** By machine id; machines are never deleted, so this is bounded by the fleet. */
@@ -70,65 +73,93 @@ export class FleetStatusEncoder {
 
   /** The fleet status of the machines the filter picks, for a client of this format. */
   async response(
-    store: Pick<FleetStore, "machineStatusRows" | "machineStatuses">,
+    store: StatusStore,
     filter: Omit<MachineFilter, "afterId" | "limit">,
     format: FleetStatusFormat,
     now: () => number,
     staleAfterSeconds: number,
   ): Promise<GetFleetStatusResponse> {
-    const rows = await store.machineStatusRows(filter);
-    const moved = rows.filter((r) => this.kept.get(r.id)?.version !== r.version).map((r) => r.id);
-    for (const { machine, version } of await store.machineStatuses(moved))
-      this.kept.set(machine.id, this.build(machine, version));
-    const t = now();
-    const entries: Entry[] = [];
+    const machines = await this.machines(store, filter, now);
     let inSync = 0;
     let stale = 0;
     let healthy = 0;
-    for (const row of rows) {
-      // Absent only if the machine were deleted between the two reads (no write path deletes one).
-      const kept = this.kept.get(row.id);
-      if (!kept) continue;
-      const lastSeen = this.live.lastSeen(row);
-      const entry = {
-        kept,
-        lastSeen,
-        stale: isStale(row, lastSeen, t, this.staleAfterMs),
-        connected: this.live.connected(row.id),
-      };
-      entries.push(entry);
-      if (kept.status.inSync) inSync++;
-      if (entry.stale) stale++;
-      if (kept.healthy) healthy++;
+    for (const e of machines) {
+      if (e.kept.status.inSync) inSync++;
+      if (e.stale) stale++;
+      if (e.kept.healthy) healthy++;
     }
     // A message, not an init shape: creating one from an init shape drops unknown fields.
     const response = create(GetFleetStatusResponseSchema, {
-      total: entries.length,
+      total: machines.length,
       inSync,
       stale,
       healthy,
       staleAfterSeconds,
     });
+    this.attach(response, machines, format);
+    return response;
+  }
+
+  /**
+   * The machines the filter picks, sorted by id, each with its kept status (re-read and rebuilt
+   * where its version moved) and its per-call part as of `now()` after the reads.
+   */
+  async machines(
+    store: StatusStore,
+    filter: Omit<MachineFilter, "afterId" | "limit">,
+    now: () => number,
+  ): Promise<FleetStatusMachine[]> {
+    const rows = await store.machineStatusRows(filter);
+    const moved = rows.filter((r) => this.kept.get(r.id)?.version !== r.version).map((r) => r.id);
+    for (const { machine, version } of await store.machineStatuses(moved))
+      this.kept.set(machine.id, this.build(machine, version));
+    const t = now();
+    const out: FleetStatusMachine[] = [];
+    for (const row of rows) {
+      // Absent only if the machine were deleted between the two reads (no write path deletes one).
+      const kept = this.kept.get(row.id);
+      if (!kept) continue;
+      const lastSeen = this.live.lastSeen(row);
+      out.push({
+        id: row.id,
+        kept,
+        lastSeen,
+        stale: isStale(row, lastSeen, t, this.staleAfterMs),
+        connected: this.live.connected(row.id),
+      });
+    }
+    return out;
+  }
+
+  /**
+   * Puts these machines into a message's `machines` (field 1 of both GetFleetStatusResponse and
+   * FleetSnapshotPage): for binary clients as already-encoded fields among its unknown fields,
+   * for JSON clients as messages.
+   */
+  attach(
+    target: { machines: MachineStatus[]; $unknown?: UnknownField[] },
+    machines: readonly FleetStatusMachine[],
+    format: FleetStatusFormat,
+  ): void {
     if (format === "json") {
-      response.machines = entries.map((e) => ({
+      target.machines = machines.map((e) => ({
         ...e.kept.status,
         lastSeen: e.lastSeen === null ? undefined : timestampFromMs(e.lastSeen),
         stale: e.stale,
         connected: e.connected,
       }));
-    } else if (entries.length > 0) {
+    } else if (machines.length > 0) {
       // toBinary writes an unknown field as its tag and then its data verbatim: the data here is
       // everything after the first entry's tag (one byte: field 1, length-delimited), so the
       // bytes written are exactly the entries.
-      response.$unknown = [
-        { no: MACHINES, wireType: WireType.LengthDelimited, data: this.encode(entries).subarray(1) },
+      target.$unknown = [
+        { no: MACHINES, wireType: WireType.LengthDelimited, data: this.encode(machines).subarray(1) },
       ];
     }
-    return response;
   }
 
   /** Every entry as a `machines` field, one after the other, in one buffer sized up front. */
-  private encode(entries: readonly Entry[]): Uint8Array {
+  private encode(entries: readonly FleetStatusMachine[]): Uint8Array {
     let size = 0;
     for (const e of entries) {
       e.kept.bytes ??= toBinary(MachineStatusSchema, e.kept.status);
@@ -206,5 +237,5 @@ function varintSize(n: number): number {
 
 /** Whether a request's messages (and so its response's) are binary protobuf. */
 export function isBinaryRequest(contentType: string | null): boolean {
-  return /^application\/(proto|grpc(-web)?(\+proto)?)\s*(;|$)/i.test(contentType ?? "");
+  return /^application\/(proto|connect\+proto|grpc(-web)?(\+proto)?)\s*(;|$)/i.test(contentType ?? "");
 }
