@@ -1,8 +1,11 @@
 /**
  * GetFleetStatus at fleet scale: a real control plane (SQLite, in this process, plain h2c) with N
  * machines that reported (tags, a desired generation, a health report, some failing), timed over
- * Connect binary and JSON (median of R rounds), with the response size, and the server-side parts
- * on their own: the store query, the conversion to MachineStatus, and protobuf encoding.
+ * gRPC, Connect binary and JSON (median of R rounds), with the response size; the server-side
+ * parts on their own: the store query, the old full build (MachineStatus + toBinary), the
+ * handler's binary and JSON paths (status versions, kept statuses, encoding); a raw HTTP/2 gRPC
+ * client that only collects the body (server and transport without client decoding; gzip and
+ * identity); protobuf encoding and decoding alone; WatchFleet's snapshot and one change.
  *
  *   node --import tsx bench/fleet-status.ts [--machines 10000] [--rounds 9]
  *
