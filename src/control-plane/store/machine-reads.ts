@@ -288,17 +288,34 @@ export async function machineStatusRows(
   filter: Omit<MachineFilter, "afterId" | "limit">,
 ): Promise<MachineStatusRow[]> {
   const rows = filtered(statusQuery(ctx), { ...filter, afterId: null }).as("s");
-  // Ordered inside the aggregate (SQLite ≥ 3.44, as tagList); ids compare bytewise on both.
+  // SQLite concatenates in the sub-select's order (its primary-key scan); an ORDER BY in the
+  // aggregate would sort the rows again (a temporary b-tree, ≈ 30 % of the query at 10,000), so
+  // the order is checked below instead of asked for. PostgreSQL is asked.
   const all =
     ctx.kind === "postgres"
       ? sql<string | null>`string_agg(s.r, ${ROW_SEPARATOR} ORDER BY s.id)`
-      : sql<string | null>`group_concat(s.r, ${ROW_SEPARATOR} ORDER BY s.id)`;
+      : sql<string | null>`group_concat(s.r, ${ROW_SEPARATOR})`;
   const [result] = await ctx.q.selectFrom(rows).select(all.as("all")).execute();
   if (!result?.all) return [];
-  return result.all.split(ROW_SEPARATOR).map((line) => {
-    const [id, lastSeen, registeredAt, version] = line.split(FIELD_SEPARATOR) as [string, string, string, string];
-    return { id, lastSeen: lastSeen === "" ? null : Number(lastSeen), registeredAt: Number(registeredAt), version };
+  let sorted = true;
+  let previous = "";
+  const out = result.all.split(ROW_SEPARATOR).map((line): MachineStatusRow => {
+    const [id, lastSeen, registeredAt, version] = line.split(FIELD_SEPARATOR) as [
+      string,
+      string,
+      string,
+      string,
+    ];
+    if (id < previous) sorted = false;
+    previous = id;
+    return {
+      id,
+      lastSeen: lastSeen === "" ? null : Number(lastSeen),
+      registeredAt: Number(registeredAt),
+      version,
+    };
   });
+  return sorted ? out : out.sort((a, b) => (a.id < b.id ? -1 : 1));
 }
 
 /**
