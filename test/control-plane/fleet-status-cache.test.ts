@@ -121,13 +121,18 @@ async function changesAreSeen(writer: Harness, reader: Harness): Promise<void> {
       );
     }
   };
-  const report = (id: string, o: { n?: number; outcome?: Outcome; message?: string; tags?: string[] } = {}) =>
+  const report = (
+    id: string,
+    o: { n?: number; outcome?: Outcome; message?: string; tags?: string[]; agentVersion?: string } = {},
+  ) =>
     writer.agent(id).report({
       machineId: id,
       currentGeneration: storePath(`sys-${id}`, o.n ?? 1),
       outcome: o.outcome ?? Outcome.UP_TO_DATE,
       message: o.message ?? "",
       tags: o.tags ?? ["fc", "web"],
+      agentVersion: o.agentVersion ?? "1.0.0",
+      uptimeSeconds: BigInt(Date.now()),
     });
   for (const id of IDS) await report(id);
   await check("the first reports");
@@ -135,6 +140,10 @@ async function changesAreSeen(writer: Harness, reader: Harness): Promise<void> {
 
   await report("fc-01", { n: 2, outcome: Outcome.APPLY_FAILED, message: "switch failed" });
   await check("a report with a new generation, outcome and message");
+  await report("fc-03", { agentVersion: "1.1.0" });
+  await check("a report from a new agent version");
+  await report("fc-03", { agentVersion: "1.1.0" });
+  await check("a report changing only last seen and uptime");
   await report("fc-02", { tags: ["fc", "db", "eu"] });
   await check("a report replacing tags");
   await writer
