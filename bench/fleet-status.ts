@@ -1,20 +1,24 @@
 /**
  * GetFleetStatus at fleet scale: a real control plane (SQLite, in this process, plain h2c) with N
  * machines that reported (tags, a desired generation, a health report, some failing), timed over
- * Connect binary and JSON (median of R rounds), with the response size, and the server-side parts
- * on their own: the store query, the conversion to MachineStatus, and protobuf encoding.
+ * gRPC, Connect binary and JSON (median of R rounds), with the response size; the server-side
+ * parts on their own: the store query, the old full build (MachineStatus + toBinary), the
+ * handler's binary and JSON paths (status versions, kept statuses, encoding); a raw HTTP/2 gRPC
+ * client that only collects the body (server and transport without client decoding; gzip and
+ * identity); protobuf encoding and decoding alone; WatchFleet's snapshot and one change.
  *
  *   node --import tsx bench/fleet-status.ts [--machines 10000] [--rounds 9]
  *
  * Prints one JSON line per figure (milliseconds and bytes).
  */
 import { existsSync, rmSync } from "node:fs";
+import http2 from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, toJsonString } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { createLogger } from "../src/common/logger.js";
 import { generateSecret, hashSecret, newKeyId } from "../src/control-plane/auth/api-keys.js";
 import { ControlPlane } from "../src/control-plane/control-plane.js";
@@ -128,6 +132,7 @@ async function main(): Promise<void> {
     );
   const binary = client(true);
   const json = client(false);
+  const grpc = createClient(FleetService, createGrpcTransport({ baseUrl: cp.url }));
 
   // Wall clock and this process's CPU (server and client are both in it): on a shared, loaded
   // machine the CPU figure moves far less than the wall clock.
@@ -151,6 +156,7 @@ async function main(): Promise<void> {
   // Warm up both paths (JIT, statement cache) before measuring.
   await binary.getFleetStatus({}, { headers });
   await json.getFleetStatus({}, { headers });
+  await grpc.getFleetStatus({}, { headers });
 
   const listMs: number[] = [];
   for (let i = 0; i < rounds; i++) {
@@ -186,19 +192,56 @@ async function main(): Promise<void> {
   }
   report("server work: query + MachineStatus + toBinary", handlerMs);
 
-  // What the handler does for binary clients now: status rows, kept bytes per machine, toBinary.
+  // What the handler does now: status versions, re-reading only moved machines, kept bytes.
   const encoder = new FleetStatusEncoder(live, 300_000);
+  const filter = { tags: [], match: "all", lifecycle: null } as const;
   const binaryPathMs: number[] = [];
   for (let i = 0; i < rounds + 1; i++) {
-    const [ms] = await time(async () => {
-      const rows = await cp.store.machineStatusRows({ tags: [], match: "all", lifecycle: null });
-      return toBinary(GetFleetStatusResponseSchema, encoder.response(rows, Date.now(), 300));
-    });
+    const [ms] = await time(async () =>
+      toBinary(
+        GetFleetStatusResponseSchema,
+        await encoder.response(cp.store, filter, "binary", Date.now, 300),
+      ),
+    );
     // The first call builds every machine's bytes; the rest reuse them (the fleet is unchanged).
     if (i === 0) cpuMs = [];
     else binaryPathMs.push(ms);
   }
-  report("server work, binary path (kept per-machine bytes): rows + response + toBinary", binaryPathMs);
+  report("server work, binary path (kept per-machine bytes): versions + response + toBinary", binaryPathMs);
+  const jsonPathMs: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const [ms] = await time(async () =>
+      toJsonString(
+        GetFleetStatusResponseSchema,
+        await encoder.response(cp.store, filter, "json", Date.now, 300),
+      ),
+    );
+    jsonPathMs.push(ms);
+  }
+  report("server work, JSON path (kept messages): versions + response + toJsonString", jsonPathMs);
+
+  const grpcMs: number[] = [];
+  for (let i = 0; i < rounds; i++) grpcMs.push((await time(() => grpc.getFleetStatus({}, { headers })))[0]);
+  report("GetFleetStatus gRPC", grpcMs);
+
+  // What the server and the transport cost without a decoding client: a raw HTTP/2 gRPC call
+  // that only collects the body, with gzip (what Connect and grpc clients ask for) and without.
+  // Large flow-control windows, as gRPC clients open them: Node's 64 KB default makes a 3 MB body
+  // wait for dozens of WINDOW_UPDATE round trips (each one a delayed ACK on the h2c listener).
+  const session = http2.connect(cp.url, { settings: { initialWindowSize: 2 ** 24 } });
+  session.on("connect", () => session.setLocalWindowSize(2 ** 24));
+  for (const encoding of ["gzip", "identity"]) {
+    await rawGrpcCall(session, secret, encoding);
+    const rawMs: number[] = [];
+    let bytes = 0;
+    for (let i = 0; i < rounds; i++) {
+      const [ms, n] = await time(() => rawGrpcCall(session, secret, encoding));
+      rawMs.push(ms);
+      bytes = n;
+    }
+    report(`GetFleetStatus gRPC, raw client (no decoding), ${encoding}`, rawMs, { bytes });
+  }
+  session.close();
 
   const binMs: number[] = [];
   let size = 0;
@@ -249,6 +292,32 @@ async function main(): Promise<void> {
   const jsonMs: number[] = [];
   for (let i = 0; i < rounds; i++) jsonMs.push((await time(() => json.getFleetStatus({}, { headers })))[0]);
   report("GetFleetStatus connect+json", jsonMs);
+}
+
+/** One GetFleetStatus over gRPC on this HTTP/2 connection; resolves with the body's length. */
+function rawGrpcCall(
+  session: http2.ClientHttp2Session,
+  secret: string,
+  acceptEncoding: string,
+): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const stream = session.request({
+      ":method": "POST",
+      ":path": "/nixfleet.v1.FleetService/GetFleetStatus",
+      "content-type": "application/grpc",
+      te: "trailers",
+      "grpc-accept-encoding": acceptEncoding,
+      authorization: `Bearer ${secret}`,
+    });
+    let bytes = 0;
+    stream.on("data", (chunk: Buffer) => {
+      bytes += chunk.length;
+    });
+    stream.on("error", reject);
+    stream.on("end", () => resolve(bytes));
+    // An empty GetFleetStatusRequest: one uncompressed frame of length 0.
+    stream.end(Buffer.alloc(5));
+  });
 }
 
 try {

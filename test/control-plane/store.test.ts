@@ -11,7 +11,6 @@ import {
 } from "../../src/control-plane/store/database.js";
 import { AlreadyExistsError, ConflictError, NotFoundError } from "../../src/control-plane/store/errors.js";
 import type { KyselyFleetStore } from "../../src/control-plane/store/kysely-store.js";
-import { statusRowMachine } from "../../src/control-plane/store/machine-reads.js";
 import type { ReportInput } from "../../src/control-plane/store/records.js";
 import type { NewRollout } from "../../src/control-plane/store/repository.js";
 import { LATEST_SCHEMA_VERSION, MIGRATIONS } from "../../src/control-plane/store/schema.js";
@@ -412,27 +411,35 @@ for (const backend of BACKENDS) {
         limit: 100,
       });
       const rows = await store.machineStatusRows({ tags: [], match: "all", lifecycle: null });
-      assert.deepEqual(rows.map(statusRowMachine), all);
       assert.deepEqual(
         rows.map((r) => [r.id, r.lastSeen, r.registeredAt]),
         all.map((m) => [m.id, m.lastSeen, m.registeredAt]),
+      );
+      const full = await store.machineStatuses(["c", "a", "b"]);
+      assert.deepEqual(
+        full.map((s) => s.machine),
+        all,
+      );
+      assert.deepEqual(
+        full.map((s) => s.version),
+        rows.map((r) => r.version),
       );
       const eu = await store.machineStatusRows({ tags: ["eu"], match: "all", lifecycle: null });
       assert.deepEqual(
         eu.map((r) => r.id),
         ["a", "c"],
       );
-      // The key stays while nothing is written, and changes with a write to that machine only.
+      // The version stays while nothing is written, and moves with a write to that machine only.
       const same = await store.machineStatusRows({ tags: [], match: "all", lifecycle: null });
       assert.deepEqual(
-        same.map((r) => r.key),
-        rows.map((r) => r.key),
+        same.map((r) => r.version),
+        rows.map((r) => r.version),
       );
-      const before = rows.find((r) => r.id === "b")!.key;
+      const before = rows.find((r) => r.id === "b")!.version;
       await store.setDesired({ machineId: "b", storePath: storePath("b", 2), cacheUrl: "" }, "x", 11);
       const changed = await store.machineStatusRows({ tags: [], match: "all", lifecycle: null });
-      assert.notEqual(changed.find((r) => r.id === "b")!.key, before);
-      assert.equal(changed.find((r) => r.id === "a")!.key, rows.find((r) => r.id === "a")!.key);
+      assert.notEqual(changed.find((r) => r.id === "b")!.version, before);
+      assert.equal(changed.find((r) => r.id === "a")!.version, rows.find((r) => r.id === "a")!.version);
       assert.deepEqual(
         await store.targetCandidates({ tags: ["eu"] }),
         all

@@ -6,15 +6,14 @@ import { ValidationError } from "../../common/validation.js";
 import {
   FleetChangeKind,
   type FleetService,
-  MachineStatusSchema,
+  FleetSnapshotPageSchema,
   SnapshotReason,
-  type WatchFleetResponseSchema,
+  WatchFleetResponseSchema,
 } from "../../gen/nixfleet/v1/fleet_pb.js";
 import { lineProblem } from "../input-rules.js";
-import { machineStatusToProto } from "./convert.js";
 import { type FeedEntry, type FeedWatcher, matchesFilter, type TagFilter } from "./fleet-feed.js";
-import { ALL_MACHINES, checkTags, type FleetRpcKit, tagMatch } from "./fleet-rpc-kit.js";
-import { FleetStatusEncoder, isBinaryRequest } from "./fleet-status-encoder.js";
+import { checkTags, type FleetRpcKit, tagMatch } from "./fleet-rpc-kit.js";
+import { FleetStatusEncoder, type FleetStatusFormat, isBinaryRequest } from "./fleet-status-encoder.js";
 
 type WatchMessage = MessageInitShape<typeof WatchFleetResponseSchema>;
 
@@ -28,44 +27,43 @@ export function fleetStatusRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof Flee
   const staleAfterSeconds = Math.round(o.staleAfterMs / 1000);
   const encoder = new FleetStatusEncoder(o.live, o.staleAfterMs);
 
-  /** Statuses are created here (not left to Connect) so a page is converted exactly once. */
-  const status = (m: Parameters<typeof machineStatusToProto>[0], t: number) =>
-    create(MachineStatusSchema, machineStatusToProto(m, o.live, t, o.staleAfterMs));
-
-  /** A snapshot in pages, read after the watcher was registered so no change falls between. */
+  /**
+   * A snapshot in pages, read after the watcher was registered so no change falls between: the
+   * machines are read at once (one consistent read, through the encoder's kept statuses) and sent
+   * in pages of `pageSize`.
+   */
   async function* snapshot(
     filter: TagFilter,
     pageSize: number,
     reason: SnapshotReason,
     watcher: FeedWatcher,
     view: Set<string>,
+    format: FleetStatusFormat,
   ): AsyncGenerator<WatchMessage> {
     watcher.reset();
     view.clear();
     const revision = o.feed.revision;
-    let afterId: string | null = null;
-    for (let first = true; ; first = false) {
-      const rows = await store().listMachines({
-        tags: [...filter.tags],
-        match: filter.match,
-        lifecycle: null,
-        afterId,
-        limit: pageSize + 1,
+    const machines = await encoder.machines(
+      store(),
+      { tags: [...filter.tags], match: filter.match, lifecycle: null },
+      now,
+    );
+    for (const m of machines) view.add(m.id);
+    // An empty fleet is one page, first and last.
+    for (let at = 0; at === 0 || at < machines.length; at += pageSize) {
+      // Messages, not init shapes: creating one from an init shape drops unknown fields.
+      const page = create(FleetSnapshotPageSchema, {
+        first: at === 0,
+        last: at + pageSize >= machines.length,
+        reason,
+        staleAfterSeconds,
       });
-      const page = rows.slice(0, pageSize);
-      const last = rows.length <= pageSize;
-      const t = now();
-      for (const m of page) view.add(m.id);
-      yield {
+      encoder.attach(page, machines.slice(at, at + pageSize), format);
+      yield create(WatchFleetResponseSchema, {
         epoch: o.feed.epoch,
         revision: BigInt(revision),
-        message: {
-          case: "snapshot",
-          value: { machines: page.map((m) => status(m, t)), first, last, reason, staleAfterSeconds },
-        },
-      };
-      if (last) return;
-      afterId = page[page.length - 1]!.id;
+        message: { case: "snapshot", value: page },
+      });
     }
   }
 
@@ -92,33 +90,13 @@ export function fleetStatusRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof Flee
     getFleetStatus: (req, ctx) =>
       handle("GetFleetStatus", async () => {
         checkTags("tags", req.tags);
-        if (isBinaryRequest(ctx.requestHeader.get("content-type"))) {
-          const rows = await store().machineStatusRows({
-            tags: req.tags,
-            match: tagMatch(req.match),
-            lifecycle: null,
-          });
-          return encoder.response(rows, now(), staleAfterSeconds);
-        }
-        const machines = await store().listMachines({
-          tags: req.tags,
-          match: tagMatch(req.match),
-          lifecycle: null,
-          afterId: null,
-          limit: ALL_MACHINES,
-        });
-        const t = now();
-        let inSync = 0;
-        let stale = 0;
-        let healthy = 0;
-        const statuses = machines.map((m) => {
-          const s = status(m, t);
-          if (s.inSync) inSync++;
-          if (s.stale) stale++;
-          if (m.health?.allPassed) healthy++;
-          return s;
-        });
-        return { machines: statuses, total: machines.length, inSync, stale, healthy, staleAfterSeconds };
+        return encoder.response(
+          store(),
+          { tags: req.tags, match: tagMatch(req.match), lifecycle: null },
+          isBinaryRequest(ctx.requestHeader.get("content-type")) ? "binary" : "json",
+          now,
+          staleAfterSeconds,
+        );
       }),
 
     async *watchFleet(req, ctx) {
@@ -139,6 +117,7 @@ export function fleetStatusRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof Flee
           );
         return { filter, pageSize: req.snapshotPageSize || DEFAULT_SNAPSHOT_PAGE };
       });
+      const format = isBinaryRequest(ctx.requestHeader.get("content-type")) ? "binary" : "json";
       const watcher = await o.feed.watch(filter, o.watchFleetQueueLimit ?? DEFAULT_WATCH_QUEUE_LIMIT);
       const onAbort = () => watcher.notify();
       ctx.signal.addEventListener("abort", onAbort);
@@ -154,13 +133,13 @@ export function fleetStatusRpcs(k: FleetRpcKit): Partial<ServiceImpl<typeof Flee
           }
         } else {
           const reason = req.resumeEpoch === "" ? SnapshotReason.INITIAL : SnapshotReason.RESUME_GAP;
-          yield* snapshot(filter, pageSize, reason, watcher, view);
+          yield* snapshot(filter, pageSize, reason, watcher, view, format);
         }
         while (!ctx.signal.aborted) {
           await watcher.next();
           if (ctx.signal.aborted) break;
           if (watcher.overflowed) {
-            yield* snapshot(filter, pageSize, SnapshotReason.SLOW_CONSUMER, watcher, view);
+            yield* snapshot(filter, pageSize, SnapshotReason.SLOW_CONSUMER, watcher, view, format);
             continue;
           }
           for (const entry of watcher.take()) {

@@ -117,6 +117,9 @@ export abstract class KyselyFleetStore implements FleetStore {
   machineStatusRows(filter: Omit<MachineFilter, "afterId" | "limit">) {
     return machineReads.machineStatusRows(this.read, filter);
   }
+  machineStatuses(ids: readonly string[]) {
+    return machineReads.machineStatuses(this.read, ids);
+  }
   targetCandidates(target: { tags: readonly string[] } | { hosts: readonly string[] }) {
     return machineReads.targetCandidates(this.read, target);
   }

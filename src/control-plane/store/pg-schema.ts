@@ -240,6 +240,40 @@ CREATE TABLE cluster_presence (
 );
 `,
   },
+  {
+    version: 4,
+    name: "a machine's status version, bumped by every write that changes its fleet status",
+    // As SQLite's version 4 (schema.ts). A BEFORE trigger sets it in the row being written; tag
+    // changes bump it once per statement, so replacing a machine's tags costs one more row
+    // version, not one per tag. Replicas read it from the database, so a status another replica
+    // changed is never served from a cache.
+    sql: `
+ALTER TABLE machines ADD COLUMN status_version BIGINT NOT NULL DEFAULT 0;
+CREATE FUNCTION machines_status_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF (NEW.lifecycle, NEW.current_generation, NEW.agent_version, NEW.last_outcome, NEW.last_message,
+      NEW.health_generation, NEW.health_all_passed, NEW.health_at, NEW.health_failing)
+     IS DISTINCT FROM
+     (OLD.lifecycle, OLD.current_generation, OLD.agent_version, OLD.last_outcome, OLD.last_message,
+      OLD.health_generation, OLD.health_all_passed, OLD.health_at, OLD.health_failing) THEN
+    NEW.status_version := OLD.status_version + 1;
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER machines_status_version BEFORE UPDATE ON machines
+  FOR EACH ROW EXECUTE FUNCTION machines_status_version();
+CREATE FUNCTION machine_tags_status_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE machines SET status_version = status_version + 1
+    WHERE id IN (SELECT DISTINCT machine_id FROM changed);
+  RETURN NULL;
+END $$;
+CREATE TRIGGER machine_tags_added_status_version AFTER INSERT ON machine_tags
+  REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION machine_tags_status_version();
+CREATE TRIGGER machine_tags_removed_status_version AFTER DELETE ON machine_tags
+  REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION machine_tags_status_version();
+`,
+  },
 ];
 
 export const PG_LATEST_SCHEMA_VERSION = PG_MIGRATIONS[PG_MIGRATIONS.length - 1]!.version;

@@ -155,8 +155,10 @@ export interface FleetStore {
   /** The machine's latest health report, or null before its first. */
   latestHealthReport(machineId: string): Promise<HealthReportRecord | null>;
   listMachines(filter: MachineFilter): Promise<MachineRecord[]>;
-  /** Every machine the filter picks, sorted by id, in the fleet status's form (GetFleetStatus). */
+  /** Every machine the filter picks, sorted by id: last seen and a version of the rest of its status. */
   machineStatusRows(filter: Omit<MachineFilter, "afterId" | "limit">): Promise<MachineStatusRow[]>;
+  /** These machines' records with their status versions, sorted by id (GetFleetStatus's changed ones). */
+  machineStatuses(ids: readonly string[]): Promise<{ machine: MachineRecord; version: string }[]>;
   /** The machines a rollout target names, with only what choosing them needs (sorted by id). */
   targetCandidates(
     target: { tags: readonly string[] } | { hosts: readonly string[] },

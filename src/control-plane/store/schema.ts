@@ -244,6 +244,41 @@ CREATE TABLE executor_lease (
 INSERT INTO executor_lease (id, holder, epoch, expires_at) VALUES (1, '', 0, 0);
 `,
   },
+  {
+    version: 4,
+    name: "a machine's status version, bumped by every write that changes its fleet status",
+    // GetFleetStatus keeps each machine's encoded status while this (with the desired revision
+    // and the active rollout assignment, read beside it) is unchanged. Triggers, not the writers,
+    // bump it, so no write path can forget; the WHEN clause skips the reports that change only
+    // last_seen, uptime and last_report_at (most of them). No machine is ever deleted, so a
+    // per-machine counter never repeats for one id. The columns are MachineStatus's (convert.ts).
+    sql: `
+ALTER TABLE machines ADD COLUMN status_version INTEGER NOT NULL DEFAULT 0;
+CREATE TRIGGER machines_status_version
+  AFTER UPDATE OF lifecycle, current_generation, agent_version, last_outcome, last_message,
+    health_generation, health_all_passed, health_at, health_failing ON machines
+  WHEN OLD.lifecycle IS NOT NEW.lifecycle
+    OR OLD.current_generation IS NOT NEW.current_generation
+    OR OLD.agent_version IS NOT NEW.agent_version
+    OR OLD.last_outcome IS NOT NEW.last_outcome
+    OR OLD.last_message IS NOT NEW.last_message
+    OR OLD.health_generation IS NOT NEW.health_generation
+    OR OLD.health_all_passed IS NOT NEW.health_all_passed
+    OR OLD.health_at IS NOT NEW.health_at
+    OR OLD.health_failing IS NOT NEW.health_failing
+BEGIN
+  UPDATE machines SET status_version = status_version + 1 WHERE id = NEW.id;
+END;
+CREATE TRIGGER machine_tags_added_status_version AFTER INSERT ON machine_tags
+BEGIN
+  UPDATE machines SET status_version = status_version + 1 WHERE id = NEW.machine_id;
+END;
+CREATE TRIGGER machine_tags_removed_status_version AFTER DELETE ON machine_tags
+BEGIN
+  UPDATE machines SET status_version = status_version + 1 WHERE id = OLD.machine_id;
+END;
+`,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -31,6 +31,8 @@ export interface MachinesTable {
   health_all_passed: number | null;
   health_at: number | null;
   health_failing: string | null;
+  /** Bumped by triggers on every write that changes the machine's fleet status (schema version 4). */
+  status_version: Generated<number>;
 }
 
 export interface DesiredTable {
