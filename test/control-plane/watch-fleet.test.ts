@@ -193,42 +193,72 @@ describe("WatchFleet", () => {
   });
 
   it("resyncs a watcher that stopped reading instead of queueing without bound", async () => {
-    // Enough machines that the snapshot alone fills the HTTP/2 window of a watcher not reading.
+    // A control plane of its own, and machines registered long stale: the queue may overflow
+    // only because the watcher stopped reading, never because one flush handed it more changes
+    // than it holds (machines of other tests, or these, crossing the stale threshold together).
+    const own = await Harness.start(pki, { watchFleetQueueLimit: 5 });
+    try {
+      await resyncsSlowWatcher(own);
+    } finally {
+      await own.close();
+    }
+  });
+
+  /** Proves the resync on `own`, whose queue limit is 5 and whose fleet is empty. */
+  async function resyncsSlowWatcher(own: Harness) {
+    // A snapshot in many pages, far more bytes than the HTTP/2 window and the stream buffers on
+    // both sides hold, so the server blocks writing it to a watcher that stopped reading.
     const padding = [1, 2, 3, 4, 5].map((n) => `${n}-${"t".repeat(56)}`);
+    const longAgo = Date.now() - 3_600_000;
     for (let i = 0; i < 600; i++)
-      await h.cp.store.registerMachine(
+      await own.cp.store.registerMachine(
         { id: `ws-${String(i).padStart(3, "0")}`, tags: ["ws", ...padding], lifecycle: null },
         "local:test",
-        Date.now(),
+        longAgo,
       );
     const abort = new AbortController();
-    const stream = h
+    const stream = own
       .fleet("readonly")
-      .watchFleet({ tags: ["ws"] }, { signal: abort.signal })
+      .watchFleet({ tags: ["ws"], snapshotPageSize: 10 }, { signal: abort.signal })
       [Symbol.asyncIterator]();
     const firstPage = await stream.next();
     assert.equal(firstPage.value?.message.case, "snapshot");
-    // The watcher reads nothing more while ten changes land; its queue holds five.
-    for (let i = 0; i < 10; i++) await report(`ws-late-${i}`, ["ws"]);
-    await waitFor("the watcher's queue to overflow", () => h.cp.feed.slowWatcherResyncs > 0);
-    // Reading again: a resync snapshot comes (the changes it missed were dropped, not queued),
-    // and what the watcher then holds includes the last report.
-    const held = new Set<string>();
-    let resyncs = 0;
-    while (!held.has("ws-late-9")) {
+    // The watcher reads nothing more while changes land, one report at a time; its queue holds
+    // five. Report until it overflowed: no wait on time, and should the buffers ever take the
+    // whole snapshot, the reports' own bytes fill them (a bound keeps a failure from looping).
+    const late = own.agent("ws-late");
+    let generation = 0;
+    while (own.cp.feed.slowWatcherResyncs === 0) {
+      assert.ok(generation < 2000, "the queue of a watcher not reading never overflowed");
+      generation++;
+      await late.report({
+        machineId: "ws-late",
+        currentGeneration: storePath("sys-ws-late", generation),
+        outcome: Outcome.UP_TO_DATE,
+        tags: ["ws"],
+      });
+    }
+    // Reading again: the rest of the first snapshot, then a resync snapshot (the changes the
+    // watcher missed were dropped, not queued), after which it holds the whole fleet as of the
+    // last report. (The first snapshot's last page may already show that report: its pages are
+    // read as they are sent.)
+    const held = new Map<string, string>();
+    for (let resynced = false; !resynced; ) {
       const next = await stream.next();
       assert.ok(!next.done, "the stream ended");
       const m = next.value.message;
       if (m.case === "snapshot") {
         if (m.value.first) held.clear();
-        if (m.value.reason === SnapshotReason.SLOW_CONSUMER) resyncs++;
-        for (const s of m.value.machines) held.add(s.machineId);
-      } else if (m.case === "change") held.add(m.value.machineId);
+        for (const s of m.value.machines) held.set(s.machineId, s.currentGeneration);
+        resynced = m.value.reason === SnapshotReason.SLOW_CONSUMER && m.value.last;
+      } else if (m.case === "change" && m.value.machine)
+        held.set(m.value.machineId, m.value.machine.currentGeneration);
     }
-    assert.ok(resyncs > 0, "a resync snapshot was sent");
+    assert.equal(held.get("ws-late"), storePath("sys-ws-late", generation));
+    assert.equal(held.size, 601);
     abort.abort();
     await stream.return?.();
-  });
+  }
 
   it("ends a watch whose API key is revoked", async () => {
     const temp = await h.fleet("admin").createApiKey({ name: "watch-temp", role: ApiKeyRole.READONLY });
