@@ -1,7 +1,10 @@
 /**
  * Connecting to PostgreSQL and bringing its schema up to date. Several control planes (replicas)
- * may start at once against one database: migrations run under a transaction-scoped advisory
- * lock, and each re-reads the version once it holds the lock, so exactly one applies them.
+ * may start at once against one database: the migrator takes a session-level advisory lock for
+ * the whole run and reads the version only once it holds it, so exactly one replica applies all
+ * pending migrations (each in its own transaction) and the others find nothing left to do. Per
+ * migration locks let replicas split the list between them. The lock dies with the connection, so
+ * a replica that crashes mid-run does not block the others.
  */
 import pg from "pg";
 import { DatabaseStartupError, type MigrationResult, pendingMigrations } from "./database.js";
@@ -57,38 +60,43 @@ export async function applyPgMigrations(
   now: () => number = Date.now,
 ): Promise<MigrationResult> {
   const client = await pool.connect();
+  // A connection whose unlock failed goes back destroyed: its session (and lock) end with it.
+  let broken: Error | undefined;
   try {
-    const from = await schemaVersion(client);
-    const applied: Migration[] = [];
-    for (const migration of pendingMigrations(from, migrations)) {
-      await client.query("BEGIN");
-      try {
-        await client.query("SELECT pg_advisory_xact_lock($1)", [MIGRATION_LOCK]);
-        await client.query(
-          "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
-        );
-        // Another replica may have migrated while we waited for the lock.
-        if ((await schemaVersion(client)) < migration.version) {
+    await client.query("SELECT pg_advisory_lock($1)", [MIGRATION_LOCK]);
+    try {
+      await client.query(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+      );
+      const from = await schemaVersion(client);
+      const applied: Migration[] = [];
+      for (const migration of pendingMigrations(from, migrations)) {
+        await client.query("BEGIN");
+        try {
           await client.query(migration.sql);
           await client.query("INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)", [
             migration.version,
             migration.name,
             now(),
           ]);
+          await client.query("COMMIT");
           applied.push(migration);
+        } catch (err) {
+          await client.query("ROLLBACK").catch(() => {});
+          throw new DatabaseStartupError(
+            `migration ${migration.version} (${migration.name}) failed: ${(err as Error).message}; ` +
+              `the database was left at schema version ${await schemaVersion(client)}`,
+          );
         }
-        await client.query("COMMIT");
-      } catch (err) {
-        await client.query("ROLLBACK").catch(() => {});
-        throw new DatabaseStartupError(
-          `migration ${migration.version} (${migration.name}) failed: ${(err as Error).message}; ` +
-            `the database was left at schema version ${await schemaVersion(client)}`,
-        );
       }
+      return { from, to: await schemaVersion(client), applied };
+    } finally {
+      await client.query("SELECT pg_advisory_unlock($1)", [MIGRATION_LOCK]).catch((err: Error) => {
+        broken = err;
+      });
     }
-    return { from, to: await schemaVersion(client), applied };
   } finally {
-    client.release();
+    client.release(broken);
   }
 }
 
