@@ -19,6 +19,7 @@ import { StreamRevocation } from "./auth/stream-revocation.js";
 import { type Clock, wallClock } from "./clock.js";
 import { Cluster } from "./cluster/cluster.js";
 import { agentGrpcRoute } from "./http/agent-grpc-route.js";
+import { COMPRESSIONS } from "./http/compression.js";
 import { type ConnectionTimeouts, DEFAULT_CONNECTION_TIMEOUTS } from "./http/connection-timeouts.js";
 import {
   dashboardHandler,
@@ -312,6 +313,7 @@ export class ControlPlane {
       contextValues: (req) => createContextValues().set(peerKey, peerIdentityOf(req)),
       readMaxBytes: o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
       writeMaxBytes: 64 * 1024 * 1024,
+      acceptCompression: COMPRESSIONS,
       // Connect GET requests carry the message in the URL; keep the JSON for curl readable.
       jsonOptions: { ignoreUnknownFields: true },
     });

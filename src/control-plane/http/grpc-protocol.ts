@@ -8,9 +8,7 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http2";
 import type { ConnectError } from "@connectrpc/connect";
 import { type Compression, compressionNegotiate } from "@connectrpc/connect/protocol";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
-import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
-
-export const COMPRESSIONS: Compression[] = [compressionGzip, compressionBrotli];
+import { COMPRESSIONS } from "./compression.js";
 
 export const RESPONSE_HEADERS: OutgoingHttpHeaders = {
   ":status": 200,
