@@ -5,8 +5,7 @@
  * shared presence.
  */
 import assert from "node:assert/strict";
-import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import type { AgentMessage, ControlMessage } from "../../src/gen/nixfleet/v1/agent_pb.js";
 import {
   FleetChangeKind,
@@ -14,10 +13,8 @@ import {
   type WatchFleetResponse,
 } from "../../src/gen/nixfleet/v1/fleet_pb.js";
 import { Outcome } from "../../src/gen/nixfleet/v1/types_pb.js";
-import { createPki, type Pki } from "../fixtures/pki.js";
-import { postgresUnavailable, sharedPostgres } from "../fixtures/postgres.js";
-import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
-import { Harness } from "./harness.js";
+import { postgresUnavailable } from "../fixtures/postgres.js";
+import { type Harness, replicasOnPostgres } from "./harness.js";
 import { Feed, Inbox, storePath } from "./helpers.js";
 
 type Msg = WatchFleetResponse;
@@ -26,25 +23,10 @@ const change = (kind: FleetChangeKind, machineId: string) => (m: Msg) =>
   m.message.case === "change" && m.message.value.kind === kind && m.message.value.machineId === machineId;
 
 describe("WatchFleet across replicas", { skip: postgresUnavailable() }, () => {
-  const dir = makeTempDir("nixfleet-fleet-relay-");
-  let pki: Pki;
-  let a: Harness;
-  let b: Harness;
-
-  before(async () => {
-    pki = createPki(join(dir, "pki"));
-    const url = await (await sharedPostgres()).database();
-    const options = { databaseUrl: url, presenceFlushMs: 100, executorTickMs: 200 };
-    a = await Harness.start(pki, options);
-    b = await Harness.start(pki, options);
-  });
-  after(async () => {
-    await b?.close();
-    await a?.close();
-    removeTempDir(dir);
-  });
+  const replicas = replicasOnPostgres("fleet-relay");
 
   it("a stream on A receives a report B received and a desired generation set through B", async () => {
+    const { a, b } = replicas;
     const report = (h: Harness, outcome: Outcome) =>
       h.agent("fr-01").report({
         machineId: "fr-01",

@@ -20,10 +20,10 @@ import {
   RolloutStrategy,
 } from "../../src/gen/nixfleet/v1/fleet_pb.js";
 import { MachineLifecycle, Outcome } from "../../src/gen/nixfleet/v1/types_pb.js";
-import { createPki, type Pki } from "../fixtures/pki.js";
-import { postgresUnavailable, sharedPostgres } from "../fixtures/postgres.js";
+import { createPki } from "../fixtures/pki.js";
+import { postgresUnavailable } from "../fixtures/postgres.js";
 import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
-import { Harness, type Protocol } from "./harness.js";
+import { Harness, type Protocol, replicasOnPostgres } from "./harness.js";
 import { Feed, storePath, waitFor } from "./helpers.js";
 
 const IDS = ["fc-01", "fc-02", "fc-03"];
@@ -235,24 +235,9 @@ describe("GetFleetStatus after changes equals a fresh read", () => {
 describe("GetFleetStatus on one replica after changes through another", {
   skip: postgresUnavailable(),
 }, () => {
-  const dir = makeTempDir("nixfleet-fleet-status-replicas-");
-  let pki: Pki;
-  let a: Harness;
-  let b: Harness;
-  before(async () => {
-    pki = createPki(join(dir, "pki"));
-    const url = await (await sharedPostgres()).database();
-    const options = { databaseUrl: url, presenceFlushMs: 100, executorTickMs: 200 };
-    a = await Harness.start(pki, options);
-    b = await Harness.start(pki, options);
-  });
-  after(async () => {
-    await b?.close();
-    await a?.close();
-    removeTempDir(dir);
-  });
+  const replicas = replicasOnPostgres("fleet-status-replicas");
 
   it("every change made through B is in A's next answer", async () => {
-    await changesAreSeen(b, a);
+    await changesAreSeen(replicas.b, replicas.a);
   });
 });

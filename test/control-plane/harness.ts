@@ -9,6 +9,7 @@ import http from "node:http";
 import https from "node:https";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
+import { after, before } from "node:test";
 import { type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import {
   createConnectTransport,
@@ -22,8 +23,8 @@ import { ControlPlane, type ControlPlaneOptions } from "../../src/control-plane/
 import type { Role } from "../../src/control-plane/store/records.js";
 import { AgentService } from "../../src/gen/nixfleet/v1/agent_pb.js";
 import { FleetService } from "../../src/gen/nixfleet/v1/fleet_pb.js";
-import type { CertPair, Pki } from "../fixtures/pki.js";
-import { testDatabaseUrl } from "../fixtures/postgres.js";
+import { type CertPair, createPki, type Pki } from "../fixtures/pki.js";
+import { sharedPostgres, testDatabaseUrl } from "../fixtures/postgres.js";
 import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
 
 /** "connect-json": the Connect protocol with JSON messages (the others are binary). */
@@ -199,4 +200,26 @@ export class Clients {
   async close(): Promise<void> {
     for (const close of this.closers.splice(0)) close();
   }
+}
+
+/**
+ * Two control-plane replicas on one fresh database of the shared PostgreSQL, started in the
+ * enclosing suite's `before` and closed in its `after` (the suite skips without PostgreSQL).
+ */
+export function replicasOnPostgres(name: string): { a: Harness; b: Harness; url: string } {
+  const dir = makeTempDir(`nixfleet-${name}-`);
+  const replicas = {} as { a: Harness; b: Harness; url: string };
+  before(async () => {
+    const pki = createPki(join(dir, "pki"));
+    replicas.url = await (await sharedPostgres()).database();
+    const options = { databaseUrl: replicas.url, presenceFlushMs: 100, executorTickMs: 200 };
+    replicas.a = await Harness.start(pki, options);
+    replicas.b = await Harness.start(pki, options);
+  });
+  after(async () => {
+    await replicas.b?.close();
+    await replicas.a?.close();
+    removeTempDir(dir);
+  });
+  return replicas;
 }

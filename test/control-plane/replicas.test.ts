@@ -6,44 +6,28 @@
  * sessions stop counting; a LISTEN connection killed mid-way loses nothing.
  */
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import pg from "pg";
 import type { PostgresBus } from "../../src/control-plane/cluster/pg-bus.js";
 import type { AgentMessage, ControlMessage } from "../../src/gen/nixfleet/v1/agent_pb.js";
 import { RolloutStatus, RolloutStrategy } from "../../src/gen/nixfleet/v1/fleet_pb.js";
 import { Outcome } from "../../src/gen/nixfleet/v1/types_pb.js";
-import { createPki, type Pki } from "../fixtures/pki.js";
-import { postgresUnavailable, sharedPostgres } from "../fixtures/postgres.js";
-import { makeTempDir, removeTempDir } from "../fixtures/tmp.js";
-import { Harness } from "./harness.js";
+import { postgresUnavailable } from "../fixtures/postgres.js";
+import { type Harness, replicasOnPostgres } from "./harness.js";
 import { Feed, Inbox, storePath, waitFor } from "./helpers.js";
 
 const desiredHash = (m: ControlMessage) =>
   m.message.case === "desiredGenerationChanged" ? (m.message.value.generation?.hash ?? "") : undefined;
 
 describe("replicas on one PostgreSQL database", { skip: postgresUnavailable() }, () => {
-  const dir = makeTempDir("nixfleet-replicas-");
-  let pki: Pki;
-  let url: string;
-  let a: Harness;
-  let b: Harness;
+  const replicas = replicasOnPostgres("replicas");
   let admin: pg.Client;
-
   before(async () => {
-    pki = createPki(join(dir, "pki"));
-    url = await (await sharedPostgres()).database();
-    const options = { databaseUrl: url, presenceFlushMs: 100, executorTickMs: 200 };
-    a = await Harness.start(pki, options);
-    b = await Harness.start(pki, options);
-    admin = new pg.Client({ connectionString: url });
+    admin = new pg.Client({ connectionString: replicas.url });
     await admin.connect();
   });
   after(async () => {
     await admin?.end();
-    await b?.close();
-    await a?.close();
-    removeTempDir(dir);
   });
 
   function session(h: Harness, machineId: string, current = storePath(`sys-${machineId}`, 1)) {
@@ -59,6 +43,7 @@ describe("replicas on one PostgreSQL database", { skip: postgresUnavailable() },
   }
 
   it("an assignment committed on A reaches the Session B holds", async (t) => {
+    const { a, b } = replicas;
     const { feed, inbox } = session(b, "rp-01");
     await inbox.next("the initial state", (m) => desiredHash(m) !== undefined);
     const target = storePath("sys-rp-01", 2);
@@ -72,6 +57,7 @@ describe("replicas on one PostgreSQL database", { skip: postgresUnavailable() },
   });
 
   it("shared presence: A shows a machine connected to B as connected and fresh, then gone", async () => {
+    const { a, b } = replicas;
     const { feed, inbox } = session(b, "rp-02");
     await inbox.next("the initial state", (m) => desiredHash(m) !== undefined);
     const onA = async () => (await a.fleet("readonly").getMachine({ machineId: "rp-02" })).machine!;
@@ -98,6 +84,7 @@ describe("replicas on one PostgreSQL database", { skip: postgresUnavailable() },
   });
 
   it("a machine held by a replica that stopped writing (killed) no longer counts as connected", async () => {
+    const { a } = replicas;
     const now = Number(
       (await admin.query("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS t")).rows[0].t,
     );
@@ -123,6 +110,7 @@ describe("replicas on one PostgreSQL database", { skip: postgresUnavailable() },
   });
 
   it("a rollout created on A completes for an agent on B: B's push, B's reports kick the executor", async () => {
+    const { a, b } = replicas;
     const id = "rp-03";
     const { feed, inbox } = session(b, id);
     await inbox.next("the initial state", (m) => desiredHash(m) !== undefined);
@@ -177,6 +165,7 @@ describe("replicas on one PostgreSQL database", { skip: postgresUnavailable() },
   });
 
   it("B's LISTEN connection killed: an assignment made meanwhile on A still reaches B's agent", async () => {
+    const { a, b } = replicas;
     const { feed, inbox } = session(b, "rp-04");
     await inbox.next("the initial state", (m) => desiredHash(m) !== undefined);
     const bus = b.cp.cluster.bus as PostgresBus;
