@@ -38,6 +38,14 @@ const TARGETS = (
 /** The store backends compared (`--backend sqlite,postgres`; default both when PostgreSQL is here). */
 const BACKENDS = backendsFromArgs(argv);
 const BACKEND_STREAMS = flag("--backend-streams", QUICK ? 100 : 1000);
+/**
+ * Heartbeat intervals in the scale section: `--heartbeat S` for the servers and the agents alike,
+ * `--heartbeat S/A` apart (the shipped defaults are 15/30: the control plane's
+ * --heartbeat-interval and the agent's heartbeatInterval).
+ */
+const HEARTBEAT = parseHeartbeat(
+  argv.includes("--heartbeat") ? argv[argv.indexOf("--heartbeat") + 1]! : "10",
+);
 /** Run the control plane with --cpu-prof (profiles land in bench/results/). */
 const CPU_PROF = argv.includes("--cpu-prof");
 
@@ -220,7 +228,8 @@ async function main(): Promise<void> {
       rounds: STORM_ONLY ? 0 : QUICK ? 1 : 3,
       idleSeconds: STORM_ONLY ? 0 : QUICK ? 2 : 30,
       reportSeconds: QUICK ? 1 : 5,
-      heartbeatSeconds: 10,
+      heartbeatSeconds: HEARTBEAT.server,
+      agentHeartbeatSeconds: HEARTBEAT.agent,
       storm: !argv.includes("--no-storm"),
       stormOnly: STORM_ONLY,
       stormVariants: argv.includes("--storm-variants")
@@ -303,6 +312,7 @@ function report(
       quick: QUICK,
       backends: BACKENDS,
       backendStreams: BACKEND_STREAMS,
+      heartbeatSeconds: HEARTBEAT,
     },
     durationSeconds: Math.round((Date.now() - started) / 1000),
     openFileLimit: openFileLimit("self"),
@@ -320,3 +330,14 @@ function report(
 }
 
 await main();
+
+function parseHeartbeat(text: string): { server: number; agent: number } {
+  const [server = Number.NaN, agent = server] = text.split("/").map(Number);
+  if (!(server >= 1 && agent >= 1)) {
+    process.stderr.write(
+      `bench: --heartbeat wants seconds S or S/A (server/agent), got ${JSON.stringify(text)}\n`,
+    );
+    process.exit(2);
+  }
+  return { server, agent };
+}

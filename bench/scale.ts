@@ -33,7 +33,10 @@ export interface ScaleOptions {
   rounds: number;
   idleSeconds: number;
   reportSeconds: number;
+  /** The servers' heartbeat to every stream (nixfleet's --heartbeat-interval). */
   heartbeatSeconds: number;
+  /** Each simulated agent's heartbeat (the agent's own default is 30 s). */
+  agentHeartbeatSeconds: number;
   storm: boolean;
   /** Only connect and storm (no idle, fan-out, status or Report figures). */
   stormOnly?: boolean;
@@ -289,7 +292,7 @@ async function measureTarget(
     JSON.stringify({
       certsFile,
       ca: o.pki.ca,
-      heartbeatMs: o.heartbeatSeconds * 1000,
+      heartbeatMs: o.agentHeartbeatSeconds * 1000,
       backoffMaxMs: 30_000,
       roundTimeoutMs: 120_000,
     }),
