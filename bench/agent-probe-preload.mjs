@@ -2,8 +2,8 @@
  * Loaded into the benched agent with `--import` (through NODE_OPTIONS): counts the processes it
  * spawns (every child_process call goes through ChildProcess.prototype.spawn) and, on SIGUSR2,
  * writes what the bench cannot see through /proc — the spawned commands, its own CPU time in µs and
- * the breakdown of its memory (V8 heap, external, array buffers, code; with `<file>.gc` present,
- * also the live heap after a full collection) — to $BENCH_AGENT_PROBE as JSON.
+ * its memory usage — and, with `<file>.gc` present, the breakdown (V8 heap spaces, code) and the live
+ * heap after a full collection — to $BENCH_AGENT_PROBE as JSON.
  */
 import { ChildProcess } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
@@ -32,13 +32,19 @@ if (out) {
     const resourceUsage = process.resourceUsage();
     // CLOCK_MONOTONIC in µs, the clock of a V8 CPU profile's timestamps: cycle windows in a profile.
     const monoUs = Number(process.hrtime.bigint() / 1000n);
-    const spaces = Object.fromEntries(
-      getHeapSpaceStatistics().map((s) => [s.space_name, Math.round(s.space_used_size / 1024)]),
-    );
-    const code = getHeapCodeStatistics();
-    // Asked for (a `.gc` file beside the answer): the live heap after a full collection too.
+    // The memory breakdown only when asked for (a `.gc` file beside the answer): heap and code
+    // statistics walk V8's spaces (≈ 4 ms), which a cycle window between two probes would
+    // otherwise count as the agent's own CPU.
+    let spaces;
+    let codeKB;
     let afterGc;
     if (existsSync(`${out}.gc`)) {
+      spaces = Object.fromEntries(
+        getHeapSpaceStatistics().map((s) => [s.space_name, Math.round(s.space_used_size / 1024)]),
+      );
+      const code = getHeapCodeStatistics();
+      codeKB = Math.round((code.code_and_metadata_size + code.bytecode_and_metadata_size) / 1024);
+      // And the live heap after a full collection.
       setFlagsFromString("--expose-gc");
       runInNewContext("gc")();
       afterGc = process.memoryUsage();
@@ -52,7 +58,7 @@ if (out) {
         memory: process.memoryUsage(),
         afterGc,
         heapSpacesUsedKB: spaces,
-        codeKB: Math.round((code.code_and_metadata_size + code.bytecode_and_metadata_size) / 1024),
+        codeKB,
         resourceUsage,
         monoUs,
       }),

@@ -107,9 +107,10 @@ async function spawnBaseline(): Promise<number> {
 interface Probe {
   spawned: string[];
   memory: NodeJS.MemoryUsage;
-  codeKB: number;
   resourceUsage: NodeJS.ResourceUsage;
   monoUs: number;
+  /** Only when asked for (readProbe's `gc`). */
+  codeKB?: number;
   afterGc?: NodeJS.MemoryUsage;
 }
 
@@ -205,8 +206,11 @@ export async function agentBench(
     const start = async (overrides: Record<string, unknown>, profile = false) => {
       // The fixture passes the bench's environment on to the agent (and only to it: the control
       // plane is already running), so NODE_OPTIONS is how the agent gets --cpu-prof and the probe.
+      // The runtime settings the NixOS unit gives every agent (nix/modules/agent.nix).
+      process.env.MALLOC_ARENA_MAX = "2";
+      process.env.NODE_OPTIONS = `${savedNodeOptions ?? ""} --v8-pool-size=1`;
       if (profile) {
-        process.env.NODE_OPTIONS = `${savedNodeOptions ?? ""} --import ${join(import.meta.dirname, "agent-probe-preload.mjs")}`;
+        process.env.NODE_OPTIONS += ` --import ${join(import.meta.dirname, "agent-probe-preload.mjs")}`;
         process.env.BENCH_AGENT_PROBE = probeFile;
       }
       if (options.cpuProfileDir && profile) {
@@ -218,6 +222,7 @@ export async function agentBench(
       const agent = fleet.startAgent("agent-01", overrides);
       delete process.env.BENCH_CPU_PROF_DIR;
       delete process.env.BENCH_AGENT_PROBE;
+      delete process.env.MALLOC_ARENA_MAX;
       if (savedNodeOptions === undefined) delete process.env.NODE_OPTIONS;
       else process.env.NODE_OPTIONS = savedNodeOptions;
       try {
@@ -254,7 +259,7 @@ export async function agentBench(
           heapLive: mb(p.afterGc?.heapUsed ?? Number.NaN),
           external: mb(p.memory.external),
           arrayBuffers: mb(p.memory.arrayBuffers),
-          code: mb(p.codeKB * 1024),
+          code: mb((p.codeKB ?? Number.NaN) * 1024),
         };
       }
       log(

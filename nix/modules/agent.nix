@@ -420,6 +420,12 @@ in
           environment = {
             # nix keeps its caches under $XDG_CACHE_HOME; keep them with the agent's state.
             XDG_CACHE_HOME = "${stateDir}/.cache";
+            # Memory of a process that idles on every host (docs/agent.md, "Memory and CPU"):
+            # glibc's default of 8 malloc arenas per core and V8's 4 platform worker threads are
+            # sized for busy servers; the agent allocates little, rarely, from one thread.
+            # Defaults only: a host may set either (NODE_OPTIONS=--max-old-space-size=…).
+            MALLOC_ARENA_MAX = lib.mkDefault "2";
+            NODE_OPTIONS = lib.mkDefault "--v8-pool-size=1";
           };
 
           # A switch must never kill the agent in the middle of the deployment that started it.

@@ -130,6 +130,19 @@ describe("services.nixfleet-agent: the documented example", () => {
     }
   });
 
+  it("sizes the runtime for an idle daemon (malloc arenas, V8 workers); a host may override both", async () => {
+    const { unit } = await agent(DOCUMENTED_EXAMPLE, HOST);
+    assert.equal(unit.environment["MALLOC_ARENA_MAX"], "2");
+    assert.equal(unit.environment["NODE_OPTIONS"], "--v8-pool-size=1");
+    const overridden = await agent(
+      DOCUMENTED_EXAMPLE,
+      HOST,
+      `{ systemd.services.nixfleet-agent.environment = { MALLOC_ARENA_MAX = "4"; NODE_OPTIONS = "--max-old-space-size=64"; }; }`,
+    );
+    assert.equal(overridden.unit.environment["MALLOC_ARENA_MAX"], "4");
+    assert.equal(overridden.unit.environment["NODE_OPTIONS"], "--max-old-space-size=64");
+  });
+
   it("a switch never restarts the agent mid-deploy, but a changed config still takes effect", async () => {
     const { unit, configFile } = await agent(DOCUMENTED_EXAMPLE, HOST);
     assert.equal(unit.restartIfChanged, false);
