@@ -175,7 +175,8 @@ async function startControlPlane(
     ...(v.backlog ? ["--listen-backlog", String(v.backlog)] : []),
     ...(v.maxHandshakes !== undefined ? ["--max-handshakes", String(v.maxHandshakes)] : []),
   ];
-  const cp = lineChild(process.execPath, args);
+  // The NixOS unit's runtime setting (nix/modules/control-plane.nix): the control plane as shipped.
+  const cp = lineChild(process.execPath, args, { ...process.env, MALLOC_MMAP_THRESHOLD_: "65536" });
   await cp.waitLine((l) => l.includes('"msg":"listening"'));
   return cp;
 }

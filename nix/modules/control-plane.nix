@@ -391,7 +391,15 @@ in
         wants = [ "network-online.target" ];
         after = [ "network-online.target" ] ++ lib.optional cfg.database.createLocally "postgresql.service";
         requires = lib.optional cfg.database.createLocally "postgresql.service";
-        environment = lib.optionalAttrs (databaseUrl != null) { NIXFLEET_CP_DATABASE_URL = databaseUrl; };
+        environment = {
+          # Every TLS connection keeps a 64 KiB read buffer (Node's TLSWrap asks for what libuv
+          # suggests). From glibc's heap it lands on pages dirtied by earlier work and stays
+          # resident whole; as its own mapping only the pages a read touches count. With 10,000
+          # agents: ≈ 25 KB less RSS per connection (docs/control-plane.md, "Memory at scale").
+          # One mapping per connection: far beyond 50,000 connections raise vm.max_map_count.
+          MALLOC_MMAP_THRESHOLD_ = lib.mkDefault "65536";
+        }
+        // lib.optionalAttrs (databaseUrl != null) { NIXFLEET_CP_DATABASE_URL = databaseUrl; };
 
         serviceConfig = {
           Type = "simple";

@@ -214,6 +214,16 @@ describe("services.nixfleet-control-plane: the unit", () => {
     assert.deepEqual(sc["ReadWritePaths"], []);
   });
 
+  it("maps TLS read buffers apart from glibc's heap (MALLOC_MMAP_THRESHOLD_), overridable", async () => {
+    const { unit } = await controlPlane(cpModule(TLS));
+    assert.equal(unit.environment["MALLOC_MMAP_THRESHOLD_"], "65536");
+    const tuned = await controlPlane(
+      cpModule(TLS),
+      `{ systemd.services.nixfleet-control-plane.environment.MALLOC_MMAP_THRESHOLD_ = "131072"; }`,
+    );
+    assert.equal(tuned.unit.environment["MALLOC_MMAP_THRESHOLD_"], "131072");
+  });
+
   it("a port below 1024 gets exactly CAP_NET_BIND_SERVICE; a dbPath elsewhere is made writable", async () => {
     const { unit } = await controlPlane(
       cpModule(`${TLS} listen = "[::]:443"; dbPath = "/srv/nixfleet/cp.db";`),
