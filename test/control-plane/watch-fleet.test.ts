@@ -239,22 +239,35 @@ describe("WatchFleet", () => {
       });
     }
     // Reading again: the rest of the first snapshot, then a resync snapshot (the changes the
-    // watcher missed were dropped, not queued), after which it holds the whole fleet as of the
-    // last report. (The first snapshot's last page may already show that report: its pages are
-    // read as they are sent.)
+    // watcher missed were dropped, not queued), after which it holds the whole fleet. (The first
+    // snapshot's last page may already show the last report: its pages are read as they are
+    // sent.)
     const held = new Map<string, string>();
-    for (let resynced = false; !resynced; ) {
-      const next = await stream.next();
-      assert.ok(!next.done, "the stream ended");
-      const m = next.value.message;
+    const apply = (m: Msg["message"]) => {
       if (m.case === "snapshot") {
         if (m.value.first) held.clear();
         for (const s of m.value.machines) held.set(s.machineId, s.currentGeneration);
-        resynced = m.value.reason === SnapshotReason.SLOW_CONSUMER && m.value.last;
       } else if (m.case === "change" && m.value.machine)
         held.set(m.value.machineId, m.value.machine.currentGeneration);
+    };
+    for (let resynced = false; !resynced; ) {
+      const next = await stream.next();
+      assert.ok(!next.done, "the stream ended");
+      apply(next.value.message);
+      const m = next.value.message;
+      resynced = m.case === "snapshot" && m.value.reason === SnapshotReason.SLOW_CONSUMER && m.value.last;
     }
-    assert.equal(held.get("ws-late"), storePath("sys-ws-late", generation));
+    assert.equal(held.size, 601);
+    // The overflow may have been noticed while a change before the last report was delivered (the
+    // feed runs apart from the report's acknowledgement, as on PostgreSQL): the resync snapshot
+    // then predates the last report, which follows it as a change. Nothing is lost either way.
+    const last = storePath("sys-ws-late", generation);
+    for (let after = 0; held.get("ws-late") !== last; after++) {
+      assert.ok(after < 5, `ws-late's last report never reached the watcher (holds ${held.get("ws-late")})`);
+      const next = await stream.next();
+      assert.ok(!next.done, "the stream ended");
+      apply(next.value.message);
+    }
     assert.equal(held.size, 601);
     abort.abort();
     await stream.return?.();
