@@ -243,18 +243,20 @@ describe("WatchFleet", () => {
     // snapshot's last page may already show the last report: its pages are read as they are
     // sent.)
     const held = new Map<string, string>();
-    const apply = (m: Msg["message"]) => {
+    /** The next message, applied to what the watcher holds. */
+    const read = async (): Promise<Msg["message"]> => {
+      const next = await stream.next();
+      assert.ok(!next.done, "the stream ended");
+      const m = next.value.message;
       if (m.case === "snapshot") {
         if (m.value.first) held.clear();
         for (const s of m.value.machines) held.set(s.machineId, s.currentGeneration);
       } else if (m.case === "change" && m.value.machine)
         held.set(m.value.machineId, m.value.machine.currentGeneration);
+      return m;
     };
     for (let resynced = false; !resynced; ) {
-      const next = await stream.next();
-      assert.ok(!next.done, "the stream ended");
-      apply(next.value.message);
-      const m = next.value.message;
+      const m = await read();
       resynced = m.case === "snapshot" && m.value.reason === SnapshotReason.SLOW_CONSUMER && m.value.last;
     }
     assert.equal(held.size, 601);
@@ -264,9 +266,7 @@ describe("WatchFleet", () => {
     const last = storePath("sys-ws-late", generation);
     for (let after = 0; held.get("ws-late") !== last; after++) {
       assert.ok(after < 5, `ws-late's last report never reached the watcher (holds ${held.get("ws-late")})`);
-      const next = await stream.next();
-      assert.ok(!next.done, "the stream ended");
-      apply(next.value.message);
+      await read();
     }
     assert.equal(held.size, 601);
     abort.abort();
